@@ -1,0 +1,63 @@
+"""Load the released Halton-MaskGIT class-to-image checkpoints (``ImageNet_{256,384}_*.pth``) as they are."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+
+from halton.models.layers import swiglu_hidden_dim
+from halton.models.transformer import MaskTransformer
+from halton.utils.checkpoint import require_file
+
+_PREFIXES = ("module.", "_orig_mod.")
+
+
+def strip_prefixes(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Remove the ``module.`` (DDP) and ``_orig_mod.`` (torch.compile) prefixes, in any order or number."""
+    cleaned = {}
+    for key, value in state_dict.items():
+        changed = True
+        while changed:
+            changed = False
+            for prefix in _PREFIXES:
+                if key.startswith(prefix):
+                    key, changed = key[len(prefix):], True
+        cleaned[key] = value
+    return cleaned
+
+
+def official_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    checkpoint = torch.load(require_file(path, "checkpoint"), map_location="cpu", weights_only=True)
+    state = checkpoint.get("model_state_dict", checkpoint) if isinstance(checkpoint, dict) else None
+    if not isinstance(state, dict) or "tok_emb.weight" not in strip_prefixes(state):
+        raise ValueError(f"{path} is not a Halton-MaskGIT checkpoint (no model_state_dict with tok_emb.weight)")
+    return strip_prefixes(state)
+
+
+def from_official_checkpoint(path: str | Path, heads: int) -> MaskTransformer:
+    """Build a :class:`MaskTransformer` whose sizes are read from the tensor shapes and load the weights.
+
+    The head count is not stored in the file, so it is given (tiny 6, small 6, base 12, large 16).
+    """
+    state = official_state_dict(path)
+    num_classes = state["cls_emb.weight"].shape[0] - 1
+    codebook_size, hidden = state["tok_emb.weight"].shape[0] - 1, state["tok_emb.weight"].shape[1]
+    num_tokens = state["pos_emb.weight"].shape[0]
+    side = math.isqrt(num_tokens)
+    if side * side != num_tokens:
+        raise ValueError(f"{path}: {num_tokens} positions do not form a square token grid")
+    depth = len({k.split(".")[2] for k in state if k.startswith("transformer.layers.")})
+    ff_hidden = state["transformer.layers.0.ff.w1.weight"].shape[0]
+    mlp_dim = 4 * hidden
+    if swiglu_hidden_dim(mlp_dim) != ff_hidden:
+        mlp_dim = ff_hidden  # any mlp_dim whose SwiGLU width rounds to ff_hidden gives identical shapes
+    registers = state["reg_tokens.weight"].shape[0] if "reg_tokens.weight" in state else 0
+    patch = state["in_proj.weight"].shape[-1] if "in_proj.weight" in state else 1
+    inner = state["transformer.layers.0.attn.wq.weight"].shape[0]
+    if heads < 1 or heads * (hidden // heads) != inner:
+        raise ValueError(f"heads={heads} does not fit {path}: attention width {inner} = heads * (hidden {hidden} // heads)")
+    model = MaskTransformer(codebook_size, side, hidden, depth, heads, mlp_dim, num_classes, registers, patch)
+    model.load_state_dict(state, strict=True)
+    return model.eval()

@@ -1,0 +1,145 @@
+"""Class-to-image MaskGIT transformer (AdaLN-zero), state-dict compatible with the released Halton-MaskGIT checkpoints.
+
+The model is split into a *trunk* (embeddings, blocks, final modulated norm) and an output *head*, so a sampler can
+run the head only on the positions whose logits a step actually needs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from einops import rearrange
+from torch import nn
+
+from halton.models.layers import AdaLNBlock, AdaNorm
+
+# (hidden_dim, depth, heads) of the released sizes and of the paper's 705M class-to-image model.
+SIZES: dict[str, tuple[int, int, int]] = {
+    "tiny": (384, 6, 6),
+    "small": (512, 12, 6),
+    "base": (768, 12, 12),
+    "large": (1024, 24, 16),
+    "xl": (1152, 28, 16),
+}
+
+
+def _grid(input_size: int | Sequence[int]) -> tuple[int, int]:
+    if isinstance(input_size, int):
+        return input_size, input_size
+    height, width = input_size
+    return int(height), int(width)
+
+
+class ClassConditioning(nn.Embedding):
+    """Class labels -> conditioning vector; row ``num_classes`` is the null (unconditional) class used for CFG."""
+
+    def __init__(self, num_classes: int, dim: int):
+        super().__init__(num_classes + 1, dim)
+        self.num_classes = num_classes
+
+    def forward(self, labels: torch.Tensor, drop: torch.Tensor) -> torch.Tensor:
+        labels = torch.where(drop, torch.full_like(labels, self.num_classes), labels)
+        return super().forward(labels)
+
+
+class MaskTransformer(nn.Module):
+    """Bidirectional transformer over a grid of VQ codes, conditioned on a class through AdaLN.
+
+    ``forward(codes, labels, drop_label)`` takes codes [B, H, W] (mask id = ``codebook_size``), labels [B] and
+    drop_label [B] bool (True: unconditional) and returns logits [B, H*W, codebook_size + 1].
+    """
+
+    def __init__(self, codebook_size: int, input_size: int | Sequence[int] = 16, hidden_dim: int = 768,
+                 depth: int = 12, heads: int = 12, mlp_dim: int | None = None, num_classes: int = 1000,
+                 registers: int = 1, patch_size: int = 1, dropout: float = 0.0):
+        super().__init__()
+        self.codebook_size = codebook_size
+        self.mask_id = codebook_size
+        self.grid = _grid(input_size)
+        self.num_tokens = self.grid[0] * self.grid[1]
+        self.hidden_dim = hidden_dim
+        self.num_classes = num_classes
+        self.patch_size = patch_size
+        self.registers = registers
+        if patch_size > 1 and (self.grid[0] % patch_size or self.grid[1] % patch_size):
+            raise ValueError(f"token grid {self.grid} is not divisible by patch_size={patch_size}")
+
+        self.cls_emb = ClassConditioning(num_classes, hidden_dim)
+        self.tok_emb = nn.Embedding(codebook_size + 1, hidden_dim)
+        self.pos_emb = nn.Embedding(self.num_tokens, hidden_dim)
+        if patch_size > 1:
+            # Patchify: a strided conv merges p x p token embeddings; a linear layer splits them back.
+            self.in_proj = nn.Conv2d(hidden_dim, hidden_dim, kernel_size=patch_size, stride=patch_size, bias=False)
+            self.out_proj = nn.Linear(hidden_dim, hidden_dim * patch_size ** 2, bias=False)
+        self.transformer = nn.Module()
+        self.transformer.layers = nn.ModuleList(
+            AdaLNBlock(hidden_dim, heads, mlp_dim or 4 * hidden_dim, dropout) for _ in range(depth))
+        self.last_norm = AdaNorm(hidden_dim)
+        self.head = nn.Linear(hidden_dim, codebook_size + 1)
+        self.head.weight = self.tok_emb.weight  # tied input/output embeddings, as in the paper
+        if registers > 0:
+            self.reg_tokens = nn.Embedding(registers, hidden_dim)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+        for emb in (self.cls_emb, self.tok_emb, self.pos_emb):
+            nn.init.normal_(emb.weight, std=0.02)
+        if self.registers > 0:
+            nn.init.normal_(self.reg_tokens.weight, std=0.02)
+        if self.patch_size > 1:
+            nn.init.xavier_uniform_(self.in_proj.weight)
+        for block in self.transformer.layers:  # AdaLN-zero: every block starts as the identity
+            nn.init.zeros_(block.mlp[1].weight)
+            nn.init.zeros_(block.mlp[1].bias)
+
+    def condition(self, labels: torch.Tensor, drop_label: torch.Tensor) -> torch.Tensor:
+        return self.cls_emb(labels, drop_label)
+
+    def trunk(self, codes: torch.Tensor, labels: torch.Tensor, drop_label: torch.Tensor) -> torch.Tensor:
+        """Hidden states [B, H*W, D] right before the output head."""
+        b = codes.shape[0]
+        height, width = self.grid
+        cond = self.condition(labels, drop_label)
+        x = self.tok_emb(codes.reshape(b, -1)) + self.pos_emb.weight
+        p = self.patch_size
+        if p > 1:
+            x = rearrange(x, "b (h w) c -> b c h w", h=height, w=width)
+            x = rearrange(self.in_proj(x), "b c h w -> b (h w) c")
+        if self.registers > 0:
+            x = torch.cat([x, self.reg_tokens.weight.unsqueeze(0).expand(b, -1, -1)], dim=1)
+        for block in self.transformer.layers:
+            x = block(x, cond)
+        x = x[:, : x.shape[1] - self.registers]
+        if p > 1:
+            x = rearrange(self.out_proj(x), "b (h w) (p1 p2 c) -> b (h p1 w p2) c",
+                          h=height // p, w=width // p, p1=p, p2=p)
+        return self.last_norm(x, cond)
+
+    def logits(self, hidden: torch.Tensor, positions: torch.Tensor | None = None,
+               num_classes: int | None = None) -> torch.Tensor:
+        """Output head, on every position or only at ``positions`` [B, K]; ``num_classes`` keeps the first classes
+        only (``codebook_size`` drops the mask-token logit, which a sampler never draws)."""
+        if positions is not None:
+            hidden = hidden.gather(1, positions.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
+        if num_classes is None:
+            return self.head(hidden)
+        return nn.functional.linear(hidden, self.head.weight[:num_classes], self.head.bias[:num_classes])
+
+    def forward(self, codes: torch.Tensor, labels: torch.Tensor, drop_label: torch.Tensor) -> torch.Tensor:
+        return self.logits(self.trunk(codes, labels, drop_label))
+
+
+def build_transformer(size: str, codebook_size: int, input_size: int | Sequence[int], num_classes: int,
+                      registers: int = 1, patch_size: int = 1, dropout: float = 0.0) -> MaskTransformer:
+    """A transformer of one of the named sizes (tiny, small, base, large, xl)."""
+    if size not in SIZES:
+        raise ValueError(f"unknown model size {size!r}; allowed: {', '.join(SIZES)}")
+    hidden, depth, heads = SIZES[size]
+    return MaskTransformer(codebook_size, input_size, hidden, depth, heads, 4 * hidden, num_classes,
+                           registers, patch_size, dropout)

@@ -1,0 +1,161 @@
+"""The MaskGIT sampling loop, shared by every scheduler.
+
+A :class:`Scheduler` decides, at each step, at which positions the model's logits are needed (``candidates``) and
+which of them get unmasked (``choose``). Everything else is shared: batched classifier-free guidance, softmax
+temperature, top-k, seeded sampling, and running the output head only at the candidate positions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+
+from halton.sampling.schedules import check_schedule, tokens_per_step
+
+
+class Scheduler(ABC):
+    """Which tokens to unmask at each step. Adding a scheduler = one subclass registered in ``SCHEDULERS``."""
+
+    name: str = ""
+
+    @abstractmethod
+    def start(self, batch: int, height: int, width: int, generator: torch.Generator,
+              device: torch.device) -> torch.Tensor | None:
+        """Called once before the first step; returns per-run state (an order for order-based schedulers)."""
+
+    @abstractmethod
+    def candidates(self, state: torch.Tensor | None, masked: torch.Tensor, done: int, count: int) -> torch.Tensor:
+        """Positions [B, M] whose logits this step needs. ``masked`` [B, N] is True where still masked, ``done``
+        tokens are already unmasked and ``count`` are unmasked by this step."""
+
+    def choose(self, step: int, steps: int, tokens: torch.Tensor, probs: torch.Tensor, count: int,
+               generator: torch.Generator) -> torch.Tensor:
+        """Indices [B, count] into the candidates of the tokens unmasked this step (default: all of them)."""
+        return torch.arange(count, device=tokens.device).expand(tokens.shape[0], count)
+
+    def guidance(self, weight: float, step: int, steps: int) -> float:
+        """CFG weight at ``step`` (constant by default)."""
+        return weight
+
+
+class OrderScheduler(Scheduler):
+    """Unmasks tokens in a fixed order per sample; logits are computed only at the positions being unmasked."""
+
+    @abstractmethod
+    def order(self, batch: int, height: int, width: int, generator: torch.Generator,
+              device: torch.device) -> torch.Tensor:
+        """Flat positions [B, H*W] in unmasking order."""
+
+    def start(self, batch, height, width, generator, device):
+        return self.order(batch, height, width, generator, device)
+
+    def candidates(self, state, masked, done, count):
+        return state[:, done:done + count]
+
+
+@dataclass
+class SamplingResult:
+    codes: torch.Tensor  # [B, H, W] final codes
+    # Per step (when requested): codes after the step (mask id where still masked), the sampled predictions at
+    # the positions whose logits were computed (mask id elsewhere), and the positions unmasked by the step.
+    codes_per_step: list[torch.Tensor] = field(default_factory=list)
+    predictions_per_step: list[torch.Tensor] = field(default_factory=list)
+    unmasked_per_step: list[torch.Tensor] = field(default_factory=list)
+
+
+def check_sampling_args(steps: int, num_tokens: int, cfg_weight: float, temp_min: float, temp_max: float,
+                        top_k: int | None, codebook_size: int) -> None:
+    if not isinstance(steps, int) or not 1 <= steps <= num_tokens:
+        raise ValueError(f"steps={steps} is out of range; allowed: 1 to {num_tokens} (the number of tokens)")
+    if cfg_weight < 0:
+        raise ValueError(f"cfg_weight={cfg_weight} is negative; allowed: >= 0 (0 disables guidance)")
+    if temp_min <= 0 or temp_max <= 0:
+        raise ValueError(f"softmax temperatures must be > 0, got temp_min={temp_min}, temp_max={temp_max}")
+    if top_k is not None and not 0 <= top_k <= codebook_size:
+        raise ValueError(f"top_k={top_k} is out of range; allowed: 0 (off) to {codebook_size}")
+
+
+def check_labels(labels: torch.Tensor, num_classes: int) -> None:
+    if labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
+        bad = labels[(labels < 0) | (labels >= num_classes)][0].item()
+        raise ValueError(f"class id {bad} is out of range; allowed: 0 to {num_classes - 1}")
+
+
+def _sample_tokens(logits: torch.Tensor, top_k: int | None, generator: torch.Generator):
+    """Draw one token per row of ``logits`` [..., V]; returns the tokens and their probabilities."""
+    if top_k:
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    flat = probs.reshape(-1, probs.shape[-1])
+    tokens = torch.multinomial(flat, 1, generator=generator).view(probs.shape[:-1])
+    return tokens, probs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+
+
+@torch.no_grad()
+def sample(model, scheduler: Scheduler, labels: torch.Tensor, steps: int = 32, cfg_weight: float = 0.0,
+           temp_min: float = 1.0, temp_max: float = 1.0, top_k: int | None = None, schedule: str = "arccos",
+           generator: torch.Generator | None = None, seed: int | None = None, return_history: bool = False,
+           autocast_dtype: torch.dtype | None = None, progress: bool = False) -> SamplingResult:
+    """Generate token grids for ``labels`` [B] with ``model`` (any model with ``trunk`` and ``logits``).
+
+    CFG mixes ``(1 + w) * cond - w * uncond``, both passes in one batched forward (w = 0: one pass). The softmax
+    temperature multiplies the logits and goes linearly from ``temp_min`` to ``temp_max`` over the steps.
+    """
+    height, width = model.grid
+    num_tokens, vocab = height * width, model.codebook_size
+    check_sampling_args(steps, num_tokens, cfg_weight, temp_min, temp_max, top_k, vocab)
+    check_schedule(schedule)
+    check_labels(labels, model.num_classes)
+    device = labels.device
+    if generator is None:
+        generator = torch.Generator(device=device)
+        generator.manual_seed(0 if seed is None else seed)
+    batch = labels.shape[0]
+    counts = tokens_per_step(num_tokens, steps, schedule).tolist()
+    temperatures = torch.linspace(temp_min, temp_max, steps).tolist()
+    codes = torch.full((batch, num_tokens), model.mask_id, dtype=torch.long, device=device)
+    masked = torch.ones(batch, num_tokens, dtype=torch.bool, device=device)
+    both_labels = torch.cat([labels, labels])
+    both_drop = torch.cat([torch.zeros_like(labels, dtype=torch.bool), torch.ones_like(labels, dtype=torch.bool)])
+    no_drop = both_drop[:batch]
+    autocast = (torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None
+                else contextlib.nullcontext())
+    state = scheduler.start(batch, height, width, generator, device)
+    result = SamplingResult(codes=codes)
+    done = 0
+    was_training = model.training
+    model.eval()
+    for step in tqdm(range(steps), desc=f"sampling ({scheduler.name})", disable=not progress, leave=False):
+        count = counts[step]
+        positions = scheduler.candidates(state, masked, done, count)
+        weight = scheduler.guidance(cfg_weight, step, steps)
+        with autocast:
+            if weight != 0:
+                hidden = model.trunk(torch.cat([codes, codes]), both_labels, both_drop)
+                logits = model.logits(hidden, torch.cat([positions, positions]), vocab).float()
+                cond, uncond = logits.chunk(2)
+                logits = (1 + weight) * cond - weight * uncond
+            else:
+                hidden = model.trunk(codes, labels, no_drop)
+                logits = model.logits(hidden, positions, vocab).float()
+        tokens, probs = _sample_tokens(logits * temperatures[step], top_k, generator)
+        chosen = scheduler.choose(step, steps, tokens, probs, count, generator)
+        new_positions = positions.gather(1, chosen)
+        codes.scatter_(1, new_positions, tokens.gather(1, chosen))
+        masked.scatter_(1, new_positions, False)
+        done += count
+        if return_history:
+            grid = (batch, height, width)
+            predictions = torch.full_like(codes, model.mask_id).scatter_(1, positions, tokens)
+            result.codes_per_step.append(codes.clone().view(grid))
+            result.predictions_per_step.append(predictions.view(grid))
+            result.unmasked_per_step.append(
+                torch.zeros_like(masked).scatter_(1, new_positions, True).view(grid))
+    model.train(was_training)
+    result.codes = codes.view(batch, height, width)
+    return result

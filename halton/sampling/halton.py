@@ -1,0 +1,27 @@
+"""The Halton scheduler (Besnier et al., ICLR 2025): unmask tokens along the 2-D Halton sequence."""
+
+from __future__ import annotations
+
+import torch
+
+from halton.sampling.base import OrderScheduler
+from halton.sampling.order import halton_order
+
+
+class HaltonScheduler(OrderScheduler):
+    """Fixed low-discrepancy order; ``randomize`` rolls each sample's order by its own offset in [0, N)."""
+
+    name = "halton"
+
+    def __init__(self, randomize: bool = False):
+        self.randomize = randomize
+
+    def order(self, batch, height, width, generator, device):
+        base = halton_order(height, width).to(device)
+        num_tokens = base.numel()
+        if not self.randomize:
+            return base.expand(batch, num_tokens)
+        offsets = torch.randint(0, num_tokens, (batch, 1), generator=generator, device=device)
+        # torch.roll(order, k)[j] = order[(j - k) mod N], for every sample at once
+        index = (torch.arange(num_tokens, device=device) - offsets) % num_tokens
+        return base[index]
