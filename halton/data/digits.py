@@ -1,0 +1,80 @@
+"""scikit-learn's bundled handwritten digits (1,797 images, 8x8 pixels, 17 grey levels, 10 classes) as codes."""
+
+from __future__ import annotations
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from halton.data.memory import CodesDataset, pass_through
+from halton.tokenizers import PixelTokenizer
+
+LEVELS, SIDE, CLASSES = 17, 8, 10
+
+
+def load_digits_split(val_fraction: float = 0.1, seed: int = 0):
+    """Images [N,1,8,8] in [-1, 1] and labels, split by a seeded permutation into (train, val)."""
+    from sklearn.datasets import load_digits
+
+    if not 0 < val_fraction < 1:
+        raise ValueError(f"val_fraction={val_fraction} is out of range; allowed: 0 < val_fraction < 1")
+    digits = load_digits()
+    images = torch.from_numpy(digits.images.astype(np.float32)).unsqueeze(1) / (LEVELS - 1) * 2 - 1
+    labels = torch.from_numpy(digits.target.astype(np.int64))
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
+    num_val = round(len(labels) * val_fraction)
+    val, train = order[:num_val], order[num_val:]
+    return (images[train], labels[train]), (images[val], labels[val])
+
+
+class DigitsDataModule(pl.LightningDataModule):
+    """The embedded class-conditional data set: digits tokenised losslessly, one token per pixel (8x8 grid)."""
+
+    codebook_size, grid, num_classes = LEVELS, (SIDE, SIDE), CLASSES
+
+    def __init__(self, batch_size: int = 64, val_fraction: float = 0.1, seed: int = 0, num_workers: int = 0,
+                 codebook_size: int = LEVELS, grid: tuple[int, int] = (SIDE, SIDE), num_classes: int = CLASSES):
+        super().__init__()
+        # The config states these facts so model configs can read them; they cannot be changed.
+        if (codebook_size, tuple(grid), num_classes) != (LEVELS, (SIDE, SIDE), CLASSES):
+            raise ValueError(f"the digits have codebook_size={LEVELS}, grid=[{SIDE}, {SIDE}], num_classes={CLASSES}; "
+                             f"got {codebook_size}, {list(grid)}, {num_classes}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size={batch_size} is out of range; allowed: >= 1")
+        self.batch_size, self.val_fraction, self.seed, self.num_workers = batch_size, val_fraction, seed, num_workers
+        self.tokenizer = PixelTokenizer(LEVELS)
+        self._classifier = None
+
+    def setup(self, stage: str | None = None) -> None:
+        if hasattr(self, "train_set"):
+            return
+        (train_x, train_y), (val_x, val_y) = load_digits_split(self.val_fraction, self.seed)
+        self.train_images, self.train_labels = train_x, train_y
+        self.train_set = CodesDataset(self.tokenizer.encode(train_x), train_y)
+        self.val_set = CodesDataset(self.tokenizer.encode(val_x), val_y)
+
+    def _loader(self, dataset: CodesDataset, shuffle: bool) -> DataLoader:
+        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, drop_last=shuffle,
+                          num_workers=self.num_workers, collate_fn=pass_through,
+                          persistent_workers=self.num_workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, shuffle=False)
+
+    def recognition_accuracy(self, images: torch.Tensor, labels: torch.Tensor) -> float:
+        """Fraction of ``images`` (in [-1, 1]) that an SVM trained on the training split reads as ``labels``."""
+        if self._classifier is None:
+            from sklearn.svm import SVC
+
+            self.setup()
+            self._classifier = SVC(gamma=0.001).fit(self._pixels(self.train_images), self.train_labels.numpy())
+        predicted = self._classifier.predict(self._pixels(images))
+        return float((predicted == labels.cpu().numpy()).mean())
+
+    @staticmethod
+    def _pixels(images: torch.Tensor) -> np.ndarray:
+        return ((images.detach().cpu().float() + 1) / 2 * (LEVELS - 1)).reshape(len(images), -1).numpy()

@@ -1,0 +1,122 @@
+"""The Lightning module that trains a MaskGIT transformer on token codes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+from torch import nn
+
+from halton.sampling import build_scheduler, sample
+from halton.sampling.schedules import check_schedule, mask_ratio
+
+LOSS_ON = ("masked", "all")
+
+
+class MaskGITModule(pl.LightningModule):
+    """Masked-token training: per sample a mask ratio from the schedule, each token masked independently with
+    that probability, cross-entropy on the masked tokens (``loss_on: all`` scores every token, as the reference
+    code does), labels dropped with probability ``label_dropout`` for classifier-free guidance.
+
+    Optimisation: AdamW, linear warmup then cosine decay (torch's schedulers), stepped every optimizer step.
+    Every validation, ``sample_grid`` settings (if given) draw one row of samples per class, decoded with the data
+    module's tokenizer, saved as a PNG and sent to the loggers; with the EMA callback they use the averaged weights.
+    """
+
+    def __init__(self, net: nn.Module, lr: float = 1e-4, betas: tuple[float, float] = (0.9, 0.96),
+                 weight_decay: float = 5e-5, warmup_steps: int = 2500, total_steps: int = 2_000_000,
+                 min_lr_ratio: float = 0.0, mask_schedule: str = "arccos", loss_on: str = "masked",
+                 label_dropout: float = 0.1, compile: bool = False, sample_grid: dict[str, Any] | None = None):
+        super().__init__()
+        check_schedule(mask_schedule)
+        if loss_on not in LOSS_ON:
+            raise ValueError(f"unknown loss_on {loss_on!r}; allowed: {', '.join(LOSS_ON)}")
+        if not 0 <= label_dropout <= 1:
+            raise ValueError(f"label_dropout={label_dropout} is out of range; allowed: 0 to 1")
+        if warmup_steps < 0 or total_steps < 1:
+            raise ValueError(f"need warmup_steps >= 0 and total_steps >= 1, got {warmup_steps} and {total_steps}")
+        # Plain containers only, so checkpoints load with torch.load(weights_only=True).
+        betas = tuple(float(b) for b in betas)
+        if sample_grid is not None:
+            sample_grid = OmegaConf.to_container(OmegaConf.create(dict(sample_grid)), resolve=True)
+        self.save_hyperparameters(ignore=["net"])
+        self.model = net
+        if compile:
+            self.model.compile()
+
+    # ---------------------------------------------------------------- training
+    def mask_codes(self, codes: torch.Tensor) -> torch.Tensor:
+        """Boolean mask [B, N]: True where the token is hidden from the model (at least one per sample)."""
+        batch, num_tokens = codes.shape[0], codes[0].numel()
+        ratio = mask_ratio(torch.rand(batch, device=codes.device), self.hparams.mask_schedule)
+        mask = torch.rand(batch, num_tokens, device=codes.device) < ratio[:, None]
+        # A sample with nothing masked would have nothing to learn from: mask one random token instead.
+        empty = ~mask.any(dim=1)
+        one = F.one_hot(torch.randint(num_tokens, (batch,), device=codes.device), num_tokens).bool()
+        return mask | (empty[:, None] & one)
+
+    def _step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
+        codes, labels = batch["codes"], batch["labels"]
+        flat = codes.reshape(codes.shape[0], -1)
+        mask = self.mask_codes(codes)
+        drop = torch.rand(labels.shape[0], device=labels.device) < self.hparams.label_dropout
+        hidden = self.model.trunk(flat.masked_fill(mask, self.model.mask_id), labels, drop)
+        scored = mask if self.hparams.loss_on == "masked" else torch.ones_like(mask)
+        logits = self.model.logits(hidden[scored])  # the head runs only on the scored tokens
+        targets = flat[scored]
+        loss = F.cross_entropy(logits.float(), targets)
+        with torch.no_grad():
+            correct = logits.argmax(-1) == targets
+            accuracy = correct[mask[scored]].float().mean()
+        self.log(f"{stage}/loss", loss, prog_bar=True, sync_dist=stage != "train")
+        self.log(f"{stage}/acc", accuracy, prog_bar=stage != "train", sync_dist=stage != "train")
+        return loss
+
+    def training_step(self, batch, batch_idx):
+        return self._step(batch, "train")
+
+    def validation_step(self, batch, batch_idx):
+        self._step(batch, "val")
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        optimizer = torch.optim.AdamW(self.model.parameters(), lr=hp.lr, betas=tuple(hp.betas),
+                                      weight_decay=hp.weight_decay)
+        decay_steps = max(hp.total_steps - hp.warmup_steps, 1)
+        cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, decay_steps, eta_min=hp.lr * hp.min_lr_ratio)
+        if hp.warmup_steps > 0:
+            warmup = torch.optim.lr_scheduler.LinearLR(optimizer, 1.0 / hp.warmup_steps, 1.0, hp.warmup_steps)
+            schedule = torch.optim.lr_scheduler.SequentialLR(optimizer, [warmup, cosine], [hp.warmup_steps])
+        else:
+            schedule = cosine
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    # ---------------------------------------------------------------- sample grids
+    def on_validation_epoch_start(self) -> None:
+        # Runs after the callbacks' hooks, so the EMA callback has already swapped in the averaged weights.
+        settings = self.hparams.sample_grid
+        tokenizer = getattr(self.trainer.datamodule, "tokenizer", None)
+        if not settings or tokenizer is None or self.trainer.sanity_checking or not self.trainer.is_global_zero:
+            return
+        from halton.utils.images import class_grid, save_png
+
+        settings = dict(settings)
+        per_class = settings.pop("per_class", 8)
+        scheduler = build_scheduler(settings.pop("scheduler", "halton"), **settings.pop("scheduler_options", {}))
+        num_classes = self.model.num_classes
+        labels = torch.arange(num_classes, device=self.device).repeat_interleave(per_class)
+        codes = sample(self.model, scheduler, labels, seed=self.global_step, **settings).codes
+        images = tokenizer.to(self.device).decode(codes)
+        grid = class_grid(images, num_classes, per_class, row_labels=[str(c) for c in range(num_classes)])
+        path = Path(self.trainer.log_dir or ".") / "samples" / f"step_{self.global_step:07d}.png"
+        save_png(grid, path)
+        for logger in self.loggers:
+            experiment = getattr(logger, "experiment", None)
+            if hasattr(experiment, "add_image"):  # TensorBoard
+                experiment.add_image("samples", grid, self.global_step)
+            elif hasattr(logger, "log_image"):  # Weights & Biases
+                logger.log_image("samples", [grid], step=self.global_step)

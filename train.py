@@ -1,0 +1,42 @@
+"""Train a MaskGIT transformer: python train.py experiment=digits (see conf/train.yaml)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import hydra
+import lightning.pytorch as pl
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from halton.cli import check_group_choices, entry_point
+from halton.training import AtomicCheckpointIO
+
+
+def resume_from(cfg: DictConfig) -> str | None:
+    if cfg.ckpt_path:
+        return str(cfg.ckpt_path)
+    last = Path(cfg.callbacks.model_checkpoint.dirpath) / "last.ckpt"
+    if cfg.resume and last.is_file():
+        print(f"resuming from {last}")
+        return str(last)
+    return None
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+@entry_point
+def main(cfg: DictConfig) -> None:
+    pl.seed_everything(cfg.seed, workers=True)
+    datamodule = instantiate(cfg.data)
+    module = instantiate(cfg.model)
+    callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
+    loggers = [instantiate(c) for c in cfg.logger.values() if c is not None]
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
+                          plugins=[AtomicCheckpointIO()])
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from(cfg))
+
+
+if __name__ == "__main__":
+    check_group_choices(sys.argv[1:])
+    main()
