@@ -1,0 +1,97 @@
+"""End to end through the entry points: train a tiny digits model, sample it, and refuse bad values."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = ["experiment=digits", "trainer.max_steps=4", "model.net.depth=1", "model.net.hidden_dim=32",
+        "model.net.heads=2", "data.batch_size=16", "trainer.check_val_every_n_epoch=1",
+        "trainer.val_check_interval=2", "callbacks.model_checkpoint.every_n_train_steps=2",
+        "model.sample_grid.per_class=2", "model.sample_grid.steps=4", "name=tiny"]
+
+
+def run(script, *args, check=True):
+    result = subprocess.run([sys.executable, str(ROOT / script), *args], cwd=ROOT, capture_output=True, text=True,
+                            timeout=600)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{script} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return result
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    runs = tmp_path_factory.mktemp("runs")
+    run("train.py", *TINY, f"paths.runs_dir={runs}")
+    return runs
+
+
+def test_train_writes_checkpoints_logs_and_sample_grids(trained):
+    run_dir = trained / "tiny"
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    assert (run_dir / "checkpoints" / "step_0000004.ckpt").is_file()
+    assert (run_dir / "logs" / "version_0" / "metrics.csv").is_file()
+    grids = sorted((run_dir / "logs" / "version_0" / "samples").glob("step_*.png"))
+    assert grids, "no sample grid was logged"
+
+
+def test_resume_continues_from_last_checkpoint(trained):
+    result = run("train.py", *TINY, f"paths.runs_dir={trained}", "trainer.max_steps=6")
+    assert "resuming from" in result.stdout
+    assert (trained / "tiny" / "checkpoints" / "step_0000006.ckpt").is_file()
+
+
+@pytest.mark.parametrize("sampler", ["halton", "confidence", "random"])
+def test_sample_writes_a_labelled_grid(trained, sampler):
+    from PIL import Image
+
+    ckpt = trained / "tiny" / "checkpoints" / "last.ckpt"
+    out = trained / "grids"
+    result = run("sample.py", "experiment=digits", f"checkpoint={ckpt}", f"sampler={sampler}", "steps=8",
+                 "model.net.depth=1", "model.net.hidden_dim=32", "model.net.heads=2", "per_class=3",
+                 f"out_dir={out}", "progression=true", "progression_samples=2")
+    grid = out / f"{sampler}_steps8_cfg1_seed0.png"
+    assert grid.is_file() and (out / f"{sampler}_steps8_cfg1_seed0_progression.png").is_file()
+    width, height = Image.open(grid).size
+    assert height > 10 * 48 and width > 3 * 48  # 10 rows (classes) of 3 enlarged samples
+    assert "a digit classifier reads the requested digit in" in result.stdout
+
+
+@pytest.mark.parametrize("args,message", [
+    (["sampler=maskgit"], "error: unknown sampler 'maskgit'; allowed: confidence, halton, random"),
+    (["steps=0"], "error: steps=0 is out of range; allowed: 1 to 64 (the number of tokens)"),
+    (["steps=65"], "error: steps=65 is out of range; allowed: 1 to 64 (the number of tokens)"),
+    (["cfg_weight=-1"], "error: cfg_weight=-1 is negative; allowed: >= 0 (0 disables guidance)"),
+    (["classes=[3,12]"], "error: class id 12 is out of range; allowed: 0 to 9"),
+    (["schedule=exp"], "error: unknown schedule 'exp'; allowed: arccos, cosine, linear, square, root"),
+])
+def test_sample_rejects_bad_values(trained, args, message):
+    ckpt = trained / "tiny" / "checkpoints" / "last.ckpt"
+    result = run("sample.py", "experiment=digits", f"checkpoint={ckpt}", "model.net.depth=1",
+                 "model.net.hidden_dim=32", "model.net.heads=2", f"out_dir={trained / 'bad'}", *args, check=False)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [message]
+    assert not (trained / "bad").exists()  # nothing half-written
+
+
+def test_missing_checkpoint(tmp_path):
+    result = run("sample.py", "experiment=digits", f"checkpoint={tmp_path}/nope.ckpt", check=False)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [f"error: checkpoint not found: {tmp_path}/nope.ckpt"]
+    result = run("sample.py", "experiment=digits", check=False)
+    assert result.stderr.strip().splitlines() == ["error: no checkpoint path given; pass checkpoint=PATH"]
+
+
+def test_checkpoint_that_does_not_fit_the_config(trained):
+    ckpt = trained / "tiny" / "checkpoints" / "last.ckpt"
+    result = run("sample.py", "experiment=digits", f"checkpoint={ckpt}", check=False)  # default 4-layer config
+    assert result.returncode == 2
+    assert "does not fit the model config" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_train_rejects_unknown_experiment():
+    result = run("train.py", "experiment=imagenet_xxl", check=False)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[0].startswith("error: unknown experiment 'imagenet_xxl'; allowed: ")
