@@ -16,6 +16,7 @@ from halton.utils.checkpoint import require_file
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "conf"
 USER_ERRORS = (ValueError, FileNotFoundError, TypeError)
+GROUP_ALIASES = {"scheduler": "sampler"}  # evaluate.py's scheduler=NAME picks conf/sampler/NAME.yaml
 
 
 def fail(message: str) -> None:
@@ -27,7 +28,7 @@ def check_group_choices(argv: list[str], config_dir: Path = CONFIG_DIR) -> None:
     """Refuse ``group=choice`` overrides naming a config that does not exist, in one line, before Hydra starts."""
     for arg in argv:
         key, sep, value = arg.lstrip("+~").partition("=")
-        group_dir = config_dir / key
+        group_dir = config_dir / GROUP_ALIASES.get(key, key)
         if not sep or "." in key or not group_dir.is_dir() or value in ("null", ""):
             continue
         allowed = sorted(p.stem for p in group_dir.glob("*.yaml"))

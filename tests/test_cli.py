@@ -1,31 +1,13 @@
 """End to end through the entry points: train a tiny digits model, sample it, and refuse bad values."""
 
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-TINY = ["experiment=digits", "trainer.max_steps=4", "model.net.depth=1", "model.net.hidden_dim=32",
-        "model.net.heads=2", "data.batch_size=16", "trainer.check_val_every_n_epoch=1",
-        "trainer.val_check_interval=2", "callbacks.model_checkpoint.every_n_train_steps=2",
-        "model.sample_grid.per_class=2", "model.sample_grid.steps=4", "name=tiny"]
-
-
-def run(script, *args, check=True):
-    result = subprocess.run([sys.executable, str(ROOT / script), *args], cwd=ROOT, capture_output=True, text=True,
-                            timeout=600)
-    if check and result.returncode != 0:
-        raise AssertionError(f"{script} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
-    return result
+from conftest import TINY, run
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    runs = tmp_path_factory.mktemp("runs")
-    run("train.py", *TINY, f"paths.runs_dir={runs}")
-    return runs
+def trained(tiny_run):
+    return tiny_run
 
 
 def test_train_writes_checkpoints_logs_and_sample_grids(trained):

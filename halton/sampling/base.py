@@ -65,6 +65,11 @@ class SamplingResult:
     codes_per_step: list[torch.Tensor] = field(default_factory=list)
     predictions_per_step: list[torch.Tensor] = field(default_factory=list)
     unmasked_per_step: list[torch.Tensor] = field(default_factory=list)
+    # Per step (when requested): mean entropy [B] of the sampling distributions at the tokens unmasked.
+    entropy_per_step: list[torch.Tensor] = field(default_factory=list)
+    # For each step in ``fill_steps`` (0-based): the codes after that step with every still-masked token filled by
+    # a draw from the model's prediction at that step (the "intermediate image" of the paper's Table 4).
+    filled: dict[int, torch.Tensor] = field(default_factory=dict)
 
 
 def check_sampling_args(steps: int, num_tokens: int, cfg_weight: float, temp_min: float, temp_max: float,
@@ -85,26 +90,39 @@ def check_labels(labels: torch.Tensor, num_classes: int) -> None:
         raise ValueError(f"class id {bad} is out of range; allowed: 0 to {num_classes - 1}")
 
 
-def _sample_tokens(logits: torch.Tensor, top_k: int | None, generator: torch.Generator):
-    """Draw one token per row of ``logits`` [..., V]; returns the tokens and their probabilities."""
+def _distribution(logits: torch.Tensor, top_k: int | None) -> torch.Tensor:
+    """Sampling probabilities [..., V] from logits already scaled by the temperature."""
     if top_k:
         kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
-    probs = torch.softmax(logits, dim=-1)
+    return torch.softmax(logits, dim=-1)
+
+
+def _sample_tokens(logits: torch.Tensor, top_k: int | None, generator: torch.Generator):
+    """Draw one token per row of ``logits`` [..., V]; returns the tokens, their probabilities and the
+    distributions."""
+    probs = _distribution(logits, top_k)
     flat = probs.reshape(-1, probs.shape[-1])
     tokens = torch.multinomial(flat, 1, generator=generator).view(probs.shape[:-1])
-    return tokens, probs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+    return tokens, probs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1), probs
+
+
+def _entropy(probs: torch.Tensor) -> torch.Tensor:
+    return -(probs * probs.clamp_min(torch.finfo(probs.dtype).tiny).log()).sum(-1)
 
 
 @torch.no_grad()
 def sample(model, scheduler: Scheduler, labels: torch.Tensor, steps: int = 32, cfg_weight: float = 0.0,
            temp_min: float = 1.0, temp_max: float = 1.0, top_k: int | None = None, schedule: str = "arccos",
            generator: torch.Generator | None = None, seed: int | None = None, return_history: bool = False,
-           autocast_dtype: torch.dtype | None = None, progress: bool = False) -> SamplingResult:
+           fill_steps: tuple[int, ...] = (), autocast_dtype: torch.dtype | None = None,
+           progress: bool = False) -> SamplingResult:
     """Generate token grids for ``labels`` [B] with ``model`` (any model with ``trunk`` and ``logits``).
 
     CFG mixes ``(1 + w) * cond - w * uncond``, both passes in one batched forward (w = 0: one pass). The softmax
     temperature multiplies the logits and goes linearly from ``temp_min`` to ``temp_max`` over the steps.
+    ``fill_steps`` (0-based) also returns, after those steps, the codes with the still-masked tokens drawn from
+    that step's predictions (their logits are computed only at those steps).
     """
     height, width = model.grid
     num_tokens, vocab = height * width, model.codebook_size
@@ -130,6 +148,15 @@ def sample(model, scheduler: Scheduler, labels: torch.Tensor, steps: int = 32, c
     done = 0
     was_training = model.training
     model.eval()
+    fill_steps = set(fill_steps)
+
+    def guided_logits(hidden, positions, weight):
+        with autocast:
+            if weight == 0:
+                return model.logits(hidden, positions, vocab).float()
+            cond, uncond = model.logits(hidden, torch.cat([positions, positions]), vocab).float().chunk(2)
+        return (1 + weight) * cond - weight * uncond
+
     for step in tqdm(range(steps), desc=f"sampling ({scheduler.name})", disable=not progress, leave=False):
         count = counts[step]
         positions = scheduler.candidates(state, masked, done, count)
@@ -137,19 +164,25 @@ def sample(model, scheduler: Scheduler, labels: torch.Tensor, steps: int = 32, c
         with autocast:
             if weight != 0:
                 hidden = model.trunk(torch.cat([codes, codes]), both_labels, both_drop)
-                logits = model.logits(hidden, torch.cat([positions, positions]), vocab).float()
-                cond, uncond = logits.chunk(2)
-                logits = (1 + weight) * cond - weight * uncond
             else:
                 hidden = model.trunk(codes, labels, no_drop)
-                logits = model.logits(hidden, positions, vocab).float()
-        tokens, probs = _sample_tokens(logits * temperatures[step], top_k, generator)
-        chosen = scheduler.choose(step, steps, tokens, probs, count, generator)
+        logits = guided_logits(hidden, positions, weight)
+        tokens, token_probs, probs = _sample_tokens(logits * temperatures[step], top_k, generator)
+        chosen = scheduler.choose(step, steps, tokens, token_probs, count, generator)
         new_positions = positions.gather(1, chosen)
         codes.scatter_(1, new_positions, tokens.gather(1, chosen))
         masked.scatter_(1, new_positions, False)
         done += count
+        if step in fill_steps:
+            filled = codes.clone()
+            if done < num_tokens:
+                rest = masked.nonzero()[:, 1].view(batch, -1)
+                rest_logits = guided_logits(hidden, rest, weight) * temperatures[step]
+                filled.scatter_(1, rest, _sample_tokens(rest_logits, top_k, generator)[0])
+            result.filled[step] = filled.view(batch, height, width)
         if return_history:
+            result.entropy_per_step.append(_entropy(probs.gather(
+                1, chosen[..., None].expand(-1, -1, probs.shape[-1]))).mean(1))
             grid = (batch, height, width)
             predictions = torch.full_like(codes, model.mask_id).scatter_(1, positions, tokens)
             result.codes_per_step.append(codes.clone().view(grid))

@@ -1,0 +1,108 @@
+"""Evaluate a checkpoint with one scheduler and step count: FID, IS, precision and recall of class-balanced
+samples, appended to a results file. Sweeps: python evaluate.py -m scheduler=halton,confidence,random
+steps=4,8,16,32 (see conf/evaluate.yaml); tables and plots: python -m halton.evaluation.report RESULTS."""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from pathlib import Path
+
+import hydra
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from lightning.fabric import Fabric
+from omegaconf import DictConfig, OmegaConf
+
+from halton.cli import CONFIG_DIR, check_group_choices, entry_point, load_network, resolve_autocast
+from halton.evaluation.features import DigitsFeatures, InceptionFeatures
+from halton.evaluation.reference import reference_statistics
+from halton.evaluation.results import ResultsFile
+from halton.evaluation.runner import (balanced_labels, gather, generate_and_extract, metric_rows, save_artifacts,
+                                      timed)
+
+EXTRACTORS = ("inception", "digits")
+# Lightning hints at srun whenever SLURM is installed; running without it (one machine) is deliberate here.
+warnings.filterwarnings("ignore", message="The `srun` command is available")
+
+
+def scheduler_config(cfg: DictConfig) -> DictConfig:
+    """conf/sampler/<scheduler>.yaml (or the composed sampler group when it is that one) + scheduler_options."""
+    name = cfg.scheduler
+    if name == HydraConfig.get().runtime.choices.get("sampler"):
+        node = cfg.sampler
+    else:
+        path = CONFIG_DIR / "sampler" / f"{name}.yaml"
+        if not path.is_file():
+            allowed = ", ".join(sorted(p.stem for p in path.parent.glob("*.yaml")))
+            raise ValueError(f"unknown scheduler {name!r}; allowed: {allowed}")
+        node = OmegaConf.load(path)
+    return OmegaConf.merge(node, cfg.scheduler_options)
+
+
+def build_extractor(cfg: DictConfig):
+    if cfg.extractor == "inception":
+        return InceptionFeatures(cfg.inception_weights)
+    return DigitsFeatures(Path(cfg.paths.data_dir) / "cache")
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
+@entry_point
+def main(cfg: DictConfig) -> None:
+    sampler_node = scheduler_config(cfg)
+    if cfg.extractor not in EXTRACTORS:
+        raise ValueError(f"unknown extractor {cfg.extractor!r}; allowed: {', '.join(EXTRACTORS)}")
+    eval_steps = [int(s) for s in cfg.intermediate_steps]
+    bad = [s for s in eval_steps if not 1 <= s <= cfg.steps]
+    if bad:
+        raise ValueError(f"intermediate_steps {bad} out of range; allowed: 1 to steps={cfg.steps}")
+    cell = {"experiment": cfg.name, "checkpoint": str(cfg.checkpoint), "scheduler": cfg.scheduler,
+            "steps": cfg.steps, "cfg_weight": float(cfg.cfg_weight), "temp_min": float(cfg.temp_min),
+            "temp_max": float(cfg.temp_max), "top_k": cfg.top_k, "schedule": cfg.schedule, "seed": cfg.seed,
+            "num_images": cfg.num_images, "extractor": cfg.extractor}
+    results = ResultsFile(cfg.results)
+    wanted = [{**cell, "eval_step": s} for s in sorted(set(eval_steps) | {cfg.steps})]
+    if not cfg.force and results.has(wanted):
+        print(f"skipping {cfg.scheduler}, {cfg.steps} steps: already in {results.path} (force=true recomputes)")
+        return
+
+    fabric = Fabric(accelerator=cfg.accelerator, devices=cfg.devices, num_nodes=cfg.num_nodes,
+                    strategy="ddp" if cfg.devices != 1 or cfg.num_nodes > 1 else "auto")
+    fabric.launch()
+    device = fabric.device
+    autocast = resolve_autocast(cfg.precision, device)
+    scheduler = instantiate(sampler_node)
+    datamodule = instantiate(cfg.data)
+    model = load_network(cfg.model.net, cfg.checkpoint, cfg.official_heads).to(device)
+    tokenizer = datamodule.tokenizer.to(device).eval()
+    extractor = build_extractor(cfg).to(device).eval()
+    labels = balanced_labels(cfg.num_images, model.num_classes)
+    image_size = tuple(tokenizer.decode(torch.zeros(1, *model.grid, dtype=torch.long, device=device)).shape[-2:])
+    reference = None
+    if fabric.global_rank == 0:  # before generating: a bad reference fails fast
+        reference = reference_statistics(cfg.reference.kind, cfg.reference.path, extractor, image_size,
+                                         Path(cfg.paths.data_dir) / "cache", device, cfg.reference.max_images)
+    sampling = {"steps": cfg.steps, "cfg_weight": cfg.cfg_weight, "temp_min": cfg.temp_min,
+                "temp_max": cfg.temp_max, "top_k": cfg.top_k, "schedule": cfg.schedule, "autocast_dtype": autocast}
+    generated, seconds = timed(generate_and_extract, model, tokenizer, extractor, scheduler, labels,
+                               cfg.batch_size, cfg.seed, fabric.global_rank, fabric.world_size, eval_steps,
+                               cfg.diagnostics, device, sampling)
+    generated = gather(generated, fabric.world_size)
+    if fabric.global_rank != 0:
+        return
+    cell.update(seconds=round(seconds, 2), images_per_s=round(cfg.num_images / seconds, 2))
+    rows = metric_rows(generated, reference, extractor, cell, cfg.steps, model.num_tokens, cfg.schedule, eval_steps)
+    stem = f"{cfg.scheduler}_steps{cfg.steps}_cfg{cfg.cfg_weight:g}_seed{cfg.seed}"
+    save_artifacts(generated, results.path.parent, stem, cfg.scheduler, model.num_classes, cfg.grid_per_class)
+    results.write(rows)
+    for row in rows:
+        shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()
+                 if k.endswith(("fid", "is", "precision", "recall"))}
+        print(f"{cfg.scheduler}, step {row['eval_step']}/{cfg.steps}: {shown}")
+    print(f"results: {results.path} ({cfg.num_images / seconds:.1f} images/s)")
+
+
+if __name__ == "__main__":
+    check_group_choices(sys.argv[1:])
+    main()

@@ -1,0 +1,210 @@
+"""Chunks: the unit of storage and of reading in a code shard.
+
+A shard is a plain tar file (readable with webdataset or ``tar``) in which every webdataset "sample" is a chunk of
+about a thousand images::
+
+    00000.codes.npy      uint16 [n, h, w]   the tokenizer's codes
+    00000.labels.npy     int32 [n]          class ids (-1 when the source has none)
+    00000.keys.json      [n strings]        the source's sample keys (e.g. n01440764/n01440764_10026)
+    00000.flipped.npy    uint16 [n, h, w]   optional: codes of the horizontally flipped images
+    00000.captions.json  [n strings]        optional: captions
+    00001.codes.npy ...
+
+Why chunks rather than one tar member per image: 16x16 codes are 512 bytes, so per-member Python work (tar
+header parsing, decoding, collation) would cost far more than the data; a chunk is decoded with one
+``np.load`` per array and batches are then cut with numpy indexing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import webdataset as wds
+
+from halton.data.manifest import ShardRecord
+from halton.utils.checkpoint import atomic_write
+
+CODE_DTYPE = np.uint16
+MAX_CODEBOOK = int(np.iinfo(CODE_DTYPE).max) + 1
+LABEL_DTYPE = np.int32
+REQUIRED = ("codes.npy", "labels.npy", "keys.json")
+
+
+def chunk_name(index: int) -> str:
+    return f"{index:05d}"
+
+
+class BadChunk(ValueError):
+    """A chunk that cannot be decoded or does not fit the manifest."""
+
+
+@dataclass
+class Chunk:
+    codes: np.ndarray                    # [n, h, w] uint16
+    labels: np.ndarray                   # [n] int32
+    keys: np.ndarray                     # [n] object (str): numpy so batches index it without a Python loop
+    flipped: np.ndarray | None = None    # [n, h, w] uint16
+    captions: np.ndarray | None = None   # [n] object (str)
+
+    def __post_init__(self):
+        n = len(self.codes)
+        sizes = {"labels": len(self.labels), "keys": len(self.keys)}
+        if self.flipped is not None:
+            sizes["flipped"] = len(self.flipped)
+        if self.captions is not None:
+            sizes["captions"] = len(self.captions)
+        wrong = {k: v for k, v in sizes.items() if v != n}
+        if wrong:
+            raise BadChunk(f"{n} code grids but {wrong}")
+
+    def __len__(self) -> int:
+        return len(self.codes)
+
+    def slice(self, start: int, stop: int) -> "Chunk":
+        if (start, stop) == (0, len(self)):
+            return self
+        part = slice(start, stop)
+        return Chunk(self.codes[part], self.labels[part], self.keys[part],
+                     None if self.flipped is None else self.flipped[part],
+                     None if self.captions is None else self.captions[part])
+
+    @staticmethod
+    def concatenate(chunks: list["Chunk"]) -> "Chunk":
+        if len(chunks) == 1:
+            return chunks[0]
+        optional = {}
+        for name in ("flipped", "captions"):
+            present = [getattr(c, name) is not None for c in chunks]
+            if any(present) and not all(present):
+                raise BadChunk(f"some chunks have {name} and some do not")
+            optional[name] = np.concatenate([getattr(c, name) for c in chunks]) if all(present) else None
+        return Chunk(np.concatenate([c.codes for c in chunks]), np.concatenate([c.labels for c in chunks]),
+                     np.concatenate([c.keys for c in chunks]), **optional)
+
+    def take(self, index: np.ndarray) -> "Chunk":
+        return Chunk(self.codes[index], self.labels[index], self.keys[index],
+                     None if self.flipped is None else self.flipped[index],
+                     None if self.captions is None else self.captions[index])
+
+
+def strings(values) -> np.ndarray:
+    array = np.empty(len(values), dtype=object)
+    array[:] = list(values)
+    return array
+
+
+def _npy(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
+    return buffer.getvalue()
+
+
+def _load_npy(data: bytes, what: str) -> np.ndarray:
+    try:
+        return np.load(io.BytesIO(data), allow_pickle=False)
+    except Exception as error:  # a truncated or garbled member: numpy raises ValueError/EOFError/OSError
+        raise BadChunk(f"{what} does not decode ({str(error).splitlines()[0]})") from None
+
+
+def _load_json(data: bytes, what: str) -> list:
+    try:
+        values = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise BadChunk(f"{what} does not decode ({error})") from None
+    if not isinstance(values, list):
+        raise BadChunk(f"{what} is not a list")
+    return values
+
+
+def chunk_members(chunk: Chunk) -> dict[str, bytes]:
+    """The tar members of a chunk (without the ``__key__``)."""
+    members = {"codes.npy": _npy(chunk.codes.astype(CODE_DTYPE, copy=False)),
+               "labels.npy": _npy(chunk.labels.astype(LABEL_DTYPE, copy=False)),
+               "keys.json": json.dumps(list(chunk.keys)).encode()}
+    if chunk.flipped is not None:
+        members["flipped.npy"] = _npy(chunk.flipped.astype(CODE_DTYPE, copy=False))
+    if chunk.captions is not None:
+        members["captions.json"] = json.dumps(list(chunk.captions)).encode()
+    return members
+
+
+def decode_chunk(sample: dict, grid, codebook_size: int) -> Chunk:
+    """A webdataset sample (one chunk's members, grouped by key) -> :class:`Chunk`, checked against the
+    manifest's grid and codebook: codes outside the codebook are refused, naming the largest one."""
+    key = sample.get("__key__")
+    missing = [m for m in REQUIRED if m not in sample]
+    if missing:
+        raise BadChunk(f"chunk {key} has no {', '.join(missing)}")
+    codes = _load_npy(sample["codes.npy"], f"chunk {key} codes")
+    flipped = _load_npy(sample["flipped.npy"], f"chunk {key} flipped codes") if "flipped.npy" in sample else None
+    for name, array in (("codes", codes), ("flipped codes", flipped)):
+        if array is None:
+            continue
+        if array.dtype != CODE_DTYPE or array.ndim != 3 or list(array.shape[1:]) != list(grid):
+            raise BadChunk(f"chunk {key} {name} are {array.dtype} {list(array.shape)}; the manifest says "
+                           f"{np.dtype(CODE_DTYPE).name} [n, {grid[0]}, {grid[1]}]")
+        if array.size and int(array.max()) >= codebook_size:
+            raise BadChunk(f"chunk {key} {name} hold code {int(array.max())}, outside the codebook; allowed: "
+                           f"0 to {codebook_size - 1}")
+    labels = _load_npy(sample["labels.npy"], f"chunk {key} labels")
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+        raise BadChunk(f"chunk {key} labels are {labels.dtype} {list(labels.shape)}; expected integers [n]")
+    keys = strings(_load_json(sample["keys.json"], f"chunk {key} keys"))
+    captions = strings(_load_json(sample["captions.json"], f"chunk {key} captions")) \
+        if "captions.json" in sample else None
+    return Chunk(codes, labels, keys, flipped, captions)
+
+
+class _HashingFile(io.RawIOBase):
+    """A write-only file that hashes and counts what passes through it."""
+
+    def __init__(self, target):
+        super().__init__()
+        self.target, self.sha256, self.size = target, hashlib.sha256(), 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        self.sha256.update(data)
+        self.size += len(data)
+        return self.target.write(data)
+
+
+def write_shard(path: str | Path, chunks: list[Chunk], source: str = "", skipped: list[str] | None = None
+                ) -> ShardRecord:
+    """Write ``chunks`` as one tar shard, atomically (temporary file, then rename), reproducibly (fixed mtime,
+    sorted members: the same codes give the same bytes and SHA-256)."""
+    path = Path(path)
+    digest = {}
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as raw:
+            hashing = _HashingFile(raw)
+            with wds.TarWriter(hashing, encoder=False, mtime=0, user="halton", group="halton", mode=0o444) as tar:
+                for index, chunk in enumerate(chunks):
+                    tar.write({"__key__": chunk_name(index), **chunk_members(chunk)})
+            digest.update(sha256=hashing.sha256.hexdigest(), bytes=hashing.size)
+
+    atomic_write(path, write)
+    labels = [int(c.labels.max()) for c in chunks if len(c)]
+    return ShardRecord(name=path.name, samples=sum(len(c) for c in chunks), chunks=[len(c) for c in chunks],
+                       bytes=digest["bytes"], sha256=digest["sha256"], source=source, skipped=list(skipped or []),
+                       max_label=max(labels, default=-1))
+
+
+def split_into_chunks(chunk: Chunk, chunk_size: int) -> list[Chunk]:
+    return [chunk.slice(start, min(start + chunk_size, len(chunk))) for start in range(0, len(chunk), chunk_size)]
+
+
+def file_sha256(path: str | Path, block: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while data := handle.read(block):
+            digest.update(data)
+    return digest.hexdigest()

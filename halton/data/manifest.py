@@ -1,0 +1,122 @@
+"""The manifest of a folder of code shards: what the shards hold (grid, codebook, classes, tokenizer) and, per
+shard, its samples, chunk sizes, byte size and SHA-256. Loaders trust it for planning; it is checked against
+the data config and against the files before any reading."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from halton.utils.checkpoint import atomic_write
+
+FORMAT, VERSION = "halton-code-shards", 1
+MANIFEST_NAME = "manifest.json"
+
+
+class ManifestMismatch(ValueError):
+    """The manifest and the shards, or the manifest and the data config, disagree."""
+
+
+@dataclass
+class ShardRecord:
+    """One finished shard: ``chunks`` lists the sample count of each chunk, in member order."""
+
+    name: str
+    samples: int
+    chunks: list[int]
+    bytes: int
+    sha256: str
+    source: str = ""                                     # the input it was made from (files range, tar name)
+    skipped: list[str] = field(default_factory=list)     # inputs that could not be read (corrupt images)
+    max_label: int = -1
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ShardRecord":
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+
+
+@dataclass
+class Manifest:
+    grid: list[int]                # tokens per image, [h, w]
+    codebook_size: int
+    num_classes: int
+    chunk_size: int                # samples per chunk (the last chunk of a shard may hold fewer)
+    flipped: bool                  # chunks also hold the codes of the horizontally flipped images
+    captions: bool
+    tokenizer: dict[str, Any]      # name and settings
+    image_size: int | None
+    source: dict[str, Any]
+    shards: list[ShardRecord]
+    classes: list[str] = field(default_factory=list)
+    format: str = FORMAT
+    version: int = VERSION
+
+    @property
+    def samples(self) -> int:
+        return sum(shard.samples for shard in self.shards)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["samples"] = self.samples
+        return data
+
+    def save(self, folder: str | Path) -> Path:
+        text = json.dumps(self.to_dict(), indent=1)
+        return atomic_write(Path(folder) / MANIFEST_NAME, lambda tmp: Path(tmp).write_text(text))
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "Manifest":
+        path = Path(folder) / MANIFEST_NAME
+        if not path.is_file():
+            raise FileNotFoundError(f"no {MANIFEST_NAME} in {folder}: extract the shards first "
+                                    "(python -m halton.data.extract ...), or an extraction there is unfinished")
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as error:
+            raise ManifestMismatch(f"{path} is not valid JSON ({error})") from None
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise ManifestMismatch(f"{path} is not a code-shard manifest (format {data.get('format')!r}, "
+                                   f"allowed: {FORMAT!r})" if isinstance(data, dict) else f"{path} is not a manifest")
+        if data.get("version") != VERSION:
+            raise ManifestMismatch(f"{path} has version {data.get('version')}; allowed: {VERSION}")
+        try:
+            shards = [ShardRecord.from_dict(s) for s in data["shards"]]
+            fields = {k: data[k] for k in cls.__dataclass_fields__ if k in data and k != "shards"}
+            manifest = cls(shards=shards, **fields)
+        except (KeyError, TypeError) as error:
+            raise ManifestMismatch(f"{path} is missing or has a bad field: {error}") from None
+        if "samples" in data and data["samples"] != manifest.samples:
+            raise ManifestMismatch(f"{path} says {data['samples']} samples but its shards add up to "
+                                   f"{manifest.samples}")
+        for shard in manifest.shards:
+            if sum(shard.chunks) != shard.samples:
+                raise ManifestMismatch(f"{path}: shard {shard.name} has {shard.samples} samples but its chunks "
+                                       f"add up to {sum(shard.chunks)}")
+        return manifest
+
+    def check_facts(self, codebook_size: int, grid, num_classes: int, flip: bool, where: str) -> None:
+        """The data config's facts (which the model config reads) must be those of the shards."""
+        expected = {"codebook_size": self.codebook_size, "grid": list(self.grid), "num_classes": self.num_classes}
+        given = {"codebook_size": codebook_size, "grid": [int(g) for g in grid], "num_classes": num_classes}
+        for key in expected:
+            if expected[key] != given[key]:
+                raise ManifestMismatch(f"data.{key}={given[key]} but the shards in {where} have {key}="
+                                       f"{expected[key]} (tokenizer {self.tokenizer.get('name')}); use a data config "
+                                       "that matches them or extract them again")
+        if flip and not self.flipped:
+            raise ManifestMismatch(f"data.flip=true needs the codes of flipped images, which the shards in {where} "
+                                   "do not hold; extract with flip=true or set data.flip=false")
+
+    def check_files(self, folder: str | Path) -> list[str]:
+        """Missing shards are an error (the manifest does not describe this folder); shards whose size differs
+        from the manifest are returned, to be read with care (a truncated or rewritten file)."""
+        folder = Path(folder)
+        missing = [s.name for s in self.shards if not (folder / s.name).is_file()]
+        if missing:
+            raise ManifestMismatch(f"{folder}/{MANIFEST_NAME} lists {len(self.shards)} shards but {len(missing)} are "
+                                   f"missing (first: {missing[0]}); extract again into {folder} (finished shards "
+                                   "are kept)")
+        return [f"{s.name} ({(folder / s.name).stat().st_size} bytes, the manifest says {s.bytes})"
+                for s in self.shards if (folder / s.name).stat().st_size != s.bytes]

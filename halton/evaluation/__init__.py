@@ -1,0 +1,9 @@
+"""Evaluation: feature extractors, reference statistics, FID/IS/precision/recall, results files and reports."""
+
+from halton.evaluation.features import DigitsFeatures, FeatureExtractor, InceptionFeatures
+from halton.evaluation.metrics import fid, generative_metrics, inception_score, precision_recall
+from halton.evaluation.reference import ReferenceStats, reference_statistics
+from halton.evaluation.results import ResultsFile
+
+__all__ = ["DigitsFeatures", "FeatureExtractor", "InceptionFeatures", "ReferenceStats", "ResultsFile", "fid",
+           "generative_metrics", "inception_score", "precision_recall", "reference_statistics"]

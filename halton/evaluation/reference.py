@@ -1,0 +1,179 @@
+"""Reference statistics: mu/sigma (and features, for precision/recall) of a real image set, computed once per
+data + extractor + image size and cached, or loaded precomputed (ADM-style .npz with mu/sigma, or a .pt with
+mu/cov such as the official ImageNet_256_train_stats.pt)."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from halton.evaluation.features import FeatureExtractor, fingerprint
+from halton.evaluation.metrics import feature_statistics
+from halton.utils.checkpoint import atomic_write, require_file
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+KINDS = ("digits", "folder", "webdataset", "file")
+
+
+@dataclass
+class ReferenceStats:
+    stats: dict[str, np.ndarray]           # mu [D], sigma [D, D]
+    features: torch.Tensor | None          # [N, D] (a seeded subset for large sets) for precision/recall
+    extractor: str | None                  # name of the extractor that made them (None: unknown, precomputed)
+    image_size: tuple[int, int] | None
+    num_images: int
+    source: str
+
+    def check(self, extractor: FeatureExtractor, image_size: tuple[int, int]) -> None:
+        """Refuse statistics made with another extractor or at another image size."""
+        if self.extractor is not None and self.extractor != extractor.name:
+            raise ValueError(f"reference statistics {self.source} were made with extractor {self.extractor!r}; "
+                             f"this run uses {extractor.name!r}")
+        if self.image_size is not None and tuple(self.image_size) != tuple(image_size):
+            raise ValueError(f"reference statistics {self.source} are for images of {list(self.image_size)}; "
+                             f"this run generates {list(image_size)}")
+
+    def save(self, path: str | Path) -> Path:
+        arrays = {"mu": self.stats["mu"], "sigma": self.stats["sigma"],
+                  "meta": np.array(json.dumps({"extractor": self.extractor, "image_size": self.image_size,
+                                               "num_images": self.num_images, "source": self.source}))}
+        if self.features is not None:
+            arrays["features"] = self.features.numpy()
+
+        def write(tmp):
+            buffer = io.BytesIO()
+            np.savez(buffer, **arrays)
+            Path(tmp).write_bytes(buffer.getvalue())
+
+        return atomic_write(path, write)
+
+    @classmethod
+    def load(cls, path: str | Path) -> ReferenceStats:
+        path = require_file(path, "reference statistics")
+        if path.suffix == ".npz":
+            data = np.load(path, allow_pickle=False)
+            if "mu" not in data or "sigma" not in data:
+                raise ValueError(f"{path} has no mu/sigma arrays (keys: {', '.join(data.files)})")
+            meta = json.loads(str(data["meta"])) if "meta" in data else {}
+            features = torch.from_numpy(data["features"]) if "features" in data else None
+            stats = {"mu": data["mu"].astype(np.float64), "sigma": data["sigma"].astype(np.float64)}
+        elif path.suffix in (".pt", ".pth"):
+            data = torch.load(path, map_location="cpu", weights_only=True)
+            if not isinstance(data, dict) or "mu" not in data or not ("cov" in data or "sigma" in data):
+                raise ValueError(f"{path} is not a statistics file with mu and cov")
+            cov = data["cov"] if "cov" in data else data["sigma"]
+            stats = {"mu": torch.as_tensor(data["mu"]).double().numpy(), "sigma": torch.as_tensor(cov).double().numpy()}
+            meta, features = {}, None
+        else:
+            raise ValueError(f"unknown statistics format {path.suffix!r} for {path}; allowed: .npz, .pt")
+        size = meta.get("image_size")
+        return cls(stats, features, meta.get("extractor"), tuple(size) if size else None,
+                   int(meta.get("num_images", 0)), str(path))
+
+
+def extract_features(extractor: FeatureExtractor, batches, device: torch.device, desc: str) -> dict[str, torch.Tensor]:
+    """Run the extractor over an iterable of image batches in [-1, 1]; features and logits on the CPU."""
+    features, logits = [], []
+    extractor = extractor.to(device)
+    for images in tqdm(batches, desc=desc, leave=False):
+        out = extractor(images.to(device))
+        features.append(out["features"].cpu())
+        logits.append(out["logits"].cpu())
+    return {"features": torch.cat(features), "logits": torch.cat(logits)}
+
+
+# ------------------------------------------------------------------ real image sets
+def _resize_center_crop(image, size: tuple[int, int]) -> torch.Tensor:
+    from torchvision.transforms.functional import center_crop, pil_to_tensor, resize
+
+    image = resize(image.convert("RGB"), min(size), antialias=True)
+    return center_crop(pil_to_tensor(image), list(size)).float() / 127.5 - 1
+
+
+def _folder_images(root: Path) -> list[Path]:
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {root}")
+    return files
+
+
+def _batched(images: Iterator[torch.Tensor], batch_size: int) -> Iterator[torch.Tensor]:
+    batch = []
+    for image in images:
+        batch.append(image)
+        if len(batch) == batch_size:
+            yield torch.stack(batch)
+            batch = []
+    if batch:
+        yield torch.stack(batch)
+
+
+def reference_source(kind: str, path: str | None, image_size: tuple[int, int], max_images: int,
+                     batch_size: int = 100):
+    """(identity string, number of images, iterable of image batches in [-1, 1]) of a real image set."""
+    from PIL import Image
+
+    if kind == "digits":
+        from halton.data.digits import load_digits_split
+
+        (images, _), _ = load_digits_split(seed=0)
+        if tuple(image_size) != tuple(images.shape[-2:]):
+            raise ValueError(f"the digits are {list(images.shape[-2:])} images; this run generates {list(image_size)}")
+        images = images[:max_images]
+        return "digits-train-seed0", len(images), list(images.split(batch_size))
+    if kind == "folder":
+        root = Path(path or "")
+        if not root.is_dir():
+            raise FileNotFoundError(f"reference image folder not found: {root}")
+        files = _folder_images(root)[:max_images]
+        identity = fingerprint(root.resolve(), *[(str(f.relative_to(root)), f.stat().st_size) for f in files])
+        loader = (_resize_center_crop(Image.open(f), image_size) for f in files)
+        return f"folder-{identity}", len(files), _batched(loader, batch_size)
+    if kind == "webdataset":
+        import webdataset as wds
+
+        shards = sorted(Path().glob(path)) if path and any(c in path for c in "*?[") else [Path(path or "")]
+        missing = [s for s in shards if not s.is_file()]
+        if not shards or missing:
+            raise FileNotFoundError(f"reference shards not found: {path}")
+        identity = fingerprint(*[(s.resolve(), s.stat().st_size) for s in shards])
+        dataset = wds.WebDataset([str(s) for s in shards], shardshuffle=False).decode("pil").to_tuple(
+            "jpg;jpeg;png;webp")
+        images = (_resize_center_crop(sample[0], image_size) for sample, _ in zip(dataset, range(max_images)))
+        return f"webdataset-{identity}", None, _batched(images, batch_size)
+    raise ValueError(f"unknown reference kind {kind!r}; allowed: {', '.join(KINDS)}")
+
+
+def reference_statistics(kind: str, path: str | None, extractor: FeatureExtractor, image_size: tuple[int, int],
+                         cache_dir: str | Path, device: torch.device, max_images: int = 50000,
+                         max_features: int = 50000) -> ReferenceStats:
+    """Load precomputed statistics (kind=file) or compute them from a real image set, cached under a fingerprint
+    of the data, the extractor and the image size."""
+    if kind == "file":
+        reference = ReferenceStats.load(path)
+        reference.check(extractor, image_size)
+        return reference
+    identity, _, batches = reference_source(kind, path, image_size, max_images)
+    key = fingerprint(identity, extractor.name, tuple(image_size), max_images, max_features)
+    cache = Path(cache_dir) / f"reference_{kind}_{key}.npz"
+    if cache.is_file():
+        reference = ReferenceStats.load(cache)
+        reference.check(extractor, image_size)
+        return reference
+    extracted = extract_features(extractor, batches, device, desc=f"reference features ({kind})")
+    features = extracted["features"]
+    kept = features
+    if len(features) > max_features:  # precision/recall on a seeded subset of a large set
+        kept = features[torch.randperm(len(features), generator=torch.Generator().manual_seed(0))[:max_features]]
+    reference = ReferenceStats(feature_statistics(features), kept.float(), extractor.name, tuple(image_size),
+                               len(features), identity)
+    reference.save(cache)
+    reference.source = str(cache)
+    return reference

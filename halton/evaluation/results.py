@@ -1,0 +1,70 @@
+"""The results file of evaluation sweeps: one CSV row per (cell, evaluated step), updated atomically under a lock
+so concurrent jobs (a SLURM sweep) never lose each other's rows and a crash never truncates the file."""
+
+from __future__ import annotations
+
+import csv
+import fcntl
+import io
+import math
+from contextlib import contextmanager
+from pathlib import Path
+
+from halton.utils.checkpoint import atomic_write
+
+# The columns that identify a cell; re-running a cell whose rows are all present is skipped unless forced.
+KEY_COLUMNS = ("experiment", "checkpoint", "scheduler", "steps", "cfg_weight", "temp_min", "temp_max", "top_k",
+               "schedule", "seed", "num_images", "extractor", "eval_step")
+LEADING_COLUMNS = KEY_COLUMNS + ("tokens_fraction",)
+TRAILING_COLUMNS = ("seconds", "images_per_s")
+
+
+def _normalise(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else repr(value)
+    return str(value)
+
+
+def row_key(row: dict) -> tuple[str, ...]:
+    return tuple(_normalise(row.get(column)) for column in KEY_COLUMNS)
+
+
+class ResultsFile:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    @contextmanager
+    def _locked(self):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path.with_suffix(self.path.suffix + ".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def rows(self) -> list[dict[str, str]]:
+        if not self.path.is_file():
+            return []
+        with open(self.path, newline="") as handle:
+            return list(csv.DictReader(handle))
+
+    def has(self, keys: list[dict]) -> bool:
+        present = {row_key(row) for row in self.rows()}
+        return all(row_key(key) in present for key in keys)
+
+    def write(self, new_rows: list[dict]) -> None:
+        """Add rows, replacing any row with the same key; the file is rewritten atomically under the lock."""
+        with self._locked():
+            replaced = {row_key(row) for row in new_rows}
+            rows = [row for row in self.rows() if row_key(row) not in replaced]
+            rows += [{k: _normalise(v) for k, v in row.items()} for row in new_rows]
+            metric_columns = sorted({c for row in rows for c in row} - set(LEADING_COLUMNS) - set(TRAILING_COLUMNS))
+            columns = list(LEADING_COLUMNS) + metric_columns + list(TRAILING_COLUMNS)
+            buffer = io.StringIO()
+            writer = csv.DictWriter(buffer, fieldnames=columns, restval="")
+            writer.writeheader()
+            writer.writerows(rows)
+            atomic_write(self.path, lambda tmp: Path(tmp).write_text(buffer.getvalue()))

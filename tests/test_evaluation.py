@@ -1,0 +1,286 @@
+import json
+import math
+import multiprocessing
+
+import numpy as np
+import pytest
+import torch
+from conftest import TINY_NET, run
+
+from halton.evaluation import ReferenceStats, ResultsFile, fid, generative_metrics, inception_score, precision_recall
+from halton.evaluation.diagnostics import step_diagnostics
+from halton.evaluation.features import DigitsFeatures, InceptionFeatures
+from halton.evaluation.metrics import feature_statistics
+from halton.evaluation.runner import balanced_labels, batch_seed
+from halton.sampling import HaltonScheduler, SamplingResult, sample
+
+
+def features(n=400, d=16, seed=0):
+    return torch.randn(n, d, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+def reference_of(feats, extractor="test-extractor", size=(8, 8)):
+    return ReferenceStats(feature_statistics(feats), feats.float(), extractor, size, len(feats), "test")
+
+
+# ------------------------------------------------------------------ metrics on known inputs
+def test_identical_sets_give_zero_fid_and_full_precision_recall():
+    feats = features()
+    assert abs(fid(feature_statistics(feats), feature_statistics(feats))) < 1e-6
+    assert precision_recall(feats, feats) == (1.0, 1.0)
+
+
+def test_shifted_set_fid_is_the_closed_form_and_matches_torchmetrics():
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
+    real = features()
+    shifted = real + 0.5  # same covariance, mean moved by 0.5 in each of 16 dimensions: FID = 16 * 0.25
+    value = fid(feature_statistics(shifted), feature_statistics(real))
+    assert value == pytest.approx(4.0, abs=1e-6)
+
+    class Identity(torch.nn.Module):  # features in, features out: torchmetrics computes FID on them as they are
+        num_features = 16
+
+        def forward(self, x):
+            return x.reshape(x.shape[0], -1)[:, :16].double()
+
+    metric = FrechetInceptionDistance(feature=Identity(), normalize=False)
+    metric.update(real, real=True)
+    metric.update(shifted, real=False)
+    assert metric.compute().item() == pytest.approx(value, abs=1e-4)
+
+
+def test_precision_recall_of_disjoint_sets_is_zero():
+    real = features()
+    far = real + 100.0
+    assert precision_recall(far, real) == (0.0, 0.0)
+
+
+def test_inception_score_on_known_logits():
+    assert inception_score(torch.zeros(100, 10)) == pytest.approx(1.0)  # every sample uniform: IS 1
+    confident = torch.full((100, 10), -50.0)
+    confident[torch.arange(100), torch.arange(100) % 10] = 50.0
+    assert inception_score(confident, splits=1) == pytest.approx(10.0, rel=1e-4)  # sure, balanced, 10 classes
+
+
+def test_generative_metrics_names_carry_the_extractor_prefix():
+    feats = features()
+    metrics = generative_metrics(feats.float(), torch.zeros(len(feats), 10), reference_of(feats), "digits_")
+    assert set(metrics) == {"digits_fid", "digits_is", "digits_precision", "digits_recall"}
+    assert metrics["digits_precision"] == 1.0
+    no_features = reference_of(feats)
+    no_features.features = None
+    assert math.isnan(generative_metrics(feats.float(), torch.zeros(len(feats), 10), no_features)["precision"])
+
+
+# ------------------------------------------------------------------ reference statistics
+def test_reference_round_trip_and_mismatch_refused(tmp_path):
+    feats = features()
+    path = reference_of(feats, "digits-mlp-v1-seed0-steps600", (8, 8)).save(tmp_path / "ref.npz")
+    loaded = ReferenceStats.load(path)
+    np.testing.assert_allclose(loaded.stats["sigma"], feature_statistics(feats)["sigma"])
+    assert loaded.extractor == "digits-mlp-v1-seed0-steps600" and loaded.image_size == (8, 8)
+
+    class Extractor:
+        name = "digits-mlp-v1-seed0-steps600"
+
+    loaded.check(Extractor(), (8, 8))
+    with pytest.raises(ValueError, match=r"image.*\[8, 8\].*this run generates \[16, 16\]"):
+        loaded.check(Extractor(), (16, 16))
+    Extractor.name = "inception-v3-compat"
+    with pytest.raises(ValueError, match="made with extractor 'digits-mlp-v1-seed0-steps600'; this run uses "
+                                         "'inception-v3-compat'"):
+        loaded.check(Extractor(), (8, 8))
+
+
+def test_precomputed_statistics_formats(tmp_path):
+    feats = features()
+    stats = feature_statistics(feats)
+    np.savez(tmp_path / "adm.npz", mu=stats["mu"], sigma=stats["sigma"])  # ADM-style
+    torch.save({"mu": torch.from_numpy(stats["mu"]), "cov": torch.from_numpy(stats["sigma"])}, tmp_path / "s.pt")
+    for name in ("adm.npz", "s.pt"):
+        loaded = ReferenceStats.load(tmp_path / name)
+        assert loaded.extractor is None and loaded.features is None
+        assert fid(stats, loaded.stats) == pytest.approx(0.0, abs=1e-6)
+    np.savez(tmp_path / "bad.npz", x=np.zeros(3))
+    with pytest.raises(ValueError, match="has no mu/sigma"):
+        ReferenceStats.load(tmp_path / "bad.npz")
+    with pytest.raises(FileNotFoundError, match="reference statistics not found"):
+        ReferenceStats.load(tmp_path / "missing.npz")
+
+
+# ------------------------------------------------------------------ extractors
+def test_digits_classifier_is_cached_and_accurate(tmp_path):
+    from halton.data.digits import load_digits_split
+
+    first = DigitsFeatures(tmp_path)
+    assert len(list(tmp_path.glob("*.safetensors"))) == 1
+    _, (images, labels) = load_digits_split()
+    assert first.accuracy(images, labels) > 0.93
+    again = DigitsFeatures(tmp_path)  # loaded from the cache
+    torch.testing.assert_close(again(images)["features"], first(images)["features"])
+    out = first(images[:5])
+    assert out["features"].shape == (5, 64) and out["logits"].shape == (5, 10)
+
+
+def test_inception_loads_local_weights(tmp_path, monkeypatch):
+    """torch-fidelity's real Inception-v3, with random weights saved in its own format (no download here)."""
+    import torch_fidelity.feature_extractor_inceptionv3 as tf_inception
+
+    with monkeypatch.context() as patch:  # build once without loading anything, to write a weights file
+        patch.setattr(tf_inception, "load_state_dict_from_url", lambda *a, **k: None)
+        patch.setattr(tf_inception.FeatureExtractorInceptionV3, "load_state_dict", lambda self, sd: None)
+        skeleton = tf_inception.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
+    torch.save(skeleton.state_dict(), tmp_path / "inception.pth")
+    extractor = InceptionFeatures(str(tmp_path / "inception.pth"))
+    images = torch.rand(2, 1, 8, 8) * 2 - 1
+    out = extractor(images)
+    assert out["features"].shape == (2, 2048) and out["logits"].shape == (2, 1008)
+    with pytest.raises(FileNotFoundError, match="Inception weights not found"):
+        InceptionFeatures(str(tmp_path / "missing.pth"))
+
+
+# ------------------------------------------------------------------ results file
+def _write_row(path, scheduler):
+    ResultsFile(path).write([{"experiment": "e", "scheduler": scheduler, "steps": 8, "eval_step": 8, "fid": 1.0}])
+
+
+def test_results_file_concurrent_writers_lose_no_row(tmp_path):
+    path = tmp_path / "results.csv"
+    with multiprocessing.get_context("fork").Pool(4) as pool:
+        pool.starmap(_write_row, [(path, f"s{i}") for i in range(24)])
+    rows = ResultsFile(path).rows()
+    assert sorted(r["scheduler"] for r in rows) == sorted(f"s{i}" for i in range(24))
+
+
+def test_results_file_replaces_same_cell_and_survives_a_crash(tmp_path, monkeypatch):
+    results = ResultsFile(tmp_path / "results.csv")
+    results.write([{"scheduler": "halton", "steps": 8, "eval_step": 8, "fid": 2.0}])
+    results.write([{"scheduler": "halton", "steps": 8, "eval_step": 8, "fid": 1.5}])
+    assert [r["fid"] for r in results.rows()] == ["1.5"]
+    assert results.has([{"scheduler": "halton", "steps": 8, "eval_step": 8}])
+    assert not results.has([{"scheduler": "random", "steps": 8, "eval_step": 8}])
+    import halton.evaluation.results as module
+
+    def crash(path, write):
+        raise RuntimeError("killed mid-write")
+
+    monkeypatch.setattr(module, "atomic_write", crash)
+    with pytest.raises(RuntimeError):
+        results.write([{"scheduler": "random", "steps": 8, "eval_step": 8, "fid": 9.0}])
+    assert [r["fid"] for r in results.rows()] == ["1.5"]
+
+
+# ------------------------------------------------------------------ generation pieces
+def test_balanced_labels():
+    labels = balanced_labels(50, 10)
+    assert torch.bincount(labels).tolist() == [5] * 10
+    assert torch.bincount(labels[:10]).tolist() == [1] * 10
+    with pytest.raises(ValueError, match="num_images=55 must be a positive multiple of the 10 classes"):
+        balanced_labels(55, 10)
+    assert batch_seed(0, 3) != batch_seed(1, 3)
+
+
+def test_step_diagnostics_on_a_known_schedule():
+    # 2x2 grid: step 1 unmasks the diagonal, step 2 the anti-diagonal.
+    first = torch.tensor([[[True, False], [False, True]]])
+    second = ~first
+    result = SamplingResult(codes=torch.zeros(1, 2, 2, dtype=torch.long), unmasked_per_step=[first, second],
+                            entropy_per_step=[torch.tensor([0.5]), torch.tensor([1.5])])
+    out = step_diagnostics(result)
+    assert out["entropy"][:, 0].tolist() == [0.5, 1.5]
+    assert out["distance_within_step"][:, 0].tolist() == pytest.approx([math.sqrt(2), math.sqrt(2)])
+    assert math.isnan(out["distance_to_unmasked"][0, 0]) and out["distance_to_unmasked"][1, 0] == pytest.approx(1.0)
+
+
+def test_fill_steps_complete_the_partial_codes():
+    from halton.models import MaskTransformer
+
+    torch.manual_seed(0)
+    model = MaskTransformer(17, 8, 32, 1, 2, num_classes=10)
+    result = sample(model, HaltonScheduler(), torch.arange(4), steps=8, cfg_weight=1.0, return_history=True,
+                    fill_steps=(1, 3))
+    assert sorted(result.filled) == [1, 3]
+    for step, filled in result.filled.items():
+        partial = result.codes_per_step[step]
+        decoded = partial != model.mask_id
+        assert (filled != model.mask_id).all()
+        assert torch.equal(filled[decoded], partial[decoded])
+    assert len(result.entropy_per_step) == 8 and result.entropy_per_step[0].shape == (4,)
+
+
+# ------------------------------------------------------------------ evaluate.py end to end
+def evaluate(runs, *args, check=True):
+    ckpt = runs / "tiny" / "checkpoints" / "last.ckpt"
+    return run("evaluate.py", "experiment=digits", f"checkpoint={ckpt}", *TINY_NET, f"paths.runs_dir={runs}",
+               f"paths.data_dir={runs / 'data'}", "num_images=40", "batch_size=20", "name=tiny", *args,
+               check=check)
+
+
+def test_evaluate_writes_rows_grids_and_diagnostics_then_skips(tiny_run):
+    result = evaluate(tiny_run, "scheduler=confidence", "steps=8", "intermediate_steps=[2,4]")
+    results = ResultsFile(tiny_run / "tiny" / "eval" / "results.csv")
+    rows = [r for r in results.rows() if r["scheduler"] == "confidence"]
+    assert sorted(int(r["eval_step"]) for r in rows) == [2, 4, 8]
+    final = next(r for r in rows if r["eval_step"] == "8")
+    assert final["extractor"] == "digits" and final["num_images"] == "40" and final["tokens_fraction"] == "1.0"
+    assert float(final["digits_fid"]) > 0 and 0 <= float(final["digits_precision"]) <= 1
+    assert "fid" not in final  # digits-classifier numbers are never labelled as Inception FID
+    eval_dir = tiny_run / "tiny" / "eval"
+    assert (eval_dir / "grids" / "confidence_steps8_cfg1_seed0.png").is_file()
+    curves = json.loads((eval_dir / "diagnostics" / "confidence_steps8_cfg1_seed0.json").read_text())
+    assert len(curves["entropy"]) == 8 and len(curves["distance_within_step"]) == 8
+    assert "digits_fid" in result.stdout
+
+    again = evaluate(tiny_run, "scheduler=confidence", "steps=8", "intermediate_steps=[2,4]")
+    assert "skipping confidence, 8 steps: already in" in again.stdout
+    forced = evaluate(tiny_run, "scheduler=confidence", "steps=8", "intermediate_steps=[2,4]", "force=true")
+    assert "skipping" not in forced.stdout
+    assert len([r for r in results.rows() if r["scheduler"] == "confidence"]) == 3
+
+
+def test_evaluate_sweep_and_report(tiny_run, tmp_path):
+    run("evaluate.py", "-m", "experiment=digits", f"checkpoint={tiny_run / 'tiny/checkpoints/last.ckpt'}",
+        *TINY_NET, f"paths.runs_dir={tiny_run}", f"paths.data_dir={tiny_run / 'data'}", "num_images=20",
+        "batch_size=20", "name=sweep", "scheduler=halton,random", "steps=2,4")
+    results = tiny_run / "sweep" / "eval" / "results.csv"
+    cells = {(r["scheduler"], r["steps"]) for r in ResultsFile(results).rows()}
+    assert cells == {("halton", "2"), ("halton", "4"), ("random", "2"), ("random", "4")}
+    from halton.evaluation.report import main as report
+
+    report([str(results), "--out", str(tmp_path)])
+    table = (tmp_path / "report.md").read_text()
+    assert "| halton | 4 |" in table and "digits_fid" in table
+    assert (tmp_path / "digits_fid_vs_steps.png").is_file() and (tmp_path / "diagnostics_steps4.png").is_file()
+
+
+def test_two_processes_give_the_same_numbers_as_one(tiny_run):
+    one = evaluate(tiny_run, "scheduler=halton", "steps=4", "name=one", "accelerator=cpu", "devices=1")
+    two = evaluate(tiny_run, "scheduler=halton", "steps=4", "name=two", "accelerator=cpu", "devices=2")
+    assert two.returncode == 0
+    rows = [ResultsFile(tiny_run / name / "eval" / "results.csv").rows()[0] for name in ("one", "two")]
+    for metric in ("digits_fid", "digits_is", "digits_precision", "digits_recall"):
+        assert float(rows[0][metric]) == pytest.approx(float(rows[1][metric]), rel=1e-6, abs=1e-9), metric
+
+
+def test_mismatched_reference_file_is_refused(tiny_run, tmp_path):
+    feats = features(d=64)
+    path = reference_of(feats, "inception-v3-compat", (299, 299)).save(tmp_path / "inception_ref.npz")
+    result = evaluate(tiny_run, "scheduler=halton", "steps=4", "reference.kind=file",
+                      f"reference.path={path}", check=False)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"error: reference statistics {path} were made with extractor 'inception-v3-compat'; this run uses "
+        "'digits-mlp-v1-seed0-steps600'"]
+
+
+@pytest.mark.parametrize("args,message", [
+    (["scheduler=maskgit"], "error: unknown scheduler 'maskgit'; allowed: confidence, halton, random"),
+    (["num_images=15"], "error: num_images=15 must be a positive multiple of the 10 classes"),
+    (["extractor=clip"], "error: unknown extractor 'clip'; allowed: inception, digits"),
+    (["intermediate_steps=[9]", "steps=8"], "error: intermediate_steps [9] out of range; allowed: 1 to steps=8"),
+])
+def test_evaluate_rejects_bad_values(tiny_run, args, message):
+    result = evaluate(tiny_run, *args, check=False)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[0].startswith(message)
