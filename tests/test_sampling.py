@@ -109,9 +109,9 @@ def test_cfg_formula_and_single_batched_pass(monkeypatch):
     captured = []
     original = sampling_base._sample_tokens
 
-    def spy(logits, top_k, generator):
+    def spy(logits, top_k, generator, **kwargs):
         captured.append(logits.clone())
-        return original(logits, top_k, generator)
+        return original(logits, top_k, generator, **kwargs)
 
     monkeypatch.setattr(sampling_base, "_sample_tokens", spy)
     model = StubModel()
@@ -147,7 +147,7 @@ def test_temperature_is_interpolated_and_multiplies_logits(monkeypatch):
     captured = []
     original = sampling_base._sample_tokens
     monkeypatch.setattr(sampling_base, "_sample_tokens",
-                        lambda logits, k, g: captured.append(logits.clone()) or original(logits, k, g))
+                        lambda logits, k, g, **kw: captured.append(logits.clone()) or original(logits, k, g, **kw))
     model = StubModel()
     sample(model, HaltonScheduler(), torch.tensor([1]), steps=5, temp_min=1.0, temp_max=2.0)
     for step, (positions, logits) in enumerate(zip(model.head_positions, captured)):
@@ -217,3 +217,17 @@ def test_class_out_of_range():
 def test_unknown_scheduler():
     with pytest.raises(ValueError, match="unknown scheduler 'maskgit'; allowed: halton, confidence, random"):
         build_scheduler("maskgit")
+
+
+def test_token_draws_follow_the_softmax_and_report_its_entropy():
+    logits = torch.tensor([2.0, 0.0, -1.0, 1.0, -30.0])
+    probs = torch.softmax(logits, 0)
+    rows = logits.expand(200_000, 5).clone()
+    tokens, token_probs, entropy = sampling_base._sample_tokens(rows, None, torch.Generator().manual_seed(0),
+                                                               entropy=True)
+    frequencies = torch.bincount(tokens, minlength=5).float() / len(tokens)
+    torch.testing.assert_close(frequencies, probs, atol=4e-3, rtol=0)
+    torch.testing.assert_close(token_probs, probs[tokens])
+    torch.testing.assert_close(entropy, torch.full((200_000,), -(probs * probs.log()).sum().item()))
+    top2 = sampling_base._sample_tokens(logits.expand(1000, 5).clone(), 2, torch.Generator().manual_seed(1))[0]
+    assert set(top2.tolist()) == {0, 3}

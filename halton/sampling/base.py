@@ -90,25 +90,28 @@ def check_labels(labels: torch.Tensor, num_classes: int) -> None:
         raise ValueError(f"class id {bad} is out of range; allowed: 0 to {num_classes - 1}")
 
 
-def _distribution(logits: torch.Tensor, top_k: int | None) -> torch.Tensor:
-    """Sampling probabilities [..., V] from logits already scaled by the temperature."""
+def _sample_tokens(logits: torch.Tensor, top_k: int | None, generator: torch.Generator, entropy: bool = False):
+    """Draw one token per row of ``logits`` [..., V] (already scaled by the temperature), by inverse-CDF
+    sampling: one uniform draw per row instead of one random number per class (torch.multinomial), which makes
+    sampling several times faster over a 16k codebook. Returns the tokens, their probabilities, and the entropy
+    of each row's distribution when ``entropy`` (else None). ``logits`` is overwritten."""
     if top_k:
         kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    return torch.softmax(logits, dim=-1)
-
-
-def _sample_tokens(logits: torch.Tensor, top_k: int | None, generator: torch.Generator):
-    """Draw one token per row of ``logits`` [..., V]; returns the tokens, their probabilities and the
-    distributions."""
-    probs = _distribution(logits, top_k)
-    flat = probs.reshape(-1, probs.shape[-1])
-    tokens = torch.multinomial(flat, 1, generator=generator).view(probs.shape[:-1])
-    return tokens, probs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1), probs
-
-
-def _entropy(probs: torch.Tensor) -> torch.Tensor:
-    return -(probs * probs.clamp_min(torch.finfo(probs.dtype).tiny).log()).sum(-1)
+        logits.masked_fill_(logits < kth, float("-inf"))
+    shifted = logits.sub_(logits.amax(-1, keepdim=True))       # log-weights, max 0
+    weights = shifted.exp()
+    cdf = torch.cumsum(weights, dim=-1)
+    total = cdf[..., -1:]
+    uniform = torch.rand(total.shape, generator=generator, device=total.device, dtype=total.dtype)
+    # u in [0, total): the first cdf entry above u; zero-weight classes (top-k) have empty intervals.
+    threshold = torch.minimum(uniform * total, torch.nextafter(total, torch.zeros_like(total)))
+    tokens = torch.searchsorted(cdf, threshold, right=True).clamp_max_(cdf.shape[-1] - 1)
+    token_probs = (weights.gather(-1, tokens) / total).squeeze(-1)
+    row_entropy = None
+    if entropy:  # H = log(total) - sum(w * log w) / total, with 0 * log 0 = 0
+        weighted = torch.where(weights > 0, weights * shifted, torch.zeros_like(weights)).sum(-1, keepdim=True)
+        row_entropy = (total.log() - weighted / total).squeeze(-1)
+    return tokens.squeeze(-1), token_probs, row_entropy
 
 
 @torch.no_grad()
@@ -150,12 +153,13 @@ def sample(model, scheduler: Scheduler, labels: torch.Tensor, steps: int = 32, c
     model.eval()
     fill_steps = set(fill_steps)
 
-    def guided_logits(hidden, positions, weight):
+    def guided_logits(hidden, positions, weight, temperature):
         with autocast:
             if weight == 0:
-                return model.logits(hidden, positions, vocab).float()
+                return model.logits(hidden, positions, vocab).float().mul_(temperature)
             cond, uncond = model.logits(hidden, torch.cat([positions, positions]), vocab).float().chunk(2)
-        return (1 + weight) * cond - weight * uncond
+        # (1 + w) * cond - w * uncond, then the temperature, in place
+        return cond.mul_(1 + weight).sub_(uncond, alpha=weight).mul_(temperature)
 
     for step in tqdm(range(steps), desc=f"sampling ({scheduler.name})", disable=not progress, leave=False):
         count = counts[step]
@@ -166,8 +170,8 @@ def sample(model, scheduler: Scheduler, labels: torch.Tensor, steps: int = 32, c
                 hidden = model.trunk(torch.cat([codes, codes]), both_labels, both_drop)
             else:
                 hidden = model.trunk(codes, labels, no_drop)
-        logits = guided_logits(hidden, positions, weight)
-        tokens, token_probs, probs = _sample_tokens(logits * temperatures[step], top_k, generator)
+        logits = guided_logits(hidden, positions, weight, temperatures[step])
+        tokens, token_probs, entropy = _sample_tokens(logits, top_k, generator, entropy=return_history)
         chosen = scheduler.choose(step, steps, tokens, token_probs, count, generator)
         new_positions = positions.gather(1, chosen)
         codes.scatter_(1, new_positions, tokens.gather(1, chosen))
@@ -177,12 +181,11 @@ def sample(model, scheduler: Scheduler, labels: torch.Tensor, steps: int = 32, c
             filled = codes.clone()
             if done < num_tokens:
                 rest = masked.nonzero()[:, 1].view(batch, -1)
-                rest_logits = guided_logits(hidden, rest, weight) * temperatures[step]
+                rest_logits = guided_logits(hidden, rest, weight, temperatures[step])
                 filled.scatter_(1, rest, _sample_tokens(rest_logits, top_k, generator)[0])
             result.filled[step] = filled.view(batch, height, width)
         if return_history:
-            result.entropy_per_step.append(_entropy(probs.gather(
-                1, chosen[..., None].expand(-1, -1, probs.shape[-1]))).mean(1))
+            result.entropy_per_step.append(entropy.gather(1, chosen).mean(1))
             grid = (batch, height, width)
             predictions = torch.full_like(codes, model.mask_id).scatter_(1, positions, tokens)
             result.codes_per_step.append(codes.clone().view(grid))
