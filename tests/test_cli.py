@@ -77,3 +77,20 @@ def test_train_rejects_unknown_experiment():
     result = run("train.py", "experiment=imagenet_xxl", check=False)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[0].startswith("error: unknown experiment 'imagenet_xxl'; allowed: ")
+
+
+@pytest.mark.parametrize("logger,artifact", [("tensorboard", "tensorboard"), ("wandb", "wandb")])
+def test_other_loggers_work_offline(tmp_path, logger, artifact):
+    import os
+
+    env_before = os.environ.get("WANDB_MODE")
+    run("train.py", *TINY, f"paths.runs_dir={tmp_path}", f"logger={logger}", "trainer.max_steps=2")
+    files = list((tmp_path / "tiny" / artifact).rglob("*"))
+    assert any(f.is_file() for f in files), f"{logger} wrote nothing under {tmp_path / 'tiny' / artifact}"
+    if logger == "tensorboard":
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        events = EventAccumulator(str(next(f for f in files if "events" in f.name).parent))
+        events.Reload()
+        assert "samples" in events.Tags()["images"] and "val/loss" in events.Tags()["scalars"]
+    assert os.environ.get("WANDB_MODE") == env_before
