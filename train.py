@@ -11,7 +11,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from halton.cli import check_group_choices, entry_point
-from halton.training import AtomicCheckpointIO
+from halton.training import AtomicCheckpointIO, cluster_plugins
 
 
 def resume_from(cfg: DictConfig) -> str | None:
@@ -32,9 +32,12 @@ def main(cfg: DictConfig) -> None:
     module = instantiate(cfg.model)
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
     loggers = [instantiate(c) for c in cfg.logger.values() if c is not None]
+    # Under SLURM: Lightning's SLURMEnvironment without its auto-requeue (the preemption callback requeues).
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
-                          plugins=[AtomicCheckpointIO()])
+                          plugins=[AtomicCheckpointIO(), *cluster_plugins()])
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from(cfg))
+    # One line per rank: a multi-rank job's log shows every rank got to the end.
+    print(f"rank {trainer.global_rank}/{trainer.world_size}: trained to step {trainer.global_step}", flush=True)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ import numpy as np
 import webdataset as wds
 
 from halton.data.manifest import ShardRecord
-from halton.utils.checkpoint import atomic_write
+from halton.data.files import atomic_write_shared
 
 CODE_DTYPE = np.uint16
 MAX_CODEBOOK = int(np.iinfo(CODE_DTYPE).max) + 1
@@ -47,13 +47,16 @@ class BadChunk(ValueError):
 class Chunk:
     codes: np.ndarray                    # [n, h, w] uint16
     labels: np.ndarray                   # [n] int32
-    keys: np.ndarray                     # [n] object (str): numpy so batches index it without a Python loop
+    keys: np.ndarray | None              # [n] object (str): numpy so batches index it without a Python loop;
+                                         # None when the reader does not need them (decoding them costs time)
     flipped: np.ndarray | None = None    # [n, h, w] uint16
     captions: np.ndarray | None = None   # [n] object (str)
 
     def __post_init__(self):
         n = len(self.codes)
-        sizes = {"labels": len(self.labels), "keys": len(self.keys)}
+        sizes = {"labels": len(self.labels)}
+        if self.keys is not None:
+            sizes["keys"] = len(self.keys)
         if self.flipped is not None:
             sizes["flipped"] = len(self.flipped)
         if self.captions is not None:
@@ -69,32 +72,32 @@ class Chunk:
         if (start, stop) == (0, len(self)):
             return self
         part = slice(start, stop)
-        return Chunk(self.codes[part], self.labels[part], self.keys[part],
-                     None if self.flipped is None else self.flipped[part],
-                     None if self.captions is None else self.captions[part])
+        return Chunk(*(None if a is None else a[part] for a in self._arrays()))
+
+    def _arrays(self) -> tuple:
+        return self.codes, self.labels, self.keys, self.flipped, self.captions
 
     @staticmethod
     def concatenate(chunks: list["Chunk"]) -> "Chunk":
         if len(chunks) == 1:
             return chunks[0]
-        optional = {}
-        for name in ("flipped", "captions"):
+        parts = {}
+        for name in ("codes", "labels", "keys", "flipped", "captions"):
             present = [getattr(c, name) is not None for c in chunks]
             if any(present) and not all(present):
                 raise BadChunk(f"some chunks have {name} and some do not")
-            optional[name] = np.concatenate([getattr(c, name) for c in chunks]) if all(present) else None
-        return Chunk(np.concatenate([c.codes for c in chunks]), np.concatenate([c.labels for c in chunks]),
-                     np.concatenate([c.keys for c in chunks]), **optional)
+            parts[name] = np.concatenate([getattr(c, name) for c in chunks]) if all(present) else None
+        return Chunk(**parts)
 
     def take(self, index: np.ndarray) -> "Chunk":
-        return Chunk(self.codes[index], self.labels[index], self.keys[index],
-                     None if self.flipped is None else self.flipped[index],
-                     None if self.captions is None else self.captions[index])
+        return Chunk(*(None if a is None else a[index] for a in self._arrays()))
 
 
 def strings(values) -> np.ndarray:
+    """A 1-D object array of strings (``np.array`` of strings would make a fixed-width unicode array)."""
+    values = list(values)
     array = np.empty(len(values), dtype=object)
-    array[:] = list(values)
+    array[:] = values
     return array
 
 
@@ -123,6 +126,8 @@ def _load_json(data: bytes, what: str) -> list:
 
 def chunk_members(chunk: Chunk) -> dict[str, bytes]:
     """The tar members of a chunk (without the ``__key__``)."""
+    if chunk.keys is None:
+        raise BadChunk("a chunk to write needs its sample keys")
     members = {"codes.npy": _npy(chunk.codes.astype(CODE_DTYPE, copy=False)),
                "labels.npy": _npy(chunk.labels.astype(LABEL_DTYPE, copy=False)),
                "keys.json": json.dumps(list(chunk.keys)).encode()}
@@ -133,9 +138,10 @@ def chunk_members(chunk: Chunk) -> dict[str, bytes]:
     return members
 
 
-def decode_chunk(sample: dict, grid, codebook_size: int) -> Chunk:
+def decode_chunk(sample: dict, grid, codebook_size: int, keys: bool = True) -> Chunk:
     """A webdataset sample (one chunk's members, grouped by key) -> :class:`Chunk`, checked against the
-    manifest's grid and codebook: codes outside the codebook are refused, naming the largest one."""
+    manifest's grid and codebook: codes outside the codebook are refused, naming the largest one. ``keys``:
+    also decode the sample keys."""
     key = sample.get("__key__")
     missing = [m for m in REQUIRED if m not in sample]
     if missing:
@@ -154,10 +160,10 @@ def decode_chunk(sample: dict, grid, codebook_size: int) -> Chunk:
     labels = _load_npy(sample["labels.npy"], f"chunk {key} labels")
     if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
         raise BadChunk(f"chunk {key} labels are {labels.dtype} {list(labels.shape)}; expected integers [n]")
-    keys = strings(_load_json(sample["keys.json"], f"chunk {key} keys"))
+    names = strings(_load_json(sample["keys.json"], f"chunk {key} keys")) if keys else None
     captions = strings(_load_json(sample["captions.json"], f"chunk {key} captions")) \
         if "captions.json" in sample else None
-    return Chunk(codes, labels, keys, flipped, captions)
+    return Chunk(codes, labels, names, flipped, captions)
 
 
 class _HashingFile(io.RawIOBase):
@@ -191,11 +197,11 @@ def write_shard(path: str | Path, chunks: list[Chunk], source: str = "", skipped
                     tar.write({"__key__": chunk_name(index), **chunk_members(chunk)})
             digest.update(sha256=hashing.sha256.hexdigest(), bytes=hashing.size)
 
-    atomic_write(path, write)
+    atomic_write_shared(path, write)
     labels = [int(c.labels.max()) for c in chunks if len(c)]
     return ShardRecord(name=path.name, samples=sum(len(c) for c in chunks), chunks=[len(c) for c in chunks],
                        bytes=digest["bytes"], sha256=digest["sha256"], source=source, skipped=list(skipped or []),
-                       max_label=max(labels, default=-1))
+                       max_label=max(labels, default=-1), captions=any(c.captions is not None for c in chunks))
 
 
 def split_into_chunks(chunk: Chunk, chunk_size: int) -> list[Chunk]:

@@ -9,6 +9,7 @@ from torch.utils.data import DataLoader
 
 from halton.data.memory import CodesDataset, pass_through
 from halton.tokenizers import PixelTokenizer
+from halton.training.resumable_loader import ResumableLoader
 
 LEVELS, SIDE, CLASSES = 17, 8, 10
 
@@ -59,8 +60,10 @@ class DigitsDataModule(pl.LightningDataModule):
                           num_workers=self.num_workers, collate_fn=pass_through,
                           persistent_workers=self.num_workers > 0)
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, shuffle=True)
+    def train_dataloader(self) -> ResumableLoader:
+        # Resumes mid-epoch exactly (order from the run's seed and the epoch; Lightning saves its place).
+        return ResumableLoader(self.train_set, self.batch_size, num_workers=self.num_workers,
+                               collate_fn=pass_through)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_set, shuffle=False)

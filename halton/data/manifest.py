@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from halton.utils.checkpoint import atomic_write
+from halton.data.files import atomic_write_shared
 
 FORMAT, VERSION = "halton-code-shards", 1
 MANIFEST_NAME = "manifest.json"
@@ -31,6 +31,7 @@ class ShardRecord:
     source: str = ""                                     # the input it was made from (files range, tar name)
     skipped: list[str] = field(default_factory=list)     # inputs that could not be read (corrupt images)
     max_label: int = -1
+    captions: bool = False
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ShardRecord":
@@ -64,7 +65,7 @@ class Manifest:
 
     def save(self, folder: str | Path) -> Path:
         text = json.dumps(self.to_dict(), indent=1)
-        return atomic_write(Path(folder) / MANIFEST_NAME, lambda tmp: Path(tmp).write_text(text))
+        return atomic_write_shared(Path(folder) / MANIFEST_NAME, lambda tmp: Path(tmp).write_text(text))
 
     @classmethod
     def load(cls, folder: str | Path) -> "Manifest":

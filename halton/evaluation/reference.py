@@ -157,6 +157,9 @@ def reference_statistics(kind: str, path: str | None, extractor: FeatureExtracto
     """Load precomputed statistics (kind=file) or compute them from a real image set, cached under a fingerprint
     of the data, the extractor and the image size."""
     if kind == "file":
+        if not path:
+            raise ValueError("reference.kind=file needs reference.path=PATH (an .npz with mu/sigma or a .pt with "
+                             "mu/cov), or reference.kind=folder|webdataset|digits to compute the statistics")
         reference = ReferenceStats.load(path)
         reference.check(extractor, image_size)
         return reference

@@ -2,15 +2,46 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
+import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from halton.utils.checkpoint import atomic_torch_save
+from halton.utils.checkpoint import atomic_write
+
+
+def save_durably(obj: Any, path: str | Path) -> None:
+    """torch.save, then fsync: the bytes are on disk before the rename publishes them (a node crash right after
+    the rename must not leave an empty or partial file under the final name)."""
+    with open(path, "wb") as file:
+        torch.save(obj, file)
+        file.flush()
+        os.fsync(file.fileno())
+
+
+def fsync_directory(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)  # makes the rename itself durable
+    finally:
+        os.close(fd)
+
+
+def remove_stale_temporaries(path: Path) -> None:
+    """Temporary files of ``path`` left by a writer killed mid-save (kill -9, OOM killer, time limit): each can be
+    as big as a checkpoint. Only rank 0 writes a given path, so a temporary that exists now is not being written."""
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+        stale.unlink(missing_ok=True)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Writes to a temporary file in the same folder, then renames it over the target."""
+    """Writes to a temporary file in the same folder, syncs it, then renames it over the target."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
-        atomic_torch_save(checkpoint, path)
+        path = Path(path)
+        if path.parent.is_dir():
+            remove_stale_temporaries(path)
+        atomic_write(path, lambda tmp: save_durably(checkpoint, tmp))
+        fsync_directory(path.parent)

@@ -1,0 +1,64 @@
+"""Extract an image data set into shards of tokenizer codes (see conf/extract.yaml):
+
+    python -m halton.data.extract data=imagenet_codes split=train source.path=/datasets/imagenet/train \\
+        vq_checkpoint=/ckpt/vq_ds8_c2i.pt
+
+writes ``<data.root>/<split>/`` (the folder the data config reads): shards, one record per shard and, once every
+shard is finished, ``manifest.json``. Runs on every device Lightning is given (each rank writes its own shards);
+run it again after an interruption and the finished shards are skipped.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+
+import hydra
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from halton.cli import check_group_choices, entry_point
+from halton.data.extraction import extract_with_lightning
+from halton.data.sources import build_source
+from halton.tokenizers import Tokenizer
+
+
+def build_tokenizer(cfg: DictConfig) -> Tokenizer:
+    """The data config's tokenizer: built as it is, or, for a lazy one (``_partial_: true``), loaded from
+    ``vq_checkpoint``."""
+    if cfg.data.get("tokenizer") is None:
+        raise ValueError(f"data config {cfg.data.get('_target_')} has no tokenizer; allowed: a data config with "
+                         "data.tokenizer (e.g. imagenet_codes)")
+    tokenizer = instantiate(cfg.data.tokenizer)
+    if isinstance(tokenizer, functools.partial):
+        checkpoint = cfg.get("vq_checkpoint") or cfg.data.get("vq_checkpoint")
+        if not checkpoint:
+            wanted = f" ({cfg.data.vq_release})" if cfg.data.get("vq_release") else ""
+            raise ValueError(f"extraction needs the tokenizer weights{wanted}: pass vq_checkpoint=PATH")
+        tokenizer = tokenizer(checkpoint)
+    return tokenizer
+
+
+@hydra.main(version_base="1.3", config_path="../../conf", config_name="extract")
+@entry_point
+def main(cfg: DictConfig) -> None:
+    tokenizer = build_tokenizer(cfg)
+    options = OmegaConf.to_container(cfg.source, resolve=True)
+    kind, path = options.pop("format"), options.pop("path")
+    if kind == "digits":  # the split of the data config (what DigitsShardsDataModule.prepare_data extracts)
+        options.update(split=cfg.split, val_fraction=cfg.data.get("val_fraction", 0.1), seed=cfg.data.get("seed", 0))
+        options["shard_size"] = options.get("shard_size") or cfg.data.get("shard_size")
+    source = build_source(kind, path, cfg.image_size, **options)
+    manifest = extract_with_lightning(
+        source, tokenizer, cfg.out_dir, OmegaConf.to_container(cfg.trainer, resolve=True),
+        grid=list(cfg.data.grid), image_size=cfg.image_size, flip=cfg.flip, chunk_size=cfg.chunk_size,
+        batch_size=cfg.batch_size, num_workers=cfg.num_workers, precision=cfg.precision,
+        checkpoint=cfg.get("vq_checkpoint"))
+    if manifest is not None:
+        print(f"wrote {manifest.samples} samples in {len(manifest.shards)} shards to {cfg.out_dir} "
+              f"({manifest.grid[0]}x{manifest.grid[1]} codes, codebook {manifest.codebook_size})")
+
+
+if __name__ == "__main__":
+    check_group_choices(sys.argv[1:])
+    main()
