@@ -33,7 +33,7 @@ def test_sample_writes_a_labelled_grid(trained, sampler):
     out = trained / "grids"
     result = run("sample.py", "experiment=digits", f"checkpoint={ckpt}", f"sampler={sampler}", "steps=8",
                  "model.net.depth=1", "model.net.hidden_dim=32", "model.net.heads=2", "per_class=3",
-                 f"out_dir={out}", "progression=true", "progression_samples=2")
+                 f"out_dir={out}", "progression=true", "progression_samples=2", f"paths.runs_dir={trained}")
     grid = out / f"{sampler}_steps8_cfg1_seed0.png"
     assert grid.is_file() and (out / f"{sampler}_steps8_cfg1_seed0_progression.png").is_file()
     width, height = Image.open(grid).size
@@ -52,23 +52,26 @@ def test_sample_writes_a_labelled_grid(trained, sampler):
 def test_sample_rejects_bad_values(trained, args, message):
     ckpt = trained / "tiny" / "checkpoints" / "last.ckpt"
     result = run("sample.py", "experiment=digits", f"checkpoint={ckpt}", "model.net.depth=1",
-                 "model.net.hidden_dim=32", "model.net.heads=2", f"out_dir={trained / 'bad'}", *args, check=False)
+                 "model.net.hidden_dim=32", "model.net.heads=2", f"out_dir={trained / 'bad'}",
+                 f"paths.runs_dir={trained}", *args, check=False)
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip().splitlines() == [message]
     assert not (trained / "bad").exists()  # nothing half-written
 
 
 def test_missing_checkpoint(tmp_path):
-    result = run("sample.py", "experiment=digits", f"checkpoint={tmp_path}/nope.ckpt", check=False)
+    result = run("sample.py", "experiment=digits", f"checkpoint={tmp_path}/nope.ckpt", f"paths.runs_dir={tmp_path}",
+                 check=False)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [f"error: checkpoint not found: {tmp_path}/nope.ckpt"]
-    result = run("sample.py", "experiment=digits", check=False)
+    result = run("sample.py", "experiment=digits", f"paths.runs_dir={tmp_path}", check=False)
     assert result.stderr.strip().splitlines() == ["error: no checkpoint path given; pass checkpoint=PATH"]
 
 
 def test_checkpoint_that_does_not_fit_the_config(trained):
     ckpt = trained / "tiny" / "checkpoints" / "last.ckpt"
-    result = run("sample.py", "experiment=digits", f"checkpoint={ckpt}", check=False)  # default 4-layer config
+    result = run("sample.py", "experiment=digits", f"checkpoint={ckpt}", f"paths.runs_dir={trained}",
+                 check=False)  # the default 4-layer config
     assert result.returncode == 2
     assert "does not fit the model config" in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
