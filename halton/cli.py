@@ -29,7 +29,8 @@ def check_group_choices(argv: list[str], config_dir: Path = CONFIG_DIR) -> None:
     for arg in argv:
         key, sep, value = arg.lstrip("+~").partition("=")
         group_dir = config_dir / GROUP_ALIASES.get(key, key)
-        if not sep or "." in key or not group_dir.is_dir() or value in ("null", ""):
+        # hydra/* groups also hold Hydra's own choices (e.g. hydra/launcher=submitit_slurm): Hydra checks those.
+        if not sep or "." in key or key.startswith("hydra/") or not group_dir.is_dir() or value in ("null", ""):
             continue
         allowed = sorted(p.stem for p in group_dir.glob("*.yaml"))
         choices = value.split(",") if value.count(",") else [value]
