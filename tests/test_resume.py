@@ -39,7 +39,8 @@ def train(runs: Path, name: str, *overrides: str, sigterm_after: int | None = No
     if sigterm_after is not None:
         (runs / "sigterm_plugin.py").write_text(SIGTERM_PLUGIN)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(runs), env.get("PYTHONPATH")]))
-        args += ["+callbacks.sigterm._target_=sigterm_plugin.SigtermAfterStep", f"+callbacks.sigterm.step={sigterm_after}"]
+        args += ["+callbacks.sigterm._target_=sigterm_plugin.SigtermAfterStep",
+                 f"+callbacks.sigterm.step={sigterm_after}"]
     return subprocess.run([sys.executable, "train.py", *args], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=600)
 

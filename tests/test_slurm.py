@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -112,6 +111,10 @@ PartitionName=debug Nodes={",".join(NODES)} Default=YES MaxTime=INFINITE State=U
 
     def stop(self) -> None:
         self.run("scancel", "--partition=debug", check=False)
+        # Let the jobs end while slurmctld still listens: their slurmstepd would otherwise linger, retrying.
+        deadline = time.monotonic() + 30
+        while self.run("squeue", "-h", check=False).stdout.strip() and time.monotonic() < deadline:
+            time.sleep(0.5)
         pids = [int(p.read_text()) for p in self.folder.glob("*.pid") if p.read_text().strip().isdigit()]
         for pid in pids:
             self.run(*self.as_root, "kill", "-TERM", str(pid), check=False)
@@ -235,7 +238,8 @@ def test_sigusr1_saves_requeues_and_resumes_exactly(cluster, straight_run, tmp_p
     cluster.run("scontrol", "update", f"JobId={job_id}", "StartTime=now")
     state = cluster.wait_done(job_id)
     output = log.read_text()
-    assert state == "COMPLETED", f"{output[-6000:]}\n{cluster.run('scontrol', 'show', 'job', job_id).stdout}\n{cluster.logs()}"
+    details = cluster.run("scontrol", "show", "job", job_id).stdout
+    assert state == "COMPLETED", f"{output[-6000:]}\n{details}\n{cluster.logs()}"
     stopped = re.search(r"0: SIGUSR1: saved \S+last\.ckpt at step (\d+)", output)
     assert stopped and 50 <= int(stopped.group(1)) < STEPS, output[-4000:]
     step = stopped.group(1)
@@ -285,6 +289,8 @@ def test_submitit_sweep_runs_one_slurm_job_per_sampler(cluster, straight_run, tm
         assert cluster.wait_done(job) == "COMPLETED"  # the result file is written just before the process exits
 
 
+# The evaluation tests share paths.data_dir (under the straight run's folder): the digits reference features are
+# computed once and cached there.
 EVAL_TINY = ["experiment=digits", "data=digits", "accelerator=cpu", "model.net.depth=1", "model.net.hidden_dim=32",
              "model.net.heads=2", "model.net.mlp_dim=64", "num_images=20", "batch_size=10"]
 
@@ -301,7 +307,7 @@ def test_evaluate_sbatch_sweeps_the_cells_over_two_tasks(cluster, straight_run, 
            "HALTON_PYTHON": sys.executable, "HALTON_MASTER_ADDR": "127.0.0.1",
            "HALTON_CHECKPOINT": str(straight_root / "runs" / "ddp" / "checkpoints" / "last.ckpt"),
            "HALTON_SCHEDULERS": "halton,confidence", "HALTON_STEPS": "4",
-           "HALTON_OVERRIDES": " ".join([*EVAL_TINY[1:], f"paths.data_dir={tmp_path / 'data'}"])}
+           "HALTON_OVERRIDES": " ".join([*EVAL_TINY[1:], f"paths.data_dir={straight_root / 'data'}"])}
     job_id, log = submit(cluster, "slurm/evaluate.sbatch", env, "--nodes=1", "--ntasks-per-node=2")
     state = cluster.wait_done(job_id)
     output = log.read_text()
@@ -315,8 +321,9 @@ def test_evaluate_submitit_sweep_runs_one_slurm_job_per_cell(cluster, straight_r
     checkpoint = straight_root / "runs" / "ddp" / "checkpoints" / "last.ckpt"
     env = {"HALTON_SWEEP_GPUS": "0", "HALTON_SWEEP_CPUS": "1", "HALTON_SWEEP_TIME_MIN": "10"}
     cluster.run(sys.executable, "evaluate.py", "-m", "hydra/launcher=slurm", *EVAL_TINY, f"checkpoint={checkpoint}",
-                "scheduler=halton,random", "steps=4", f"paths.runs_dir={tmp_path}", f"paths.data_dir={tmp_path / 'data'}",
-                "name=eval", f"hydra.sweep.dir={tmp_path / 'sweep'}", env=env, timeout=600)
+                "scheduler=halton,random", "steps=4", f"paths.runs_dir={tmp_path}",
+                f"paths.data_dir={straight_root / 'data'}", "name=eval", f"hydra.sweep.dir={tmp_path / 'sweep'}",
+                env=env, timeout=600)
     assert result_cells(tmp_path / "eval" / "eval" / "results.csv") == [("halton", "4"), ("random", "4")]
     jobs = [p.name for p in (tmp_path / "sweep" / ".submitit").iterdir() if re.fullmatch(r"\d+_\d", p.name)]
     assert len(jobs) == 2

@@ -34,8 +34,9 @@ def slurm_job_id() -> str | None:
 def cluster_plugins() -> list[Any]:
     """Plugins train.py adds under SLURM: Lightning's SLURMEnvironment (ranks, nodes, main address from the SLURM
     variables) without its auto-requeue, whose SIGUSR1 handler saves inside the signal handler, possibly halfway
-    through a step, and whose SIGTERM handler runs a collective inside the handler; PreemptionCheckpoint does both
-    at a step boundary instead."""
+    through a step (and into a new hpc_ckpt_<n>.ckpt each time). PreemptionCheckpoint saves and requeues at a step
+    boundary instead; during training it also replaces Lightning's SIGTERM handler, which runs a collective inside
+    the handler under DDP."""
     return [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else []
 
 
@@ -97,6 +98,7 @@ class PreemptionCheckpoint(Checkpoint):
                            batch_idx: int) -> None:
         if (batch_idx + 1) % trainer.accumulate_grad_batches:
             return  # mid-accumulation: the gradients so far would not be in the checkpoint
+        # One tiny all-reduce per step under DDP (Lightning's own per-step SIGTERM broadcast costs the same).
         if not trainer.strategy.reduce_boolean_decision(self.received is not None, all=False):
             return
         # Every rank takes the same decisions: SIGTERM on any rank wins over the requeue signal.

@@ -10,8 +10,9 @@ What a data module must provide so that a resumed run sees exactly the batches t
    (``lightning.pytorch.loops.fetchers._PrefetchDataFetcher``), so with a length every batch handed out when a
    checkpoint is written has been trained on. A loader without a length must not count the batch fetched ahead.
 3. The order of an epoch is a function of (seed, epoch, rank, world size) only, so it can be drawn again after a
-   restart and the consumed batches skipped without reading them. ``set_epoch(epoch)`` on the loader's ``sampler``
-   attribute (Lightning calls it before every epoch) selects the epoch.
+   restart and the consumed batches skipped without reading them. The loader learns the epoch before iterating it:
+   Lightning calls ``set_epoch(epoch)`` on a ``sampler`` attribute before every epoch (what ``ResumableLoader``
+   uses), or the loader asks the Trainer for ``current_epoch``.
 4. Nothing on the way draws from the global random generators (``torch.rand`` in a data set, a DataLoader without
    its own ``generator``): they belong to the training step (masking, label dropout), whose state
    ``RNGStateCheckpoint`` saves. Random augmentation must be seeded from (seed, epoch, sample index).
