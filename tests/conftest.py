@@ -39,3 +39,19 @@ def tiny_run(tmp_path_factory) -> Path:
     runs = tmp_path_factory.mktemp("runs")
     run("train.py", *TINY, f"paths.runs_dir={runs}")
     return runs
+
+
+# A Lightning callback, written to a module file by tests that run train.py: it sends the process a real SIGTERM
+# after a given step, as scancel or a preemption would.
+SIGTERM_CALLBACK = '''
+import os, signal
+from lightning.pytorch.callbacks import Callback
+
+class SigtermAfterStep(Callback):
+    def __init__(self, step):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGTERM)
+'''

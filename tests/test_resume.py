@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import SIGTERM_CALLBACK
+
 from halton.data import CodesDataset
 from halton.data.memory import pass_through
 from halton.training import PreemptionCheckpoint, ResumableLoader
@@ -18,26 +20,12 @@ TINY = ["experiment=digits", "data=digits", "model.net.depth=1", "model.net.hidd
         "trainer.enable_progress_bar=false",
         "callbacks.model_checkpoint.every_n_train_steps=1000", "callbacks.ema.decay=0.9"]
 
-# Sends this very process a real SIGTERM after a given step, as scancel or a preemption would.
-SIGTERM_PLUGIN = '''
-import os, signal
-from lightning.pytorch.callbacks import Callback
-
-class SigtermAfterStep(Callback):
-    def __init__(self, step):
-        self.step = step
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if trainer.global_step == self.step:
-            os.kill(os.getpid(), signal.SIGTERM)
-'''
-
 
 def train(runs: Path, name: str, *overrides: str, sigterm_after: int | None = None) -> subprocess.CompletedProcess:
     args = [*TINY, f"paths.runs_dir={runs}", f"name={name}", *overrides]
     env = dict(os.environ)
     if sigterm_after is not None:
-        (runs / "sigterm_plugin.py").write_text(SIGTERM_PLUGIN)
+        (runs / "sigterm_plugin.py").write_text(SIGTERM_CALLBACK)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(runs), env.get("PYTHONPATH")]))
         args += ["+callbacks.sigterm._target_=sigterm_plugin.SigtermAfterStep",
                  f"+callbacks.sigterm.step={sigterm_after}"]

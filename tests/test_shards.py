@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import SIGTERM_CALLBACK
+
 from halton.data import CodeShardsDataModule, CodeShardStream, Manifest, ManifestMismatch
 from halton.data.chunks import Chunk, strings, write_shard
 from halton.data.epoch_loader import EpochDataLoader, resume_position
@@ -427,20 +429,6 @@ def test_files_opened_grow_with_shards_not_samples(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ through train.py
-SIGTERM_CALLBACK = textwrap.dedent('''
-    import os, signal
-    from lightning.pytorch.callbacks import Callback
-
-    class SigtermAfterStep(Callback):
-        def __init__(self, step):
-            self.step = step
-
-        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            if trainer.global_step == self.step:
-                os.kill(os.getpid(), signal.SIGTERM)
-''')
-
-
 def test_training_on_shards_resumes_mid_epoch_exactly(tmp_path):
     """train.py on the digits shards, stopped by SIGTERM after step 5 and resumed, ends bitwise where an
     uninterrupted run ends (the loader continues with the very next batch)."""
