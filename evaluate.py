@@ -4,41 +4,28 @@ steps=4,8,16,32 (see conf/evaluate.yaml); tables and plots: python -m halton.eva
 
 from __future__ import annotations
 
+import logging
 import sys
 import warnings
 from pathlib import Path
 
 import hydra
 import torch
-from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from lightning.fabric import Fabric
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from halton.cli import CONFIG_DIR, check_group_choices, entry_point, load_network, resolve_autocast
+from halton.cli import check_overrides, entry_point, load_network, resolve_autocast
 from halton.evaluation.features import DigitsFeatures, InceptionFeatures
 from halton.evaluation.reference import reference_statistics
-from halton.evaluation.results import ResultsFile
+from halton.evaluation.results import ResultsFile, options_text
 from halton.evaluation.runner import (balanced_labels, gather, generate_and_extract, metric_rows, save_artifacts,
                                       timed)
 
 EXTRACTORS = ("inception", "digits")
+log = logging.getLogger("halton.evaluate")
 # Lightning hints at srun whenever SLURM is installed; running without it (one machine) is deliberate here.
 warnings.filterwarnings("ignore", message="The `srun` command is available")
-
-
-def scheduler_config(cfg: DictConfig) -> DictConfig:
-    """conf/sampler/<scheduler>.yaml (or the composed sampler group when it is that one) + scheduler_options."""
-    name = cfg.scheduler
-    if name == HydraConfig.get().runtime.choices.get("sampler"):
-        node = cfg.sampler
-    else:
-        path = CONFIG_DIR / "sampler" / f"{name}.yaml"
-        if not path.is_file():
-            allowed = ", ".join(sorted(p.stem for p in path.parent.glob("*.yaml")))
-            raise ValueError(f"unknown scheduler {name!r}; allowed: {allowed}")
-        node = OmegaConf.load(path)
-    return OmegaConf.merge(node, cfg.scheduler_options)
 
 
 def build_extractor(cfg: DictConfig):
@@ -50,21 +37,21 @@ def build_extractor(cfg: DictConfig):
 @hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
 @entry_point
 def main(cfg: DictConfig) -> None:
-    sampler_node = scheduler_config(cfg)
+    scheduler = instantiate(cfg.scheduler)
     if cfg.extractor not in EXTRACTORS:
         raise ValueError(f"unknown extractor {cfg.extractor!r}; allowed: {', '.join(EXTRACTORS)}")
     eval_steps = [int(s) for s in cfg.intermediate_steps]
     bad = [s for s in eval_steps if not 1 <= s <= cfg.steps]
     if bad:
         raise ValueError(f"intermediate_steps {bad} out of range; allowed: 1 to steps={cfg.steps}")
-    cell = {"experiment": cfg.name, "checkpoint": str(cfg.checkpoint), "scheduler": cfg.scheduler,
-            "steps": cfg.steps, "cfg_weight": float(cfg.cfg_weight), "temp_min": float(cfg.temp_min),
-            "temp_max": float(cfg.temp_max), "top_k": cfg.top_k, "schedule": cfg.schedule, "seed": cfg.seed,
-            "num_images": cfg.num_images, "extractor": cfg.extractor}
+    cell = {"experiment": cfg.name, "checkpoint": str(cfg.checkpoint), "scheduler": scheduler.name,
+            "scheduler_options": options_text(scheduler), "steps": cfg.steps, "cfg_weight": float(cfg.cfg_weight),
+            "temp_min": float(cfg.temp_min), "temp_max": float(cfg.temp_max), "top_k": cfg.top_k,
+            "schedule": cfg.schedule, "seed": cfg.seed, "num_images": cfg.num_images, "extractor": cfg.extractor}
     results = ResultsFile(cfg.results)
     wanted = [{**cell, "eval_step": s} for s in sorted(set(eval_steps) | {cfg.steps})]
     if not cfg.force and results.has(wanted):
-        print(f"skipping {cfg.scheduler}, {cfg.steps} steps: already in {results.path} (force=true recomputes)")
+        log.info(f"skipping {scheduler.label()}, {cfg.steps} steps: already in {results.path} (force=true recomputes)")
         return
 
     fabric = Fabric(accelerator=cfg.accelerator, devices=cfg.devices, num_nodes=cfg.num_nodes,
@@ -72,7 +59,6 @@ def main(cfg: DictConfig) -> None:
     fabric.launch()
     device = fabric.device
     autocast = resolve_autocast(cfg.precision, device)
-    scheduler = instantiate(sampler_node)
     datamodule = instantiate(cfg.data)
     model = load_network(cfg.model.net, cfg.checkpoint, cfg.official_heads).to(device)
     tokenizer = datamodule.tokenizer.to(device).eval()
@@ -93,16 +79,15 @@ def main(cfg: DictConfig) -> None:
         return
     cell.update(seconds=round(seconds, 2), images_per_s=round(cfg.num_images / seconds, 2))
     rows = metric_rows(generated, reference, extractor, cell, cfg.steps, model.num_tokens, cfg.schedule, eval_steps)
-    stem = f"{cfg.scheduler}_steps{cfg.steps}_cfg{cfg.cfg_weight:g}_seed{cfg.seed}"
-    save_artifacts(generated, results.path.parent, stem, cfg.scheduler, model.num_classes, cfg.grid_per_class)
+    save_artifacts(generated, results.path.parent, scheduler.label(), cell, model.num_classes, cfg.grid_per_class)
     results.write(rows)
     for row in rows:
         shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()
                  if k.endswith(("fid", "is", "precision", "recall"))}
-        print(f"{cfg.scheduler}, step {row['eval_step']}/{cfg.steps}: {shown}")
-    print(f"results: {results.path} ({cfg.num_images / seconds:.1f} images/s)")
+        log.info(f"{scheduler.label()}, step {row['eval_step']}/{cfg.steps}: {shown}")
+    log.info(f"results: {results.path} ({cfg.num_images / seconds:.1f} images/s)")
 
 
 if __name__ == "__main__":
-    check_group_choices(sys.argv[1:])
+    check_overrides(sys.argv[1:], "evaluate")
     main()

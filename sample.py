@@ -1,8 +1,9 @@
-"""Draw a labelled sample grid (a row per class): python sample.py experiment=digits checkpoint=PATH sampler=halton
-steps=16 (see conf/sample.yaml). progression=true also writes the step-by-step image (paper Fig. 3)."""
+"""Draw a labelled sample grid (a row per class): python sample.py experiment=digits scheduler=halton steps=16
+(see conf/sample.yaml). progression=true also writes the step-by-step image (paper Fig. 3)."""
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 
@@ -11,10 +12,12 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from halton.cli import check_group_choices, entry_point, load_network, resolve_autocast, resolve_device
+from halton.cli import check_overrides, entry_point, load_network, resolve_autocast, resolve_device
 from halton.sampling import sample
 from halton.sampling.base import check_labels
 from halton.utils.images import class_grid, progression_grid, save_png
+
+log = logging.getLogger("halton.sample")
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="sample")
@@ -22,9 +25,9 @@ from halton.utils.images import class_grid, progression_grid, save_png
 def main(cfg: DictConfig) -> None:
     device = resolve_device(cfg.device)
     autocast = resolve_autocast(cfg.precision, device)
+    scheduler = instantiate(cfg.scheduler)
     datamodule = instantiate(cfg.data)
     net = load_network(cfg.model.net, cfg.checkpoint, cfg.official_heads).to(device)
-    scheduler = instantiate(cfg.sampler)
     classes = list(cfg.classes) if cfg.classes is not None else list(range(net.num_classes))
     if cfg.per_class < 1:
         raise ValueError(f"per_class={cfg.per_class} is out of range; allowed: >= 1")
@@ -35,23 +38,23 @@ def main(cfg: DictConfig) -> None:
                     return_history=cfg.progression, autocast_dtype=autocast, progress=True)
     tokenizer = datamodule.tokenizer.to(device)
     images = tokenizer.decode(result.codes)
-    stem = f"{scheduler.name}_steps{cfg.steps}_cfg{cfg.cfg_weight:g}_seed{cfg.seed}"
+    stem = f"{scheduler.label()}_steps{cfg.steps}_cfg{cfg.cfg_weight:g}_seed{cfg.seed}"
     out_dir = Path(cfg.out_dir)
     path = save_png(class_grid(images, len(classes), cfg.per_class, [str(c) for c in classes]), out_dir / f"{stem}.png")
-    print(f"wrote {path}")
+    log.info(f"wrote {path}")
     if cfg.report_accuracy and hasattr(datamodule, "recognition_accuracy"):
         accuracy = datamodule.recognition_accuracy(images, labels)
-        print(f"{scheduler.name}, {cfg.steps} steps: a digit classifier reads the requested digit in "
-              f"{100 * accuracy:.1f}% of {len(labels)} samples")
+        log.info(f"{scheduler.label()}, {cfg.steps} steps: a digit classifier reads the requested digit in "
+                 f"{100 * accuracy:.1f}% of {len(labels)} samples")
     if cfg.progression:
         rows = [c * cfg.per_class for c in range(min(cfg.progression_samples, len(classes)))]
         decoded = [tokenizer.decode(codes[rows]) for codes in result.codes_per_step]
         masked = [codes[rows] == net.mask_id for codes in result.codes_per_step]
         labels_per_step = [f"{i + 1}" for i in range(cfg.steps)]
         path = save_png(progression_grid(decoded, masked, labels_per_step), out_dir / f"{stem}_progression.png")
-        print(f"wrote {path}")
+        log.info(f"wrote {path}")
 
 
 if __name__ == "__main__":
-    check_group_choices(sys.argv[1:])
+    check_overrides(sys.argv[1:], "sample")
     main()

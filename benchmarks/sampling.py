@@ -21,7 +21,7 @@ from halton.sampling import build_scheduler, sample
 
 def build(args) -> MaskTransformer:
     if args.size == "digits":  # the demo's model (conf/model/digits.yaml)
-        return MaskTransformer(17, 8, 128, 4, 4, 384, num_classes=10)
+        return MaskTransformer(17, 8, 128, 2, 4, 384, num_classes=10)
     return build_transformer(args.size, args.codebook, args.grid, args.classes)
 
 

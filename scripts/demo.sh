@@ -6,6 +6,5 @@ cd "$(dirname "$0")/.."
 python -m pip install --quiet -e .
 start=$(date +%s)
 python train.py experiment=digits "$@"
-python sample.py -m experiment=digits checkpoint=runs/digits/checkpoints/last.ckpt \
-    sampler=halton,confidence,random steps=16 progression=true
+python sample.py -m experiment=digits scheduler=halton,confidence,random steps=16 progression=true
 echo "demo: trained and sampled in $(( $(date +%s) - start )) s; grids in runs/digits/samples/"

@@ -1,4 +1,4 @@
-import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -6,15 +6,12 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = ROOT / "tests" / "fixtures"  # released-format checkpoints and key lists (small; see fixtures/README.md)
 
 
 @pytest.fixture(scope="session")
-def shared_reference() -> Path:
-    """The released-format fixtures: ../shared/reference beside the repository (HALTON_REFERENCE overrides)."""
-    path = Path(os.environ.get("HALTON_REFERENCE", ROOT.parent / "shared" / "reference"))
-    if not (path / "official_c2i_tiny.pth").is_file():
-        pytest.fail(f"reference fixtures not found in {path}; set HALTON_REFERENCE")
-    return path
+def fixtures() -> Path:
+    return FIXTURES
 
 
 TINY = ["experiment=digits", "trainer.max_steps=4", "model.net.depth=1", "model.net.hidden_dim=32",
@@ -31,6 +28,24 @@ def run(script, *args, check=True, timeout=600):
     if check and result.returncode != 0:
         raise AssertionError(f"{script} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
     return result
+
+
+def log_messages(path) -> list[str]:
+    """The messages of a run's log file, without the time, logger and level of each record."""
+    prefix = re.compile(r"^\[[^]]*\]\[[^]]*\]\[[A-Z]+\] ")
+    return [prefix.sub("", line).rstrip() for line in path.read_text().splitlines()]
+
+
+PROGRESS_BAR = re.compile(r"[\d?]+/[\d?]+ \[[^]]*(it/s|s/it)")  # tqdm: "training: 40%|####| 4/10 [00:01<00:02, 3.1it/s"
+
+
+def assert_logged(stdout: str, log_file) -> None:
+    """Every line the run printed (but progress bars) is in its log file. (Python's text mode turns the progress
+    bars' carriage returns into new lines.)"""
+    messages = set(log_messages(log_file))
+    printed = [line.rstrip() for line in stdout.splitlines()
+               if line.strip() and not PROGRESS_BAR.search(line) and "\x1b[" not in line]  # nor their cursor moves
+    assert printed and [line for line in printed if line not in messages] == []
 
 
 @pytest.fixture(scope="session")

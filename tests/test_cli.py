@@ -2,7 +2,7 @@
 
 import pytest
 
-from conftest import TINY, run
+from conftest import TINY, assert_logged, run
 
 
 @pytest.fixture(scope="module")
@@ -23,26 +23,34 @@ def test_resume_continues_from_last_checkpoint(trained):
     result = run("train.py", *TINY, f"paths.runs_dir={trained}", "trainer.max_steps=6")
     assert "resuming from" in result.stdout
     assert (trained / "tiny" / "checkpoints" / "step_0000006.ckpt").is_file()
+    # Progress in steps out of max_steps, starting where the run resumed (not "Epoch 3/-2")
+    bar = [line for line in result.stdout.splitlines() if line.startswith("training")]
+    assert bar and "6/6 [" in bar[-1] and all("/6 [" in line for line in bar), bar
+    assert "Epoch" not in result.stdout
+    assert_logged(result.stdout, trained / "tiny" / "train.log")
+    assert "rank 0/1: trained to step 6" in result.stdout
 
 
-@pytest.mark.parametrize("sampler", ["halton", "confidence", "random"])
-def test_sample_writes_a_labelled_grid(trained, sampler):
+@pytest.mark.parametrize("scheduler", ["halton", "confidence", "random"])
+def test_sample_writes_a_labelled_grid(trained, scheduler):
     from PIL import Image
 
     ckpt = trained / "tiny" / "checkpoints" / "last.ckpt"
     out = trained / "grids"
-    result = run("sample.py", "experiment=digits", f"checkpoint={ckpt}", f"sampler={sampler}", "steps=8",
+    result = run("sample.py", "experiment=digits", f"checkpoint={ckpt}", f"scheduler={scheduler}", "steps=8",
                  "model.net.depth=1", "model.net.hidden_dim=32", "model.net.heads=2", "per_class=3",
                  f"out_dir={out}", "progression=true", "progression_samples=2", f"paths.runs_dir={trained}")
-    grid = out / f"{sampler}_steps8_cfg1_seed0.png"
-    assert grid.is_file() and (out / f"{sampler}_steps8_cfg1_seed0_progression.png").is_file()
+    grid = out / f"{scheduler}_steps8_cfg1_seed0.png"
+    assert grid.is_file() and (out / f"{scheduler}_steps8_cfg1_seed0_progression.png").is_file()
     width, height = Image.open(grid).size
     assert height > 10 * 48 and width > 3 * 48  # 10 rows (classes) of 3 enlarged samples
     assert "a digit classifier reads the requested digit in" in result.stdout
+    log_file = next(p for p in (trained / "digits" / "sample_logs").rglob("sample.log") if str(grid) in p.read_text())
+    assert_logged(result.stdout, log_file)
 
 
 @pytest.mark.parametrize("args,message", [
-    (["sampler=maskgit"], "error: unknown sampler 'maskgit'; allowed: confidence, halton, random"),
+    (["scheduler=maskgit"], "error: unknown scheduler 'maskgit'; allowed: confidence, halton, random"),
     (["steps=0"], "error: steps=0 is out of range; allowed: 1 to 64 (the number of tokens)"),
     (["steps=65"], "error: steps=65 is out of range; allowed: 1 to 64 (the number of tokens)"),
     (["cfg_weight=-1"], "error: cfg_weight=-1 is negative; allowed: >= 0 (0 disables guidance)"),
@@ -63,8 +71,14 @@ def test_missing_checkpoint(tmp_path):
     result = run("sample.py", "experiment=digits", f"checkpoint={tmp_path}/nope.ckpt", f"paths.runs_dir={tmp_path}",
                  check=False)
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [f"error: checkpoint not found: {tmp_path}/nope.ckpt"]
-    result = run("sample.py", "experiment=digits", f"paths.runs_dir={tmp_path}", check=False)
+    assert result.stderr.strip().splitlines() == [
+        f"error: checkpoint not found: {tmp_path}/nope.ckpt; train.py writes runs/<name>/checkpoints/last.ckpt, or "
+        "pass checkpoint=PATH"]
+    result = run("sample.py", "experiment=digits", f"paths.runs_dir={tmp_path}", check=False)  # nothing trained yet
+    assert result.stderr.strip().splitlines() == [
+        f"error: checkpoint not found: {tmp_path}/digits/checkpoints/last.ckpt; train.py writes "
+        "runs/<name>/checkpoints/last.ckpt, or pass checkpoint=PATH"]
+    result = run("sample.py", "experiment=hmaskgit_t_256", f"paths.runs_dir={tmp_path}", check=False)
     assert result.stderr.strip().splitlines() == ["error: no checkpoint path given; pass checkpoint=PATH"]
 
 
@@ -80,20 +94,3 @@ def test_train_rejects_unknown_experiment():
     result = run("train.py", "experiment=imagenet_xxl", check=False)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[0].startswith("error: unknown experiment 'imagenet_xxl'; allowed: ")
-
-
-@pytest.mark.parametrize("logger,artifact", [("tensorboard", "tensorboard"), ("wandb", "wandb")])
-def test_other_loggers_work_offline(tmp_path, logger, artifact):
-    import os
-
-    env_before = os.environ.get("WANDB_MODE")
-    run("train.py", *TINY, f"paths.runs_dir={tmp_path}", f"logger={logger}", "trainer.max_steps=2")
-    files = list((tmp_path / "tiny" / artifact).rglob("*"))
-    assert any(f.is_file() for f in files), f"{logger} wrote nothing under {tmp_path / 'tiny' / artifact}"
-    if logger == "tensorboard":
-        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-        events = EventAccumulator(str(next(f for f in files if "events" in f.name).parent))
-        events.Reload()
-        assert "samples" in events.Tags()["images"] and "val/loss" in events.Tags()["scalars"]
-    assert os.environ.get("WANDB_MODE") == env_before

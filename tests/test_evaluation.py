@@ -1,11 +1,12 @@
 import json
 import math
 import multiprocessing
+import re
 
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_NET, run
+from conftest import TINY_NET, assert_logged, run
 
 from halton.evaluation import ReferenceStats, ResultsFile, fid, generative_metrics, inception_score, precision_recall
 from halton.evaluation.diagnostics import step_diagnostics
@@ -140,6 +141,22 @@ def test_inception_loads_local_weights(tmp_path, monkeypatch):
         InceptionFeatures(str(tmp_path / "missing.pth"))
 
 
+def test_inception_download_error_names_the_url_and_file_it_needs(monkeypatch):
+    import urllib.error
+
+    import torch_fidelity.feature_extractor_inceptionv3 as tf_inception
+
+    def offline(url, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(tf_inception, "load_state_dict_from_url", offline)
+    url = "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth"
+    assert tf_inception.URL_INCEPTION_V3 == url  # the file torch-fidelity downloads, in the format it loads
+    with pytest.raises(ValueError) as error:
+        InceptionFeatures()
+    assert f"download {url} and pass inception_weights=PATH/weights-inception-2015-12-05-6726825d.pth" in str(error.value)
+
+
 # ------------------------------------------------------------------ results file
 def _write_row(path, scheduler):
     ResultsFile(path).write([{"experiment": "e", "scheduler": scheduler, "steps": 8, "eval_step": 8, "fid": 1.0}])
@@ -228,9 +245,13 @@ def test_evaluate_writes_rows_grids_and_diagnostics_then_skips(tiny_run):
     assert "fid" not in final  # digits-classifier numbers are never labelled as Inception FID
     eval_dir = tiny_run / "tiny" / "eval"
     assert (eval_dir / "grids" / "confidence_steps8_cfg1_seed0.png").is_file()
-    curves = json.loads((eval_dir / "diagnostics" / "confidence_steps8_cfg1_seed0.json").read_text())
-    assert len(curves["entropy"]) == 8 and len(curves["distance_within_step"]) == 8
+    saved = json.loads((eval_dir / "diagnostics" / "confidence_steps8_cfg1_seed0.json").read_text())
+    assert saved["cell"]["scheduler"] == "confidence" and saved["cell"]["steps"] == 8
+    assert saved["cell"]["scheduler_options"] == "r_temp=4.5 guidance=ramp"
+    assert len(saved["curves"]["entropy"]) == 8 and len(saved["curves"]["distance_within_step"]) == 8
     assert "digits_fid" in result.stdout
+    log_file = next(p for p in (eval_dir / "logs").rglob("evaluate.log") if "digits_fid" in p.read_text())
+    assert_logged(result.stdout, log_file)
 
     again = evaluate(tiny_run, "scheduler=confidence", "steps=8", "intermediate_steps=[2,4]")
     assert "skipping confidence, 8 steps: already in" in again.stdout
@@ -250,8 +271,36 @@ def test_evaluate_sweep_and_report(tiny_run, tmp_path):
 
     report([str(results), "--out", str(tmp_path)])
     table = (tmp_path / "report.md").read_text()
-    assert "| halton | 4 |" in table and "digits_fid" in table
-    assert (tmp_path / "digits_fid_vs_steps.png").is_file() and (tmp_path / "diagnostics_steps4.png").is_file()
+    assert "| halton | 4 | 1 | 1 | 20 |" in table and "digits_fid" in table
+    links = re.findall(r"!\[[^]]*\]\(([^)]+)\)", table)  # the report shows its pictures, by relative links
+    assert "digits_fid_vs_steps.png" in links and "diagnostics_steps4.png" in links
+    assert all((tmp_path / link).is_file() for link in links)
+    rates = [line.split("|")[-2].strip() for line in table.splitlines() if line.startswith("| halton |")]
+    assert rates and all(re.fullmatch(r"\d+\.\d", rate) for rate in rates)  # images/s: one decimal
+
+
+def test_report_averages_seeds_and_tabulates_cfg_weights(tmp_path):
+    from halton.evaluation.report import main as report
+
+    rows = []
+    for scheduler, options, base in [("halton", "randomize=True", 5.0), ("confidence", "r_temp=4.5 guidance=ramp", 7.0),
+                                     ("confidence", "r_temp=4.5 guidance=constant", 6.0)]:
+        for cfg_weight, shift in [(0.0, 1.0), (1.0, 0.0)]:
+            for seed, noise in [(0, -0.5), (1, 0.5)]:
+                rows.append({"experiment": "e", "checkpoint": "c", "scheduler": scheduler, "scheduler_options": options,
+                             "steps": 16, "cfg_weight": cfg_weight, "seed": seed, "num_images": 100,
+                             "eval_step": 16, "tokens_fraction": 1.0, "digits_fid": base + shift + noise,
+                             "digits_is": 9.0, "digits_precision": 0.8, "digits_recall": 0.7, "images_per_s": 12.345})
+    ResultsFile(tmp_path / "results.csv").write(rows)
+    report([str(tmp_path / "results.csv")])
+    text = (tmp_path / "report.md").read_text()
+    # two seeds per setting: mean ± sample standard deviation (0.5 and -0.5 around the mean: 0.707)
+    assert "| halton | 16 | 0 | 2 | 100 | 6.000 ± 0.707 | 9.000 ± 0.000 |" in text
+    # options that vary between rows name the scheduler; the best CFG weight of each row is in bold
+    assert "| confidence guidance=constant | 16 | 7.000 ± 0.707 | **6.000 ± 0.707** | 1 |" in text
+    assert "| confidence guidance=ramp | 16 | 8.000 ± 0.707 | **7.000 ± 0.707** | 1 |" in text
+    assert "| 12.3 |" in text
+    assert (tmp_path / "digits_fid_vs_cfg.png").is_file() and "(digits_fid_vs_cfg.png)" in text
 
 
 def test_two_processes_give_the_same_numbers_as_one(tiny_run):

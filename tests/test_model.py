@@ -7,8 +7,8 @@ from halton.models.official import strip_prefixes
 
 
 @pytest.fixture(scope="module")
-def fixture_paths(shared_reference):
-    return shared_reference / "official_c2i_tiny.pth", shared_reference / "official_c2i_tiny_expected.pt"
+def fixture_paths(fixtures):
+    return fixtures / "official_c2i_tiny.pth", fixtures / "official_c2i_tiny_expected.pt"
 
 
 def test_official_checkpoint_reproduces_reference_logits(fixture_paths):
@@ -34,10 +34,10 @@ def test_official_checkpoint_with_prefixes(tmp_path, fixture_paths):
     torch.testing.assert_close(logits, expected["logits"], atol=1e-5, rtol=0)
 
 
-def test_state_dict_keys_match_released_format(shared_reference):
+def test_state_dict_keys_match_released_format(fixtures):
     import json
 
-    keys = json.loads((shared_reference / "official_c2i_tiny_keys.json").read_text())
+    keys = json.loads((fixtures / "official_c2i_tiny_keys.json").read_text())
     model = MaskTransformer(32, 8, 64, 2, 4, 256, 10, registers=1)
     assert {k: list(v.shape) for k, v in model.state_dict().items()} == keys
 

@@ -31,7 +31,7 @@ class StubModel(torch.nn.Module):
         return out[..., :num_classes]
 
 
-SCHEDULERS = [HaltonScheduler(), HaltonScheduler(randomize=True), ConfidenceScheduler(), RandomScheduler()]
+SCHEDULERS = [HaltonScheduler(randomize=False), HaltonScheduler(), ConfidenceScheduler(), RandomScheduler()]
 IDS = ["halton", "halton-randomized", "confidence", "random"]
 
 
@@ -66,7 +66,8 @@ def test_seed_reproducibility(scheduler):
 
 
 def test_halton_unmasks_in_halton_order():
-    result = sample(StubModel(8, 8), HaltonScheduler(), torch.tensor([0, 1]), steps=8, return_history=True)
+    result = sample(StubModel(8, 8), HaltonScheduler(randomize=False), torch.tensor([0, 1]), steps=8,
+                    return_history=True)
     order, done = halton_order(8, 8), 0
     for count, unmasked in zip(tokens_per_step(64, 8).tolist(), result.unmasked_per_step):
         expected = torch.zeros(64, dtype=torch.bool)
@@ -77,7 +78,7 @@ def test_halton_unmasks_in_halton_order():
 
 def test_randomized_halton_rolls_each_sample():
     generator = torch.Generator().manual_seed(5)
-    orders = HaltonScheduler(randomize=True).order(6, 8, 8, generator, torch.device("cpu"))
+    orders = HaltonScheduler().order(6, 8, 8, generator, torch.device("cpu"))
     base = halton_order(8, 8)
     shifts = []
     for row in orders:
@@ -177,14 +178,34 @@ def test_confidence_keeps_the_most_confident_masked_tokens():
         done += count
 
 
-def test_confidence_guidance_ramps_linearly():
+def test_confidence_guidance_ramps_linearly_or_stays_constant():
     scheduler = ConfidenceScheduler()
-    assert [scheduler.guidance(2.0, i, 5) for i in range(5)] == [0.0, 0.5, 1.0, 1.5, 2.0]
-    assert scheduler.guidance(2.0, 0, 1) == 0.0
-    assert HaltonScheduler().guidance(2.0, 0, 5) == 2.0
+    assert [scheduler.guidance_weight(2.0, i, 5) for i in range(5)] == [0.0, 0.5, 1.0, 1.5, 2.0]
+    assert scheduler.guidance_weight(2.0, 0, 1) == 0.0
+    assert HaltonScheduler().guidance_weight(2.0, 0, 5) == 2.0
     model = StubModel()
     sample(model, scheduler, torch.tensor([0]), steps=4, cfg_weight=3.0)
     assert model.trunk_batches == [1, 2, 2, 2]  # w_0 = 0: no unconditional pass at the first step
+    constant = ConfidenceScheduler(guidance="constant")
+    assert [constant.guidance_weight(2.0, i, 5) for i in range(5)] == [2.0] * 5
+    model = StubModel()
+    sample(model, constant, torch.tensor([0]), steps=4, cfg_weight=3.0)
+    assert model.trunk_batches == [2, 2, 2, 2]
+    with pytest.raises(ValueError, match="unknown guidance 'linear'; allowed: ramp, constant"):
+        ConfidenceScheduler(guidance="linear")
+
+
+def test_scheduler_spec_and_label():
+    from halton.sampling import as_scheduler
+
+    scheduler = ConfidenceScheduler(r_temp=3.0, guidance="constant")
+    assert scheduler.spec() == {"name": "confidence", "r_temp": 3.0, "guidance": "constant"}
+    again = as_scheduler(scheduler.spec())
+    assert type(again) is ConfidenceScheduler and again.options() == scheduler.options()
+    assert scheduler.label() == "confidence-r_temp=3.0-guidance=constant"
+    assert ConfidenceScheduler().label() == "confidence" and HaltonScheduler().label() == "halton"
+    assert HaltonScheduler(randomize=False).label() == "halton-randomize=False"
+    assert as_scheduler("random").spec() == {"name": "random"}
 
 
 def test_works_with_the_real_transformer():

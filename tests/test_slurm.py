@@ -267,19 +267,19 @@ def test_two_nodes(cluster, straight_run, tmp_path):
     assert_same_weights_and_optimizer(last_checkpoint(straight_root, "ddp"), last_checkpoint(tmp_path, "two_nodes"))
 
 
-def test_submitit_sweep_runs_one_slurm_job_per_sampler(cluster, straight_run, tmp_path):
+def test_submitit_sweep_runs_one_slurm_job_per_scheduler(cluster, straight_run, tmp_path):
     straight_root, _ = straight_run
     checkpoint = straight_root / "runs" / "ddp" / "checkpoints" / "last.ckpt"
     sweep = tmp_path / "sweep"
     env = {"HALTON_SWEEP_GPUS": "0", "HALTON_SWEEP_CPUS": "1", "HALTON_SWEEP_TIME_MIN": "10"}
     result = cluster.run(sys.executable, "sample.py", "-m", "hydra/launcher=slurm", "experiment=digits", "data=digits",
-                         "sampler=halton,confidence", f"checkpoint={checkpoint}", "model.net.depth=1",
+                         "scheduler=halton,confidence", f"checkpoint={checkpoint}", "model.net.depth=1",
                          "model.net.hidden_dim=32", "model.net.heads=2", "model.net.mlp_dim=64", "steps=4",
                          "per_class=1", "device=cpu", f"out_dir={tmp_path / 'grids'}", f"hydra.sweep.dir={sweep}",
                          env=env, timeout=600)
     assert "Submitit 'slurm' sweep output dir" in result.stdout + result.stderr
-    for sampler in ("halton", "confidence"):
-        assert (tmp_path / "grids" / f"{sampler}_steps4_cfg1_seed0.png").is_file()
+    for scheduler in ("halton", "confidence"):
+        assert (tmp_path / "grids" / f"{scheduler}_steps4_cfg1_seed0.png").is_file()
     # One array task per cell, each a SLURM job that ran on a node of the cluster
     jobs = sorted(p.name for p in (sweep / ".submitit").iterdir() if re.fullmatch(r"\d+_\d", p.name))
     assert len(jobs) == 2 and jobs[0].endswith("_0") and jobs[1].endswith("_1"), jobs

@@ -16,8 +16,8 @@ def shapes(model):
 
 
 @pytest.fixture(scope="module")
-def released_keys(shared_reference):
-    return json.loads((shared_reference / "llamagen_vq_keys.json").read_text())
+def released_keys(fixtures):
+    return json.loads((fixtures / "llamagen_vq_keys.json").read_text())
 
 
 @pytest.mark.parametrize("name,ch_mult", [("VQ-16", (1, 1, 2, 2, 4)), ("VQ-8", (1, 2, 2, 4))])

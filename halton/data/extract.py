@@ -11,16 +11,19 @@ run it again after an interruption and the finished shards are skipped.
 from __future__ import annotations
 
 import functools
+import logging
 import sys
 
 import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from halton.cli import check_group_choices, entry_point
+from halton.cli import check_overrides, entry_point
 from halton.data.extraction import extract_with_lightning
 from halton.data.sources import build_source
 from halton.tokenizers import Tokenizer
+
+log = logging.getLogger("halton.extract")
 
 
 def build_tokenizer(cfg: DictConfig) -> Tokenizer:
@@ -55,10 +58,10 @@ def main(cfg: DictConfig) -> None:
         batch_size=cfg.batch_size, num_workers=cfg.num_workers, precision=cfg.precision,
         checkpoint=cfg.get("vq_checkpoint"))
     if manifest is not None:
-        print(f"wrote {manifest.samples} samples in {len(manifest.shards)} shards to {cfg.out_dir} "
-              f"({manifest.grid[0]}x{manifest.grid[1]} codes, codebook {manifest.codebook_size})")
+        log.info(f"wrote {manifest.samples} samples in {len(manifest.shards)} shards to {cfg.out_dir} "
+                 f"({manifest.grid[0]}x{manifest.grid[1]} codes, codebook {manifest.codebook_size})")
 
 
 if __name__ == "__main__":
-    check_group_choices(sys.argv[1:])
+    check_overrides(sys.argv[1:], "extract")
     main()

@@ -31,10 +31,15 @@ def to_uint8_rgb(images: torch.Tensor) -> torch.Tensor:
     return ((images + 1) * 127.5).round().to(torch.uint8)
 
 
+# torch-fidelity's port of the TensorFlow FID Inception (the file it downloads, and the one inception_weights= takes)
+INCEPTION_URL = "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth"
+INCEPTION_FILE = INCEPTION_URL.rsplit("/", 1)[-1]
+
+
 class InceptionFeatures(FeatureExtractor):
     """The standard Inception-v3 of FID/IS (torch-fidelity's ``inception-v3-compat``): 2048-d pool features and
-    the unbiased logits. Weights from ``weights_path`` (``pt_inception-2015-12-05-6726825d.pth``) or, when
-    ``weights_path`` is None and the machine is online, torch-fidelity's usual download."""
+    the unbiased logits. Weights from ``weights_path`` (``INCEPTION_FILE``, torch-fidelity's format) or, when
+    ``weights_path`` is None and the machine is online, torch-fidelity's usual download of ``INCEPTION_URL``."""
 
     metric_prefix = ""
 
@@ -49,8 +54,8 @@ class InceptionFeatures(FeatureExtractor):
             self.net = FeatureExtractorInceptionV3(self.name, ["2048", "logits_unbiased"],
                                                    feature_extractor_weights_path=weights_path)
         except OSError as error:  # no network: urllib's URLError is an OSError
-            raise ValueError(f"could not download the Inception-v3 weights ({error}); download "
-                             "pt_inception-2015-12-05-6726825d.pth and pass inception_weights=PATH") from None
+            raise ValueError(f"could not download the Inception-v3 weights ({error}); download {INCEPTION_URL} "
+                             f"and pass inception_weights=PATH/{INCEPTION_FILE}") from None
 
     @torch.no_grad()
     def forward(self, images):

@@ -13,8 +13,8 @@ from pathlib import Path
 from halton.utils.checkpoint import atomic_write
 
 # The columns that identify a cell; re-running a cell whose rows are all present is skipped unless forced.
-KEY_COLUMNS = ("experiment", "checkpoint", "scheduler", "steps", "cfg_weight", "temp_min", "temp_max", "top_k",
-               "schedule", "seed", "num_images", "extractor", "eval_step")
+KEY_COLUMNS = ("experiment", "checkpoint", "scheduler", "scheduler_options", "steps", "cfg_weight", "temp_min",
+               "temp_max", "top_k", "schedule", "seed", "num_images", "extractor", "eval_step")
 LEADING_COLUMNS = KEY_COLUMNS + ("tokens_fraction",)
 TRAILING_COLUMNS = ("seconds", "images_per_s")
 
@@ -25,6 +25,11 @@ def _normalise(value) -> str:
     if isinstance(value, float):
         return "nan" if math.isnan(value) else repr(value)
     return str(value)
+
+
+def options_text(scheduler) -> str:
+    """A scheduler's options as one results-file field: ``r_temp=4.5 guidance=ramp`` (empty without options)."""
+    return " ".join(f"{key}={value}" for key, value in scheduler.options().items())
 
 
 def row_key(row: dict) -> tuple[str, ...]:

@@ -17,6 +17,7 @@ from halton.evaluation.features import FeatureExtractor
 from halton.evaluation.metrics import generative_metrics
 from halton.sampling import Scheduler, sample
 from halton.sampling.schedules import tokens_per_step
+from halton.utils.checkpoint import atomic_write
 from halton.utils.images import class_grid, save_png
 
 
@@ -102,9 +103,12 @@ def metric_rows(generated: Generated, reference, extractor: FeatureExtractor, ce
     return rows
 
 
-def save_artifacts(generated: Generated, out_dir: Path, stem: str, scheduler_name: str, num_classes: int,
+def save_artifacts(generated: Generated, out_dir: Path, label: str, cell: dict, num_classes: int,
                    per_class: int) -> dict[str, list[float]] | None:
-    """A grid of the first samples (a row per class) and the diagnostics curves (JSON + plot)."""
+    """A grid of the first samples (a row per class) and the diagnostics curves: JSON (the cell's settings and the
+    curves, which the report averages over seeds) and a plot; files named after the scheduler's label and the
+    cell's steps, CFG weight and seed."""
+    stem = f"{label}_steps{cell['steps']}_cfg{cell['cfg_weight']:g}_seed{cell['seed']}"
     preview = generated.preview
     per_class = min(per_class, len(preview) // num_classes) if preview is not None else 0
     if per_class > 0:
@@ -116,9 +120,10 @@ def save_artifacts(generated: Generated, out_dir: Path, stem: str, scheduler_nam
     if not generated.diagnostics:
         return None
     curves = summarise([generated.diagnostics[i] for i in sorted(generated.diagnostics)])
-    (out_dir / "diagnostics").mkdir(parents=True, exist_ok=True)
-    (out_dir / "diagnostics" / f"{stem}.json").write_text(json.dumps(curves))
-    plot_diagnostics({scheduler_name: curves}, out_dir / "diagnostics" / f"{stem}.png")
+    folder = out_dir / "diagnostics"
+    text = json.dumps({"cell": cell, "curves": curves})
+    atomic_write(folder / f"{stem}.json", lambda tmp: Path(tmp).write_text(text))
+    plot_diagnostics({label: curves}, folder / f"{stem}.png")
     return curves
 
 

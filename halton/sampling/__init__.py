@@ -1,5 +1,8 @@
 """MaskGIT samplers: the Halton, Confidence and Random schedulers behind one interface."""
 
+from collections.abc import Mapping
+from typing import Any
+
 from halton.sampling.base import OrderScheduler, SamplingResult, Scheduler, sample
 from halton.sampling.confidence import ConfidenceScheduler
 from halton.sampling.halton import HaltonScheduler
@@ -19,7 +22,16 @@ def build_scheduler(name: str, **options) -> Scheduler:
     return SCHEDULERS[name](**options)
 
 
+def as_scheduler(scheduler: Scheduler | str | Mapping[str, Any]) -> Scheduler:
+    """A scheduler given as itself, as a name, or as ``{"name": ..., **options}`` (what ``Scheduler.spec`` gives)."""
+    if isinstance(scheduler, Scheduler):
+        return scheduler
+    if isinstance(scheduler, str):
+        return build_scheduler(scheduler)
+    return build_scheduler(**dict(scheduler))
+
+
 __all__ = [
     "SCHEDULERS", "SCHEDULES", "ConfidenceScheduler", "HaltonScheduler", "OrderScheduler", "RandomScheduler",
-    "SamplingResult", "Scheduler", "build_scheduler", "halton_order", "mask_ratio", "sample", "tokens_per_step",
+    "SamplingResult", "Scheduler", "as_scheduler", "build_scheduler", "halton_order", "mask_ratio", "sample", "tokens_per_step",
 ]

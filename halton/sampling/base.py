@@ -8,8 +8,10 @@ temperature, top-k, seeded sampling, and running the output head only at the can
 from __future__ import annotations
 
 import contextlib
+import inspect
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -18,9 +20,24 @@ from halton.sampling.schedules import check_schedule, tokens_per_step
 
 
 class Scheduler(ABC):
-    """Which tokens to unmask at each step. Adding a scheduler = one subclass registered in ``SCHEDULERS``."""
+    """Which tokens to unmask at each step. Adding a scheduler = one subclass registered in ``SCHEDULERS`` and one
+    config in ``conf/scheduler/``. A scheduler keeps its constructor options as attributes of the same names."""
 
     name: str = ""
+
+    def options(self) -> dict[str, Any]:
+        """The constructor options, e.g. ``{"randomize": True}``."""
+        return {key: value for key, value in vars(self).items() if not key.startswith("_")}
+
+    def spec(self) -> dict[str, Any]:
+        """Name and options as plain values: ``build_scheduler(**spec)`` makes the same scheduler again."""
+        return {"name": self.name, **self.options()}
+
+    def label(self) -> str:
+        """The name, followed by the options that differ from their defaults: ``confidence-guidance=constant``."""
+        defaults = {key: p.default for key, p in inspect.signature(type(self)).parameters.items()}
+        changed = [f"{key}={value}" for key, value in self.options().items() if defaults.get(key) != value]
+        return "-".join([self.name, *changed])
 
     @abstractmethod
     def start(self, batch: int, height: int, width: int, generator: torch.Generator,
@@ -37,7 +54,7 @@ class Scheduler(ABC):
         """Indices [B, count] into the candidates of the tokens unmasked this step (default: all of them)."""
         return torch.arange(count, device=tokens.device).expand(tokens.shape[0], count)
 
-    def guidance(self, weight: float, step: int, steps: int) -> float:
+    def guidance_weight(self, weight: float, step: int, steps: int) -> float:
         """CFG weight at ``step`` (constant by default)."""
         return weight
 
@@ -164,7 +181,7 @@ def sample(model, scheduler: Scheduler, labels: torch.Tensor, steps: int = 32, c
     for step in tqdm(range(steps), desc=f"sampling ({scheduler.name})", disable=not progress, leave=False):
         count = counts[step]
         positions = scheduler.candidates(state, masked, done, count)
-        weight = scheduler.guidance(cfg_weight, step, steps)
+        weight = scheduler.guidance_weight(cfg_weight, step, steps)
         with autocast:
             if weight != 0:
                 hidden = model.trunk(torch.cat([codes, codes]), both_labels, both_drop)

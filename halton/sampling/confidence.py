@@ -1,5 +1,5 @@
 """The Confidence scheduler of the original MaskGIT, as the reference code runs it (Gumbel-noised confidence,
-linearly ramped guidance), without the reference's overwriting of tokens it had already decoded."""
+linearly ramped guidance by default), without the reference's overwriting of tokens it had already decoded."""
 
 from __future__ import annotations
 
@@ -8,19 +8,26 @@ import torch
 from halton.sampling.base import Scheduler
 
 
+GUIDANCE = ("ramp", "constant")
+
+
 class ConfidenceScheduler(Scheduler):
     """Samples every still-masked token, then keeps the most confident ones.
 
     Confidence = log-probability of the sampled token + Gumbel noise * ``r_temp`` * (1 - i / (steps - 1)).
-    The CFG weight ramps linearly: w * i / (steps - 1).
+    ``guidance``: ``ramp`` (the reference's) raises the CFG weight linearly, w * i / (steps - 1), so the first
+    step is unguided and only the last gets w; ``constant`` applies w at every step, as Halton and Random do.
     """
 
     name = "confidence"
 
-    def __init__(self, r_temp: float = 4.5):
-        if r_temp < 0:
-            raise ValueError(f"r_temp={r_temp} is negative; allowed: >= 0")
+    def __init__(self, r_temp: float = 4.5, guidance: str = "ramp"):
+        if not r_temp >= 0:
+            raise ValueError(f"r_temp={r_temp} is out of range; allowed: >= 0")
+        if guidance not in GUIDANCE:
+            raise ValueError(f"unknown guidance {guidance!r}; allowed: {', '.join(GUIDANCE)}")
         self.r_temp = r_temp
+        self.guidance = guidance
 
     def start(self, batch, height, width, generator, device):
         return None
@@ -42,5 +49,5 @@ class ConfidenceScheduler(Scheduler):
             confidence = confidence + noise_scale * gumbel
         return confidence.topk(count, dim=1).indices
 
-    def guidance(self, weight, step, steps):
-        return weight * self._progress(step, steps)
+    def guidance_weight(self, weight, step, steps):
+        return weight * self._progress(step, steps) if self.guidance == "ramp" else weight

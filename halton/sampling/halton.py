@@ -9,11 +9,13 @@ from halton.sampling.order import halton_order
 
 
 class HaltonScheduler(OrderScheduler):
-    """Fixed low-discrepancy order; ``randomize`` rolls each sample's order by its own offset in [0, N)."""
+    """The low-discrepancy Halton order; ``randomize`` (default, as the reference quick-start samples) rolls each
+    sample's order by its own offset in [0, N), ``randomize=False`` gives every sample the same order (as the
+    reference's published evaluation)."""
 
     name = "halton"
 
-    def __init__(self, randomize: bool = False):
+    def __init__(self, randomize: bool = True):
         self.randomize = randomize
 
     def order(self, batch, height, width, generator, device):

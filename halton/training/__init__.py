@@ -3,8 +3,9 @@
 from halton.training.checkpoint_io import AtomicCheckpointIO
 from halton.training.module import MaskGITModule
 from halton.training.preemption import PreemptionCheckpoint, cluster_plugins
+from halton.training.progress import StepProgressBar
 from halton.training.resumable_loader import ResumableLoader
 from halton.training.rng_state import RNGStateCheckpoint
 
 __all__ = ["AtomicCheckpointIO", "MaskGITModule", "PreemptionCheckpoint", "RNGStateCheckpoint", "ResumableLoader",
-           "cluster_plugins"]
+           "StepProgressBar", "cluster_plugins"]

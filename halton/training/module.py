@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 from torch import nn
 
-from halton.sampling import build_scheduler, sample
+from halton.sampling import as_scheduler, sample
 from halton.sampling.schedules import check_schedule, mask_ratio
 
 LOSS_ON = ("masked", "all")
@@ -23,8 +23,9 @@ class MaskGITModule(pl.LightningModule):
     code does), labels dropped with probability ``label_dropout`` for classifier-free guidance.
 
     Optimisation: AdamW, linear warmup then cosine decay (torch's schedulers), stepped every optimizer step.
-    Every validation, ``sample_grid`` settings (if given) draw one row of samples per class, decoded with the data
-    module's tokenizer, saved as a PNG and sent to the loggers; with the EMA callback they use the averaged weights.
+    Every validation, ``sample_grid`` settings (if given: ``scheduler``, ``per_class`` and ``sample()``'s options)
+    draw one row of samples per class, decoded with the data module's tokenizer, saved as a PNG and sent to the
+    loggers; with the EMA callback they use the averaged weights.
     """
 
     def __init__(self, net: nn.Module, lr: float = 1e-4, betas: tuple[float, float] = (0.9, 0.96),
@@ -41,8 +42,13 @@ class MaskGITModule(pl.LightningModule):
             raise ValueError(f"need warmup_steps >= 0 and total_steps >= 1, got {warmup_steps} and {total_steps}")
         # Plain containers only, so checkpoints load with torch.load(weights_only=True).
         betas = tuple(float(b) for b in betas)
+        self.grid_scheduler = None
         if sample_grid is not None:
-            sample_grid = OmegaConf.to_container(OmegaConf.create(dict(sample_grid)), resolve=True)
+            # The scheduler comes as an object (Hydra instantiates the config's scheduler group), a name or a spec.
+            sample_grid = dict(sample_grid)
+            self.grid_scheduler = as_scheduler(sample_grid.pop("scheduler", "halton"))
+            sample_grid = {**OmegaConf.to_container(OmegaConf.create(sample_grid), resolve=True),
+                           "scheduler": self.grid_scheduler.spec()}
         self.save_hyperparameters(ignore=["net"])
         self.model = net
         if compile:
@@ -99,17 +105,18 @@ class MaskGITModule(pl.LightningModule):
     def on_validation_epoch_start(self) -> None:
         # Runs after the callbacks' hooks, so the EMA callback has already swapped in the averaged weights.
         settings = self.hparams.sample_grid
-        tokenizer = getattr(self.trainer.datamodule, "tokenizer", None)
-        if not settings or tokenizer is None or self.trainer.sanity_checking or not self.trainer.is_global_zero:
+        if not settings or self.trainer.sanity_checking or not self.trainer.is_global_zero:
+            return
+        tokenizer = getattr(self.trainer.datamodule, "tokenizer", None)  # may load the VQ weights: only when needed
+        if tokenizer is None:
             return
         from halton.utils.images import class_grid, save_png
 
-        settings = dict(settings)
+        settings = {k: v for k, v in settings.items() if k != "scheduler"}
         per_class = settings.pop("per_class", 8)
-        scheduler = build_scheduler(settings.pop("scheduler", "halton"), **settings.pop("scheduler_options", {}))
         num_classes = self.model.num_classes
         labels = torch.arange(num_classes, device=self.device).repeat_interleave(per_class)
-        codes = sample(self.model, scheduler, labels, seed=self.global_step, **settings).codes
+        codes = sample(self.model, self.grid_scheduler, labels, seed=self.global_step, **settings).codes
         images = tokenizer.to(self.device).decode(codes)
         grid = class_grid(images, num_classes, per_class, row_labels=[str(c) for c in range(num_classes)])
         path = Path(self.trainer.log_dir or ".") / "samples" / f"step_{self.global_step:07d}.png"

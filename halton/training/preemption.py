@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -16,6 +17,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 REQUEUE_SIGNALS = ("SIGUSR1", "SIGUSR2")
 EXIT_STATUS = 128 + signal.SIGTERM  # what a process killed by SIGTERM reports
+log = logging.getLogger(__name__)
 
 
 def parse_signal(name: str) -> signal.Signals:
@@ -110,8 +112,7 @@ class PreemptionCheckpoint(Checkpoint):
             if trainer.is_global_zero:
                 self._requeue_job()
             trainer.strategy.barrier("requeue")  # no rank exits (srun --kill-on-bad-exit) before the requeue is done
-        print(f"rank {trainer.global_rank}/{trainer.world_size}: stopped at step {trainer.global_step} ({reason})",
-              flush=True)
+        log.info(f"rank {trainer.global_rank}/{trainer.world_size}: stopped at step {trainer.global_step} ({reason})")
         raise SIGTERMException(EXIT_STATUS)
 
     def _requeue_job(self) -> None:

@@ -1,0 +1,41 @@
+"""A training progress bar counted in optimizer steps: step-based runs (``max_steps``, ``max_epochs=-1``) have no
+meaningful epoch total, so one bar shows the steps done out of ``max_steps``, the rate and the time left."""
+
+from __future__ import annotations
+
+import sys
+
+from lightning.pytorch.callbacks import TQDMProgressBar
+from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
+
+
+class StepProgressBar(TQDMProgressBar):
+    """``training 1234/5000 [02:01<06:10, 10.2it/s, epoch=14, train/loss=2.31]``. A resumed run starts the bar at
+    its global step (the rate and time left count only this run's steps). Epoch-based runs keep Lightning's bar."""
+
+    def _counts_steps(self) -> bool:
+        return self.trainer.max_steps is not None and self.trainer.max_steps > 0
+
+    def init_train_tqdm(self) -> Tqdm:
+        if not self._counts_steps():
+            return super().init_train_tqdm()
+        return Tqdm(desc="training", total=self.trainer.max_steps, initial=self.trainer.global_step,
+                    position=2 * self.process_position, disable=self.is_disabled, leave=True, dynamic_ncols=True,
+                    file=sys.stdout, smoothing=0, bar_format=self.BAR_FORMAT)
+
+    def on_train_epoch_start(self, trainer, *args) -> None:
+        if not self._counts_steps():
+            super().on_train_epoch_start(trainer, *args)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if not self._counts_steps():
+            return super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        bar = self.train_progress_bar
+        step = trainer.global_step
+        if not bar.disable and (step % self.refresh_rate == 0 or step == bar.total):
+            bar.n = step
+            bar.set_postfix({"epoch": trainer.current_epoch, **self.get_metrics(trainer, pl_module)})
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if not self._counts_steps():
+            super().on_train_epoch_end(trainer, pl_module)

@@ -1,0 +1,162 @@
+"""Every experiment composes with every entry point, and every choice of the training config groups trains."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import OmegaConf, open_dict
+
+from conftest import TINY_NET, run
+
+from halton.cli import CONFIG_DIR, choices
+from halton.data import Manifest
+from halton.data.chunks import Chunk, strings, write_shard
+from halton.data.tokenizer_spec import tokenizer_spec
+
+ENTRY_POINTS = ("train", "sample", "evaluate")
+
+
+def compose_job(entry: str, overrides: list[str]):
+    """What ``python <entry>.py <overrides> --cfg job`` prints, as a resolved config."""
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(entry, overrides=overrides, return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    OmegaConf.resolve(cfg)
+    return cfg
+
+
+@pytest.mark.parametrize("entry", ENTRY_POINTS)
+@pytest.mark.parametrize("experiment", choices("experiment"))
+def test_every_experiment_composes_with_every_entry_point(entry, experiment):
+    cfg = compose_job(entry, [f"experiment={experiment}"])
+    assert cfg.name == experiment
+    instantiate(cfg.scheduler)
+    instantiate(cfg.data)  # reads nothing until setup
+    with torch.device("meta"):  # the whole model, even the 705M one, without allocating it
+        net = instantiate(cfg.model if entry == "train" else cfg.model.net)
+    assert sum(p.numel() for p in net.parameters()) > 0
+
+
+@pytest.mark.parametrize("entry", ENTRY_POINTS)
+def test_the_headline_experiment_composes_on_the_command_line(entry):
+    result = run(f"{entry}.py", "experiment=c2i_xl", "scheduler=confidence", "--cfg", "job")
+    cfg = OmegaConf.create(result.stdout)
+    assert cfg.scheduler._target_ == "halton.sampling.ConfidenceScheduler" and cfg.data.grid == [32, 32]
+
+
+def test_no_experiment_means_the_digits():
+    for entry in ENTRY_POINTS:
+        cfg = compose_job(entry, [])
+        assert cfg.name == "digits" and cfg.data.grid == [8, 8]
+    assert compose_job("sample", []).checkpoint.endswith("runs/digits/checkpoints/last.ckpt")
+
+
+def test_evaluate_without_an_experiment_evaluates_the_digits_run(tmp_path):
+    result = run("evaluate.py", f"paths.root_dir={tmp_path}", check=False)  # nothing trained yet: says so
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"error: checkpoint not found: {tmp_path}/runs/digits/checkpoints/last.ckpt; train.py writes "
+        "runs/<name>/checkpoints/last.ckpt, or pass checkpoint=PATH"]
+    assert [p.name for p in (tmp_path / "runs").iterdir()] == ["digits"]  # no runs/None
+
+
+@pytest.mark.parametrize("entry", ENTRY_POINTS)
+def test_scheduler_name_and_options_in_every_entry_point(entry):
+    cfg = compose_job(entry, ["scheduler=confidence", "scheduler.r_temp=3", "scheduler.guidance=constant"])
+    scheduler = instantiate(cfg.scheduler)
+    assert scheduler.spec() == {"name": "confidence", "r_temp": 3, "guidance": "constant"}
+    cfg = compose_job(entry, ["scheduler.randomize=false"])
+    assert instantiate(cfg.scheduler).spec() == {"name": "halton", "randomize": False}
+    if entry == "train":  # the sample grids drawn during training use the same scheduler
+        cfg = compose_job(entry, ["scheduler=random"])
+        with torch.device("meta"):
+            module = instantiate(cfg.model)
+        assert module.grid_scheduler.name == "random" and module.hparams.sample_grid["scheduler"] == {"name": "random"}
+
+
+@pytest.mark.parametrize("entry,arg,message", [  # each entry point twice
+    ("sample", "sampler=confidence", "error: unknown option sampler=confidence; use scheduler=confidence "
+                                     "(scheduler=NAME picks one of confidence, halton, random, scheduler.OPTION=value "
+                                     "sets its options)"),
+    ("evaluate", "sampler.r_temp=3", "error: unknown option sampler.r_temp=3; use scheduler.r_temp=3 (scheduler=NAME"),
+    ("train", "scheduler_options.randomize=false", "error: unknown option scheduler_options.randomize=false; use "
+                                                   "scheduler.randomize=false (scheduler=NAME"),
+    ("evaluate", "scheduler=maskgit", "error: unknown scheduler 'maskgit'; allowed: confidence, halton, random"),
+    ("train", "schedular=halton", "error: unknown option schedular=halton: there is no key 'schedular'; did you mean "
+                                  "scheduler? allowed: "),
+    ("sample", "experiment=null", "error: experiment=null leaves the run without an experiment; allowed: c2i_xl, "
+                                  "digits, "),
+])
+def test_other_spellings_are_one_line_errors(entry, arg, message, tmp_path):
+    result = run(f"{entry}.py", arg, f"paths.root_dir={tmp_path}", check=False)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(message), result.stderr
+    assert not any(tmp_path.iterdir())  # checked before Hydra made a run folder
+
+
+# ------------------------------------------------------------------ a training step with every config choice
+def make_code_shards(root, data_cfg, samples: int = 16) -> None:
+    """Random codes in the layout and with the tokenizer identity of a data config, as extraction would write."""
+    rng = np.random.default_rng(0)
+    spec = tokenizer_spec(instantiate(data_cfg.tokenizer))
+    for split in ("train", "val"):
+        folder = root / split
+        folder.mkdir(parents=True)
+        codes = rng.integers(0, data_cfg.codebook_size, (samples, *data_cfg.grid), dtype=np.uint16)
+        chunk = Chunk(codes, rng.integers(0, data_cfg.num_classes, samples).astype(np.int32),
+                      strings(f"{split}{i}" for i in range(samples)), codes[:, :, ::-1].copy(), None)
+        record = write_shard(folder / "000000.tar", [chunk], source="random")
+        Manifest(grid=list(data_cfg.grid), codebook_size=data_cfg.codebook_size, num_classes=data_cfg.num_classes,
+                 chunk_size=samples, flipped=True, captions=False, tokenizer=spec,
+                 image_size=data_cfg.image_size, source={"kind": "random"}, shards=[record]).save(folder)
+
+
+ONE_STEP = ["experiment=digits", *TINY_NET, "trainer.max_steps=2", "trainer.val_check_interval=2",
+            "trainer.check_val_every_n_epoch=null", "trainer.accelerator=cpu", "data.batch_size=4",
+            "data.num_workers=0", "callbacks.model_checkpoint.every_n_train_steps=2", "model.sample_grid.per_class=1",
+            "model.sample_grid.steps=2", "name=choice"]
+# Every choice of logger, trainer (those that run on a CPU), callbacks and data appears in one of these runs.
+CHOICES = [
+    ("csv", "default", "digits"),
+    ("tensorboard", "cpu", "digits_shards"),
+    ("wandb", "multinode", "imagenet_codes"),
+    ("none", "ddp", "imagenet_codes_256_vq16"),
+    ("csv", "cpu", "imagenet_codes_384_vq16"),
+]
+
+
+def test_the_choices_cover_every_config():
+    assert {c[0] for c in CHOICES} == set(choices("logger"))
+    assert {c[1] for c in CHOICES} == set(choices("trainer")) - {"gpu", "fsdp", "fsdp_checkpointing"}  # need GPUs
+    assert {c[2] for c in CHOICES} == set(choices("data"))
+    assert choices("callbacks") == ["default"]  # every run uses it
+
+
+@pytest.mark.parametrize("logger,trainer,data", CHOICES)
+def test_a_training_step_with_every_config_choice(tmp_path, logger, trainer, data):
+    args = [*ONE_STEP, f"logger={logger}", f"trainer={trainer}", f"data={data}", f"paths.root_dir={tmp_path}"]
+    if data.startswith("imagenet"):  # random codes in shards; no tokenizer weights, so no sample grids
+        make_code_shards(tmp_path / "codes", compose_job("train", args).data)
+        args += [f"data.root={tmp_path / 'codes'}", "model.sample_grid=null"]
+    if trainer in ("ddp", "multinode"):
+        args += ["trainer.devices=1", "trainer.precision=32-true"]
+    run("train.py", *args)
+    run_dir = tmp_path / "runs" / "choice"
+    state = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert state["global_step"] == 2
+    written = {p.relative_to(run_dir).parts[0] for p in run_dir.rglob("*") if p.is_file()}
+    expected = {"csv": "logs", "tensorboard": "tensorboard", "wandb": "wandb"}.get(logger)
+    assert (expected in written) if expected else written == {".hydra", "checkpoints", "train.log"}
+    if logger == "tensorboard":
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        events = EventAccumulator(str(next((run_dir / "tensorboard").rglob("events*")).parent))
+        events.Reload()
+        assert "samples" in events.Tags()["images"] and "val/loss" in events.Tags()["scalars"]
