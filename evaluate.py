@@ -5,30 +5,20 @@ steps=4,8,16,32 (see conf/evaluate.yaml); tables and plots: python -m halton.eva
 from __future__ import annotations
 
 import logging
-import sys
-import warnings
 from pathlib import Path
 
 import hydra
-import torch
-from hydra.utils import instantiate
-from lightning.fabric import Fabric
 from omegaconf import DictConfig
 
-from halton.cli import check_overrides, entry_point, load_network, resolve_autocast
-from halton.evaluation.features import DigitsFeatures, InceptionFeatures
-from halton.evaluation.reference import reference_statistics
-from halton.evaluation.results import ResultsFile, options_text
-from halton.evaluation.runner import (balanced_labels, gather, generate_and_extract, metric_rows, save_artifacts,
-                                      timed)
+from halton.cli import entry_point, load_network, resolve_autocast, run
 
 EXTRACTORS = ("inception", "digits")
 log = logging.getLogger("halton.evaluate")
-# Lightning hints at srun whenever SLURM is installed; running without it (one machine) is deliberate here.
-warnings.filterwarnings("ignore", message="The `srun` command is available")
 
 
 def build_extractor(cfg: DictConfig):
+    from halton.evaluation.features import DigitsFeatures, InceptionFeatures
+
     if cfg.extractor == "inception":
         return InceptionFeatures(cfg.inception_weights)
     return DigitsFeatures(Path(cfg.paths.data_dir) / "cache")
@@ -37,6 +27,15 @@ def build_extractor(cfg: DictConfig):
 @hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
 @entry_point
 def main(cfg: DictConfig) -> None:
+    import torch
+    from hydra.utils import instantiate
+    from lightning.fabric import Fabric
+
+    from halton.evaluation.reference import reference_statistics
+    from halton.evaluation.results import ResultsFile, options_text
+    from halton.evaluation.runner import (balanced_labels, gather, generate_and_extract, metric_rows, save_artifacts,
+                                          timed)
+
     scheduler = instantiate(cfg.scheduler)
     if cfg.extractor not in EXTRACTORS:
         raise ValueError(f"unknown extractor {cfg.extractor!r}; allowed: {', '.join(EXTRACTORS)}")
@@ -89,5 +88,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    check_overrides(sys.argv[1:], "evaluate")
-    main()
+    run(main, "evaluate")

@@ -4,18 +4,12 @@
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 
 import hydra
-import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from halton.cli import check_overrides, entry_point, load_network, resolve_autocast, resolve_device
-from halton.sampling import sample
-from halton.sampling.base import check_labels
-from halton.utils.images import class_grid, progression_grid, save_png
+from halton.cli import entry_point, load_network, resolve_autocast, resolve_device, run
 
 log = logging.getLogger("halton.sample")
 
@@ -23,12 +17,20 @@ log = logging.getLogger("halton.sample")
 @hydra.main(version_base="1.3", config_path="conf", config_name="sample")
 @entry_point
 def main(cfg: DictConfig) -> None:
+    import torch
+    from hydra.utils import instantiate
+
+    from halton.sampling import sample
+    from halton.sampling.base import check_labels
+    from halton.utils.images import class_grid, progression_grid, save_png
+
     device = resolve_device(cfg.device)
     autocast = resolve_autocast(cfg.precision, device)
     scheduler = instantiate(cfg.scheduler)
     datamodule = instantiate(cfg.data)
     net = load_network(cfg.model.net, cfg.checkpoint, cfg.official_heads).to(device)
-    classes = list(cfg.classes) if cfg.classes is not None else list(range(net.num_classes))
+    classes = (list(range(net.num_classes)) if cfg.classes is None else
+               [cfg.classes] if isinstance(cfg.classes, int) else list(cfg.classes))
     if cfg.per_class < 1:
         raise ValueError(f"per_class={cfg.per_class} is out of range; allowed: >= 1")
     check_labels(torch.tensor(classes), net.num_classes)
@@ -56,5 +58,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    check_overrides(sys.argv[1:], "sample")
-    main()
+    run(main, "sample")

@@ -3,17 +3,12 @@
 from __future__ import annotations
 
 import logging
-import sys
-from pathlib import Path
+import os
 
 import hydra
-import lightning.pytorch as pl
-from hydra.utils import instantiate
-from lightning.pytorch.callbacks import ProgressBar
 from omegaconf import DictConfig
 
-from halton.cli import check_overrides, entry_point
-from halton.training import AtomicCheckpointIO, cluster_plugins
+from halton.cli import entry_point, resume_candidate, run
 
 log = logging.getLogger("halton.train")
 
@@ -21,17 +16,29 @@ log = logging.getLogger("halton.train")
 def resume_from(cfg: DictConfig) -> str | None:
     if cfg.ckpt_path:
         return str(cfg.ckpt_path)
-    last = Path(cfg.callbacks.model_checkpoint.dirpath) / "last.ckpt"
-    if cfg.resume and last.is_file():
-        log.info(f"resuming from {last}")
-        return str(last)
-    return None
+    if not cfg.resume:
+        return None
+    path = resume_candidate(cfg)
+    if path:
+        log.info(f"resuming from {path}")
+    return path
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 @entry_point
 def main(cfg: DictConfig) -> None:
-    pl.seed_everything(cfg.seed, workers=True)
+    import lightning.pytorch as pl
+    from hydra.utils import instantiate
+    from lightning.pytorch.callbacks import ProgressBar
+
+    from halton.training import AtomicCheckpointIO, cluster_plugins
+    from halton.utils.files import remove_stale_temporaries
+
+    local_rank = int(os.environ.get("LOCAL_RANK", os.environ.get("SLURM_LOCALID", 0)))
+    if cfg.callbacks.get("model_checkpoint") and local_rank == 0:  # no rank saves before training starts
+        for stale in remove_stale_temporaries(cfg.callbacks.model_checkpoint.dirpath):
+            log.info(f"removed {stale}, left by a save that was interrupted")
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = instantiate(cfg.data)
     module = instantiate(cfg.model)
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
@@ -47,5 +54,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    check_overrides(sys.argv[1:], "train")
-    main()
+    run(main, "train")

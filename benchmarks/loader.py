@@ -1,11 +1,13 @@
 """Loader throughput on one core: code shards (chunks of ~1000 samples per tar member) against the reference
-layout (one pickle file per sample), and webdataset with one tar member per sample.
+layout (one pickle file per sample), and webdataset with one tar member per sample; ``--checksums`` also times
+the code shards with ``verify_checksums=True`` (each shard's SHA-256 checked against the manifest).
 
-    taskset -c 0 python benchmarks/loader.py --samples 100000 --grid 16
+    taskset -c 0 python benchmarks/loader.py --samples 100000 --grid 16 --checksums --repeats 7
 
 One core: torch and numpy are limited to one thread and the loaders run in this process (num_workers=0); with
-taskset the process is pinned too. Warm cache: every layout is read once before it is timed. Files opened are
-counted with a Python audit hook (every open() of a path during the timed pass).
+taskset the process is pinned too. Warm cache: every layout is read once before it is timed. The layouts take
+turns, one pass each per round, so that a change in the machine's load falls on all of them alike. Files opened
+are counted with a Python audit hook (every open() of a path during the timed pass).
 """
 
 from __future__ import annotations
@@ -25,6 +27,9 @@ import torch
 from halton.data.chunks import Chunk, split_into_chunks, strings, write_shard
 from halton.data.manifest import Manifest
 from halton.data.shard_stream import CodeShardStream
+
+
+OURS, VERIFIED, PICKLES = "code shards (ours)", "code shards, verify_checksums=true", "one pickle per sample"
 
 
 class OpenCounter:
@@ -88,8 +93,9 @@ def write_per_sample_tars(folder: Path, codes, labels, keys, per_shard: int) -> 
     return urls
 
 
-def read_ours(folder: Path, manifest: Manifest, batch_size: int) -> int:
-    stream = CodeShardStream(folder, manifest, batch_size, shuffle=True, drop_last=True, num_workers=0)
+def read_ours(folder: Path, manifest: Manifest, batch_size: int, verify_checksums: bool = False) -> int:
+    stream = CodeShardStream(folder, manifest, batch_size, shuffle=True, drop_last=True, num_workers=0,
+                             verify_checksums=verify_checksums)
     loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=0)
     return sum(len(batch["labels"]) for batch in loader)
 
@@ -123,18 +129,25 @@ def read_per_sample_tars(urls: list[str], batch_size: int) -> int:
     return sum(len(labels) for _, labels in loader)
 
 
-def timed(name: str, read, counter: OpenCounter, repeats: int) -> dict:
-    read()  # warm the page cache and the code paths
-    best, opened, count = float("inf"), 0, 0
+def timed(reads: dict, counter: OpenCounter, repeats: int) -> list[dict]:
+    """``reads``: layout name -> function reading one pass and returning its sample count. Best and median pass."""
+    for read in reads.values():
+        read()  # warm the page cache and the code paths
+    passes = {name: [] for name in reads}
     for _ in range(repeats):
-        counter.count, counter.active = 0, True
-        start = time.perf_counter()
-        count = read()
-        elapsed = time.perf_counter() - start
-        counter.active = False
-        opened = counter.count
-        best = min(best, elapsed)
-    return {"layout": name, "samples": count, "seconds": best, "rate": count / best, "files_opened": opened}
+        for name, read in reads.items():  # alternating: load changes on a shared machine hit every layout
+            counter.count, counter.active = 0, True
+            start = time.perf_counter()
+            count = read()
+            passes[name].append((time.perf_counter() - start, count, counter.count))
+            counter.active = False
+    results = []
+    for name, runs in passes.items():
+        seconds, count, opened = min(runs)
+        median = float(np.median([r[0] for r in runs]))
+        results.append({"layout": name, "samples": count, "seconds": seconds, "rate": count / seconds,
+                        "median_rate": count / median, "files_opened": opened})
+    return results
 
 
 def main() -> None:
@@ -147,6 +160,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--per-sample-tar", action="store_true", help="also time one tar member per sample")
+    parser.add_argument("--checksums", action="store_true",
+                        help="also time the code shards with verify_checksums=True")
+    parser.add_argument("--only-ours", action="store_true", help="time the code shards only (no pickles)")
     parser.add_argument("--dir", default=None, help="where to write the data (default: a temporary folder)")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -156,28 +172,35 @@ def main() -> None:
         root = Path(tmp)
         codes, labels, keys = make_data(args.samples, args.grid, args.codebook)
         (root / "ours").mkdir()
-        (root / "pickles").mkdir()
         manifest = write_ours(root / "ours", codes, labels, keys, args.chunk_size, args.shard_chunks, args.codebook)
-        paths = write_pickles(root / "pickles", codes, labels)
-        results = [timed("code shards (ours)", lambda: read_ours(root / "ours", manifest, args.batch_size), counter,
-                         args.repeats),
-                   timed("one pickle per sample", lambda: read_pickles(paths, args.batch_size), counter,
-                         args.repeats)]
+        reads = {OURS: lambda: read_ours(root / "ours", manifest, args.batch_size)}
+        if args.checksums:
+            reads[VERIFIED] = lambda: read_ours(root / "ours", manifest, args.batch_size, verify_checksums=True)
+        if not args.only_ours:
+            (root / "pickles").mkdir()
+            paths = write_pickles(root / "pickles", codes, labels)
+            reads[PICKLES] = lambda: read_pickles(paths, args.batch_size)
         if args.per_sample_tar:
             (root / "tars").mkdir()
             urls = write_per_sample_tars(root / "tars", codes, labels, keys, args.chunk_size * args.shard_chunks)
-            results.append(timed("webdataset, one member per sample",
-                                 lambda: read_per_sample_tars(urls, args.batch_size), counter, args.repeats))
+            reads["webdataset, one member per sample"] = lambda: read_per_sample_tars(urls, args.batch_size)
+        results = timed(reads, counter, args.repeats)
     affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else "?"
     print(f"{args.samples} samples of {args.grid}x{args.grid} codes, batch {args.batch_size}, "
           f"{len(manifest.shards)} shards of {args.shard_chunks} x {args.chunk_size}; torch threads 1, "
           f"cores allowed {affinity}; {platform.processor() or platform.machine()}, Python {platform.python_version()}")
-    print(f"| layout | samples/s | files opened per pass | seconds per pass |")
-    print(f"| --- | --- | --- | --- |")
+    print(f"best and median of {args.repeats} passes per layout, taken in turns")
+    print("| layout | samples/s (best) | samples/s (median) | files opened per pass | seconds per pass (best) |")
+    print("| --- | --- | --- | --- | --- |")
     for r in results:
-        print(f"| {r['layout']} | {r['rate']:,.0f} | {r['files_opened']:,} | {r['seconds']:.2f} |")
-    ratio = results[0]["rate"] / results[1]["rate"]
-    print(f"ours / pickle: {ratio:.1f}x")
+        print(f"| {r['layout']} | {r['rate']:,.0f} | {r['median_rate']:,.0f} | {r['files_opened']:,} | "
+              f"{r['seconds']:.3f} |")
+    by_name = {r["layout"]: r for r in results}
+    if PICKLES in by_name:
+        print(f"ours / pickle: {by_name[OURS]['rate'] / by_name[PICKLES]['rate']:.1f}x")
+    if VERIFIED in by_name:
+        cost = [1 - by_name[VERIFIED][k] / by_name[OURS][k] for k in ("rate", "median_rate")]
+        print(f"verify_checksums=true costs {cost[0]:.1%} of the throughput (best), {cost[1]:.1%} (median)")
 
 
 if __name__ == "__main__":

@@ -22,8 +22,10 @@ TINY_NET = ["model.net.depth=1", "model.net.hidden_dim=32", "model.net.heads=2"]
 
 
 def run(script, *args, check=True, timeout=600):
-    """Run an entry point as a user would; fail with its output when it fails and ``check``."""
-    result = subprocess.run([sys.executable, str(ROOT / script), *args], cwd=ROOT, capture_output=True, text=True,
+    """Run an entry point as a user would (``train.py``, or ``-m halton.data.extract``); fail with its output when
+    it fails and ``check``."""
+    command = ["-m", script[3:]] if script.startswith("-m ") else [str(ROOT / script)]
+    result = subprocess.run([sys.executable, *command, *args], cwd=ROOT, capture_output=True, text=True,
                             timeout=timeout)
     if check and result.returncode != 0:
         raise AssertionError(f"{script} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")

@@ -325,9 +325,10 @@ def test_mismatched_reference_file_is_refused(tiny_run, tmp_path):
 
 @pytest.mark.parametrize("args,message", [
     (["scheduler=maskgit"], "error: unknown scheduler 'maskgit'; allowed: confidence, halton, random"),
-    (["num_images=15"], "error: num_images=15 must be a positive multiple of the 10 classes"),
-    (["extractor=clip"], "error: unknown extractor 'clip'; allowed: inception, digits"),
-    (["intermediate_steps=[9]", "steps=8"], "error: intermediate_steps [9] out of range; allowed: 1 to steps=8"),
+    (["num_images=15"], "error: num_images=15 is not a multiple of the 10 classes (class-balanced samples); "
+                        "allowed: 10, 20, ..."),
+    (["extractor=clip"], "error: extractor='clip' is not one of the choices; allowed: inception, digits"),
+    (["intermediate_steps=[9]", "steps=8"], "error: intermediate_steps=9 is out of range; allowed: 1 to 8"),
 ])
 def test_evaluate_rejects_bad_values(tiny_run, args, message):
     result = evaluate(tiny_run, *args, check=False)

@@ -278,5 +278,4 @@ def test_the_command_extracts_on_two_ranks_each_writing_its_own_shards(tmp_path)
     bad = subprocess.run([sys.executable, "-m", "halton.data.extract", "data=imagenet_codes", "source.path=/nowhere",
                           f"paths.runs_dir={tmp_path / 'runs'}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2
-    assert bad.stderr.strip().splitlines() == ["error: extraction needs the tokenizer weights (vq_ds8_c2i.pt): pass "
-                                               "vq_checkpoint=PATH"]
+    assert bad.stderr.strip().splitlines() == ["error: source.path=/nowhere: no such file or folder"]

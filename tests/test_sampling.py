@@ -220,8 +220,11 @@ def test_works_with_the_real_transformer():
 @pytest.mark.parametrize("kwargs,message", [
     ({"steps": 0}, "steps=0 is out of range; allowed: 1 to 16"),
     ({"steps": 17}, "steps=17 is out of range; allowed: 1 to 16"),
-    ({"cfg_weight": -1.0}, "cfg_weight=-1.0 is negative; allowed: >= 0"),
-    ({"temp_min": 0.0}, "temperatures must be > 0"),
+    ({"cfg_weight": -1.0}, "cfg_weight=-1.0 is out of range; allowed: >= 0"),
+    ({"cfg_weight": float("nan")}, "cfg_weight=nan is out of range; allowed: >= 0"),
+    ({"cfg_weight": float("inf")}, "cfg_weight=inf is out of range; allowed: >= 0"),
+    ({"temp_min": 0.0}, "temperatures must be finite and > 0"),
+    ({"temp_max": float("nan")}, "temperatures must be finite and > 0, got temp_min=1.0, temp_max=nan"),
     ({"top_k": 99}, "top_k=99 is out of range; allowed: 0 \\(off\\) to 6"),
     ({"schedule": "exp"}, "unknown schedule 'exp'"),
 ])

@@ -2,7 +2,9 @@
 
 import json
 import logging
+import shutil
 import subprocess
+import tarfile
 import sys
 import textwrap
 from collections import Counter
@@ -14,7 +16,7 @@ import torch
 
 from conftest import SIGTERM_CALLBACK
 
-from halton.data import CodeShardsDataModule, CodeShardStream, Manifest, ManifestMismatch
+from halton.data import CodeShardsDataModule, CodeShardStream, DigitsShardsDataModule, Manifest, ManifestMismatch
 from halton.data.chunks import Chunk, strings, write_shard
 from halton.data.epoch_loader import EpochDataLoader, resume_position
 from halton.data.partition import plan_reader
@@ -343,6 +345,47 @@ def test_the_tokenizer_must_be_the_one_that_made_the_codes(split_dir):
         module_for(split_dir, tokenizer=PixelTokenizer(64)).setup("fit")
 
 
+def change_in_place(shard: Path, member: str = "00001.codes.npy") -> None:
+    """Change one code inside a tar member, keeping the file's size and structure and the code in the codebook:
+    a silent change that only the checksum sees."""
+    with tarfile.open(shard) as tar:
+        info = tar.getmember(member)
+    data = bytearray(shard.read_bytes())
+    data[info.offset_data + info.size - 2] ^= 1  # the low byte of the last uint16 code
+    shard.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("verify", [True, False])
+def test_a_shard_changed_in_place_is_skipped_only_when_checksums_are_verified(tmp_path, caplog, verify):
+    make_shards(tmp_path / "train", shards=3, chunks=2, chunk_size=10)
+    change_in_place(tmp_path / "train" / "000001.tar")
+    module = module_for(tmp_path, verify_checksums=verify, with_keys=True)
+    stream = module.stream("train", train=False)  # unshuffled, every sample once
+    with caplog.at_level(logging.WARNING, logger="halton.data"):
+        keys = keys_of(read_epoch(stream))
+    messages = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    manifest = module.manifests["train"]
+    if verify:  # none of its samples, all of the others' (the epoch keeps its length with repeats)
+        assert stream.skipped_shards == 1 and len(keys) == manifest.samples
+        assert set(keys) == {k for k in all_keys(manifest) if not k.startswith("s1")}
+        assert len(messages) == 1 and "000001.tar: its SHA-256 differs from the manifest's" in messages[0], messages
+    else:  # the change keeps the tar valid and the code in the codebook: read as it is, unnoticed
+        assert stream.skipped_shards == 0 and messages == []
+        assert sorted(keys) == sorted(all_keys(manifest))
+
+
+def test_the_data_configs_have_the_checksum_option():
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        for data in ("imagenet_codes", "imagenet_codes_256_vq16", "digits_shards"):
+            cfg = compose("train", overrides=[f"data={data}"])
+            assert cfg.data.verify_checksums is False  # the default: see the README's "Loading"
+            cfg = compose("train", overrides=[f"data={data}", "data.verify_checksums=true"])
+            assert instantiate(cfg.data).verify_checksums is True
+
+
 def test_the_tokenizer_is_built_only_when_asked_for(split_dir):
     calls = []
 
@@ -465,3 +508,65 @@ def test_a_reader_whose_shards_are_all_bad_still_yields_its_batches(tmp_path, ca
         batches = read_epoch(stream)
     assert len(batches) == len(stream) == 8 and stream.skipped_shards == 2
     assert {chunk_of(k) for k in keys_of(batches)} == {"s0c0"}  # stand-ins from the first readable chunk
+
+
+# ------------------------------------------------------------------------------------------------ digits shards
+@pytest.fixture(scope="module")
+def digits_shards(tmp_path_factory):
+    """The digits shards, extracted once; tests damage copies of them."""
+    root = tmp_path_factory.mktemp("digits")
+    DigitsShardsDataModule(str(root)).prepare_data()
+    return root
+
+
+def test_the_first_extraction_of_the_digits_says_nothing(tmp_path, caplog):
+    (tmp_path / "val").mkdir()  # an empty folder is a first extraction too
+    with caplog.at_level(logging.INFO, logger="halton"):
+        DigitsShardsDataModule(str(tmp_path)).prepare_data()
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+    assert Manifest.load(tmp_path / "train").check_files(tmp_path / "train", checksums=True) == []
+
+
+def truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:-700])
+
+
+@pytest.mark.parametrize("damage,file,problem", [
+    (truncate, "000001.tar", "000001.tar ("),  # "(N bytes, the manifest says M)"
+    (change_in_place, "000001.tar", "000001.tar (its SHA-256 differs from the manifest's)"),
+    (Path.unlink, "manifest.json", "manifest.json is missing"),
+    (lambda path: path.write_text('{"format": "halton-code-shards", '), "manifest.json",
+     "manifest.json is not valid JSON"),
+    (lambda path: path.write_text('{"format": "halton-code-shards", "version": 1}'), "manifest.json",
+     "manifest.json is missing or has a bad field"),
+], ids=["truncated", "changed_in_place", "manifest_deleted", "manifest_not_json", "manifest_incomplete"])
+def test_damaged_digits_shards_are_remade_with_one_warning_naming_the_file(digits_shards, tmp_path, caplog, damage,
+                                                                             file, problem):
+    root = tmp_path / "digits"
+    shutil.copytree(digits_shards, root)
+    damage(root / "train" / file)
+    with caplog.at_level(logging.INFO, logger="halton"):
+        DigitsShardsDataModule(str(root)).prepare_data()
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and f"{root / 'train'}/{problem}" in warnings[0], warnings
+    assert warnings[0].startswith(f"making the digits shards in {root / 'train'} again: ")
+    # remade as they were (extraction is reproducible), and they load
+    made = Manifest.load(root / "train")
+    assert made.check_files(root / "train", checksums=True) == []
+    assert [s.sha256 for s in made.shards] == [s.sha256 for s in Manifest.load(digits_shards / "train").shards]
+    caplog.clear()
+    module = DigitsShardsDataModule(str(root), batch_size=64, verify_checksums=True)
+    module.prepare_data()  # current now: nothing to say
+    batches = list(module.train_dataloader())
+    assert len(batches) == 1617 // 64 and module.skipped_shards == 0
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+def test_digits_shards_of_another_split_are_remade_saying_so(digits_shards, tmp_path, caplog):
+    root = tmp_path / "digits"
+    shutil.copytree(digits_shards, root)
+    with caplog.at_level(logging.WARNING, logger="halton"):
+        DigitsShardsDataModule(str(root), seed=1).prepare_data()
+    warnings = [r.getMessage() for r in caplog.records]
+    assert [f"{root / split / 'manifest.json'} describes shards made from another split or layout" in message
+            for split, message in zip(("train", "val"), warnings)] == [True, True], warnings

@@ -147,7 +147,7 @@ def test_bad_files_and_inputs(tiny, tmp_path):
     with pytest.raises(ValueError, match="is not a LlamaGen VQ checkpoint: expected a dict with a 'model'"):
         LlamaGenVQ.from_checkpoint(tmp_path / "other.pt", **TINY)
     (tmp_path / "text.pt").write_text("not a checkpoint")
-    with pytest.raises(ValueError, match="is not a readable torch checkpoint"):
+    with pytest.raises(ValueError, match="vq_checkpoint .*text.pt is not a checkpoint: neither a torch.save zip file"):
         LlamaGenVQ.from_checkpoint(tmp_path / "text.pt", **TINY)
     path = save_released(tiny, tmp_path / "vq.pt")
     with pytest.raises(ValueError, match=r"does not fit LlamaGenVQ\(ch=32, ch_mult=\[1, 2, 2, 4\].*missing keys"):

@@ -27,7 +27,7 @@ import numpy as np
 import webdataset as wds
 
 from halton.data.manifest import ShardRecord
-from halton.data.files import atomic_write_shared
+from halton.utils.files import atomic_write
 
 CODE_DTYPE = np.uint16
 MAX_CODEBOOK = int(np.iinfo(CODE_DTYPE).max) + 1
@@ -197,7 +197,7 @@ def write_shard(path: str | Path, chunks: list[Chunk], source: str = "", skipped
                     tar.write({"__key__": chunk_name(index), **chunk_members(chunk)})
             digest.update(sha256=hashing.sha256.hexdigest(), bytes=hashing.size)
 
-    atomic_write_shared(path, write)
+    atomic_write(path, write)
     labels = [int(c.labels.max()) for c in chunks if len(c)]
     return ShardRecord(name=path.name, samples=sum(len(c) for c in chunks), chunks=[len(c) for c in chunks],
                        bytes=digest["bytes"], sha256=digest["sha256"], source=source, skipped=list(skipped or []),
@@ -206,11 +206,3 @@ def write_shard(path: str | Path, chunks: list[Chunk], source: str = "", skipped
 
 def split_into_chunks(chunk: Chunk, chunk_size: int) -> list[Chunk]:
     return [chunk.slice(start, min(start + chunk_size, len(chunk))) for start in range(0, len(chunk), chunk_size)]
-
-
-def file_sha256(path: str | Path, block: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while data := handle.read(block):
-            digest.update(data)
-    return digest.hexdigest()

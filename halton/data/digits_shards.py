@@ -3,30 +3,33 @@ loaded like any other shards. What ``python train.py experiment=digits`` and the
 
 from __future__ import annotations
 
+import logging
 import re
 
 import torch
 
 from halton.data.digits import CLASSES, LEVELS, SIDE, DigitsDataModule
 from halton.data.extraction import extract_locally
-from halton.data.manifest import Manifest
+from halton.data.manifest import MANIFEST_NAME, Manifest, ManifestMismatch
 from halton.data.shard_datamodule import CodeShardsDataModule
 from halton.data.sources import DigitsSource
 from halton.tokenizers import PixelTokenizer
 
 SPLITS = ("train", "val")
 OWN_FILE = re.compile(r"\d{6}\.(tar|json)|manifest\.json")  # only what extraction writes is ever deleted
+log = logging.getLogger(__name__)
 
 
 class DigitsShardsDataModule(CodeShardsDataModule):
     """Shards of the seeded digits split (:func:`halton.data.digits.load_digits_split`) under ``root``, made by
-    :meth:`prepare_data` when they are missing or were made from another split. Small chunks (``chunk_size``)
-    so that even 1,617 training digits make enough chunks for the loader's mixing."""
+    :meth:`prepare_data` when they are missing, damaged or were made from another split (with a warning saying
+    which file and why, unless it is the first extraction). Small chunks (``chunk_size``) so that even 1,617
+    training digits make enough chunks for the loader's mixing."""
 
     def __init__(self, root: str, batch_size: int = 128, val_fraction: float = 0.1, seed: int = 0,
                  num_workers: int = 0, chunk_size: int = 32, shard_size: int = 256, pool_chunks: int = 16,
                  shuffle_chunks: int = 8, codebook_size: int = LEVELS, grid=(SIDE, SIDE), num_classes: int = CLASSES,
-                 flip: bool = False, resampled: bool = False, with_keys: bool = False,
+                 flip: bool = False, resampled: bool = False, with_keys: bool = False, verify_checksums: bool = False,
                  tokenizer: PixelTokenizer | None = None):
         if tokenizer is not None and (type(tokenizer) is not PixelTokenizer or tokenizer.codebook_size != LEVELS):
             raise ValueError(f"the digits are tokenised by PixelTokenizer({LEVELS}); got {tokenizer!r}")
@@ -36,29 +39,47 @@ class DigitsShardsDataModule(CodeShardsDataModule):
         super().__init__(root, batch_size=batch_size, num_workers=num_workers, flip=flip, resampled=resampled,
                          seed=seed, pool_chunks=pool_chunks, shuffle_chunks=shuffle_chunks, codebook_size=LEVELS,
                          grid=(SIDE, SIDE), num_classes=CLASSES, tokenizer=PixelTokenizer(LEVELS), with_keys=with_keys,
-                         pin_memory=False)
+                         pin_memory=False, verify_checksums=verify_checksums)
         self.val_fraction, self.chunk_size, self.shard_size = val_fraction, chunk_size, shard_size
         self._reference: DigitsDataModule | None = None
 
     def source(self, split: str) -> DigitsSource:
         return DigitsSource(split, self.val_fraction, self.seed, self.shard_size)
 
-    def _is_current(self, split: str) -> bool:
+    def _why_stale(self, split: str) -> str | None:
+        """None when the split's shards are current, else why they must be made again, naming the file ("" for a
+        first extraction, which needs no word). Every shard is hashed: the digits shards are a few hundred KB."""
         folder = self.split_dir(split)
+        path = folder / MANIFEST_NAME
+        if not any(OWN_FILE.fullmatch(p.name) for p in folder.glob("*")):  # also when there is no folder
+            return ""
         try:
             manifest = Manifest.load(folder)
-        except (FileNotFoundError, ValueError):
-            return False
-        return (manifest.source == self.source(split).describe() and manifest.chunk_size == self.chunk_size
-                and manifest.flipped == self.flip and not manifest.check_files(folder))
+        except FileNotFoundError:
+            return f"{path} is missing (deleted, or an extraction there was interrupted)"
+        except ValueError as error:  # ManifestMismatch: malformed; the message names the file
+            return str(error)
+        if (manifest.source, manifest.chunk_size, manifest.flipped) != (self.source(split).describe(),
+                                                                        self.chunk_size, self.flip):
+            return (f"{path} describes shards made from another split or layout (seed, val_fraction, shard_size, "
+                    "chunk_size or flip)")
+        try:
+            problems = manifest.check_files(folder, checksums=True)
+        except ManifestMismatch as error:  # a shard is missing; the advice after "; " is for extract's users
+            return str(error).split("; ")[0]
+        more = f" and {len(problems) - 1} more" if len(problems) > 1 else ""
+        return f"shard {folder / problems[0]}{more}" if problems else None
 
     def prepare_data(self) -> None:
         """Extract each split whose shards are missing or stale (Lightning runs this on one process per node)."""
         for split in SPLITS:
-            if self._is_current(split):
+            reason = self._why_stale(split)
+            if reason is None:
                 continue
             folder = self.split_dir(split)
-            if folder.exists():  # stale shards of another split or layout: start that split over
+            if reason:
+                log.warning("making the digits shards in %s again: %s", folder, reason)
+            if folder.exists():  # start the split over: extraction would keep the shards that look finished
                 for path in folder.iterdir():
                     if OWN_FILE.fullmatch(path.name):
                         path.unlink()

@@ -12,21 +12,17 @@ from __future__ import annotations
 
 import functools
 import logging
-import sys
 
 import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from halton.cli import check_overrides, entry_point
-from halton.data.extraction import extract_with_lightning
-from halton.data.sources import build_source
-from halton.tokenizers import Tokenizer
+from halton.cli import entry_point, run
 
 log = logging.getLogger("halton.extract")
 
 
-def build_tokenizer(cfg: DictConfig) -> Tokenizer:
+def build_tokenizer(cfg: DictConfig):
     """The data config's tokenizer: built as it is, or, for a lazy one (``_partial_: true``), loaded from
     ``vq_checkpoint``."""
     if cfg.data.get("tokenizer") is None:
@@ -45,6 +41,9 @@ def build_tokenizer(cfg: DictConfig) -> Tokenizer:
 @hydra.main(version_base="1.3", config_path="../../conf", config_name="extract")
 @entry_point
 def main(cfg: DictConfig) -> None:
+    from halton.data.extraction import extract_with_lightning
+    from halton.data.sources import build_source
+
     tokenizer = build_tokenizer(cfg)
     options = OmegaConf.to_container(cfg.source, resolve=True)
     kind, path = options.pop("format"), options.pop("path")
@@ -63,5 +62,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    check_overrides(sys.argv[1:], "extract")
-    main()
+    run(main, "extract")

@@ -30,7 +30,7 @@ from halton.data.manifest import Manifest, ShardRecord
 from halton.data.sources import Item, Skip, Source, Unit
 from halton.data.tokenizer_spec import tokenizer_spec
 from halton.tokenizers import Tokenizer
-from halton.data.files import atomic_write_shared
+from halton.utils.files import atomic_write
 
 log = logging.getLogger("halton.data")
 
@@ -193,7 +193,7 @@ class ShardAssembler:
         chunks = split_into_chunks(Chunk.concatenate(parts["chunks"]), self.chunk_size) if parts["chunks"] else []
         record = write_shard(self.out_dir / unit.name, chunks, source=unit.origin, skipped=parts["skipped"])
         text = json.dumps({"settings": self.settings, "shard": record.__dict__, "rank": self.rank}, indent=1)
-        atomic_write_shared(record_path(self.out_dir, unit), lambda tmp: Path(tmp).write_text(text))
+        atomic_write(record_path(self.out_dir, unit), lambda tmp: Path(tmp).write_text(text))
         self.written.append(record)
         if self.progress is not None:
             self.progress.set_postfix(shards=len(self.written), refresh=False)

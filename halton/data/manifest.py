@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from halton.data.files import atomic_write_shared
+from halton.utils.files import atomic_write, file_sha256
 
 FORMAT, VERSION = "halton-code-shards", 1
 MANIFEST_NAME = "manifest.json"
@@ -65,7 +65,7 @@ class Manifest:
 
     def save(self, folder: str | Path) -> Path:
         text = json.dumps(self.to_dict(), indent=1)
-        return atomic_write_shared(Path(folder) / MANIFEST_NAME, lambda tmp: Path(tmp).write_text(text))
+        return atomic_write(Path(folder) / MANIFEST_NAME, lambda tmp: Path(tmp).write_text(text))
 
     @classmethod
     def load(cls, folder: str | Path) -> "Manifest":
@@ -75,7 +75,7 @@ class Manifest:
                                     "(python -m halton.data.extract ...), or an extraction there is unfinished")
         try:
             data = json.loads(path.read_text())
-        except json.JSONDecodeError as error:
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
             raise ManifestMismatch(f"{path} is not valid JSON ({error})") from None
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise ManifestMismatch(f"{path} is not a code-shard manifest (format {data.get('format')!r}, "
@@ -110,14 +110,21 @@ class Manifest:
             raise ManifestMismatch(f"data.flip=true needs the codes of flipped images, which the shards in {where} "
                                    "do not hold; extract with flip=true or set data.flip=false")
 
-    def check_files(self, folder: str | Path) -> list[str]:
+    def check_files(self, folder: str | Path, checksums: bool = False) -> list[str]:
         """Missing shards are an error (the manifest does not describe this folder); shards whose size differs
-        from the manifest are returned, to be read with care (a truncated or rewritten file)."""
+        from the manifest are returned, to be read with care (a truncated or rewritten file). ``checksums``: also
+        hash the shards of the right size (reads every byte: for small folders) and return those that differ."""
         folder = Path(folder)
         missing = [s.name for s in self.shards if not (folder / s.name).is_file()]
         if missing:
             raise ManifestMismatch(f"{folder}/{MANIFEST_NAME} lists {len(self.shards)} shards but {len(missing)} are "
                                    f"missing (first: {missing[0]}); extract again into {folder} (finished shards "
                                    "are kept)")
-        return [f"{s.name} ({(folder / s.name).stat().st_size} bytes, the manifest says {s.bytes})"
-                for s in self.shards if (folder / s.name).stat().st_size != s.bytes]
+        problems = []
+        for shard in self.shards:
+            size = (folder / shard.name).stat().st_size
+            if size != shard.bytes:
+                problems.append(f"{shard.name} ({size} bytes, the manifest says {shard.bytes})")
+            elif checksums and file_sha256(folder / shard.name) != shard.sha256:
+                problems.append(f"{shard.name} (its SHA-256 differs from the manifest's)")
+        return problems

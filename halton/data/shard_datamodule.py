@@ -33,6 +33,8 @@ class CodeShardsDataModule(pl.LightningDataModule):
     against the manifests in :meth:`setup`. Nothing is read before that: constructing the module needs no shards.
     ``tokenizer`` decodes codes to images (sample grids, sample.py, evaluate.py): a :class:`Tokenizer`, or a
     factory called with ``vq_checkpoint`` on first use (so the weights are loaded only when someone decodes).
+    ``verify_checksums``: the loader checks each shard's SHA-256 against the manifest before using its samples and
+    skips a shard that differs (see :class:`CodeShardStream`).
     """
 
     def __init__(self, root: str, batch_size: int = 256, num_workers: int = 4, flip: bool = False,
@@ -41,7 +43,7 @@ class CodeShardsDataModule(pl.LightningDataModule):
                  codebook_size: int = 16384, grid=(32, 32), num_classes: int = 1000,
                  tokenizer: Tokenizer | Callable[[str], Tokenizer] | None = None, vq_checkpoint: str | None = None,
                  vq_release: str | None = None, image_size: int | None = None, with_keys: bool = False,
-                 pin_memory: bool = True):
+                 pin_memory: bool = True, verify_checksums: bool = False):
         super().__init__()
         if batch_size < 1 or (val_batch_size is not None and val_batch_size < 1):
             raise ValueError(f"batch_size={batch_size}, val_batch_size={val_batch_size}; allowed: >= 1")
@@ -56,6 +58,7 @@ class CodeShardsDataModule(pl.LightningDataModule):
         self.train_split, self.val_split = train_split, val_split
         self.codebook_size, self.grid, self.num_classes = codebook_size, [int(g) for g in grid], num_classes
         self.image_size, self.with_keys, self.pin_memory = image_size, with_keys, pin_memory
+        self.verify_checksums = verify_checksums
         self.vq_checkpoint, self.vq_release = vq_checkpoint, vq_release
         self._tokenizer = tokenizer if isinstance(tokenizer, Tokenizer) else None
         self._tokenizer_factory = None if isinstance(tokenizer, Tokenizer) else tokenizer
@@ -129,7 +132,8 @@ class CodeShardsDataModule(pl.LightningDataModule):
             self.split_dir(split), self.manifests[split], self.batch_size if train else self.val_batch_size,
             shuffle=train, resampled=self.resampled and train, drop_last=train, flip=self.flip and train,
             pool_chunks=self.pool_chunks, shuffle_chunks=self.shuffle_chunks, seed=self.seed, rank=rank,
-            world_size=world, num_workers=self.num_workers, with_keys=self.with_keys)
+            world_size=world, num_workers=self.num_workers, with_keys=self.with_keys,
+            verify_checksums=self.verify_checksums)
 
     def _loader(self, stream: CodeShardStream, train: bool) -> EpochDataLoader:
         trainer = self.trainer

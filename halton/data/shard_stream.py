@@ -8,11 +8,15 @@ with replacement from its own seeded stream (webdataset's ``ResampledShards``).
 
 Either way: shards -> chunks (webdataset's tar reader) -> chunk shuffle buffer -> :class:`ChunkMixer` (pool,
 permutation, batches). A shard that cannot be read (truncated, corrupted, not matching the manifest) is skipped
-with a warning naming it; the count is kept in shared memory for the data module to log.
+with a warning naming it; the count is kept in shared memory for the data module to log. With
+``verify_checksums``, so is a shard whose SHA-256 differs from the manifest's (a change that keeps the file's size
+and structure), before any of its samples is used.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import logging
 import random
 from pathlib import Path
@@ -21,6 +25,7 @@ import numpy as np
 import torch
 import webdataset as wds
 from torch.utils.data import IterableDataset, get_worker_info
+from webdataset.tariterators import group_by_keys, tar_file_expander
 
 from halton.data.chunks import BadChunk, chunk_name, decode_chunk
 from halton.data.epoch_loader import resume_position
@@ -41,7 +46,7 @@ class CodeShardStream(IterableDataset):
     def __init__(self, root: str | Path, manifest: Manifest, batch_size: int, *, shuffle: bool = True,
                  resampled: bool = False, drop_last: bool = True, flip: bool = False, pool_chunks: int = 16,
                  shuffle_chunks: int = 8, seed: int = 0, rank: int = 0, world_size: int = 1, num_workers: int = 0,
-                 with_keys: bool = False):
+                 with_keys: bool = False, verify_checksums: bool = False):
         super().__init__()
         if batch_size < 1:
             raise ValueError(f"batch_size={batch_size} is out of range; allowed: >= 1")
@@ -57,6 +62,7 @@ class CodeShardStream(IterableDataset):
         self.rank, self.world_size, self.num_workers, self.with_keys = rank, world_size, num_workers, with_keys
         self.grid, self.codebook_size = list(manifest.grid), manifest.codebook_size
         self.chunk_sizes = {s.name: s.chunks for s in manifest.shards}
+        self.checksums = {s.name: s.sha256 for s in manifest.shards} if verify_checksums else None
         # Shared memory: the DataLoader's main process sets the epoch, its workers (forked or spawned, persistent
         # or not) read it; the workers count unreadable shards, the main process reads the count.
         self._epoch = torch.zeros(1, dtype=torch.long).share_memory_()
@@ -157,7 +163,7 @@ class CodeShardStream(IterableDataset):
             last = len(expected) - 1 if wanted is None else last_wanted.get(name, -1)
             seen = 0
             try:
-                for index, sample in enumerate(wds.tarfile_samples([{"url": url}])):
+                for index, sample in enumerate(self._samples(url, name)):
                     seen = index + 1
                     if index >= len(expected) or sample["__key__"] != chunk_name(index):
                         raise BadChunk(f"chunk {sample['__key__']!r} at position {index} does not match the "
@@ -176,6 +182,16 @@ class CodeShardStream(IterableDataset):
                     raise BadChunk(f"it ends after {seen} chunks, the manifest says {len(expected)}")
             except Exception as error:  # truncated tar, garbled member, mismatch: skip the rest of this shard
                 self._report_bad_shard(url, error)
+
+    def _samples(self, url: str, name: str):
+        """The shard's webdataset samples (its chunks). With checksums, the whole file is read and hashed before
+        any of it is parsed (from memory: one read), so a shard that fails the check yields nothing."""
+        if self.checksums is None:
+            return wds.tarfile_samples([{"url": url}])
+        data = Path(url).read_bytes()
+        if hashlib.sha256(data).hexdigest() != self.checksums.get(name):
+            raise ValueError("its SHA-256 differs from the manifest's (the file was changed or damaged)")
+        return group_by_keys(tar_file_expander([{"url": url, "stream": io.BytesIO(data)}]))
 
     def _report_bad_shard(self, url: str, error: Exception) -> None:
         self._skipped[0] += 1

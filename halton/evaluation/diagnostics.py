@@ -54,7 +54,7 @@ def plot_diagnostics(curves: dict[str, dict[str, list[float]]], path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from halton.utils.checkpoint import atomic_write
+    from halton.utils.files import atomic_write
 
     titles = {"entropy": "entropy of unmasked tokens (nats)", "distance_within_step": "distance within step",
               "distance_to_unmasked": "distance to unmasked tokens"}

@@ -99,7 +99,7 @@ class DigitsFeatures(FeatureExtractor):
             self._train()
             from safetensors.torch import save_file
 
-            from halton.utils.checkpoint import atomic_write
+            from halton.utils.files import atomic_write
 
             atomic_write(path, lambda tmp: save_file(self.net.state_dict(), tmp))
         self.net.eval().requires_grad_(False)

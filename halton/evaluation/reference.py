@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from halton.evaluation.features import FeatureExtractor, fingerprint
 from halton.evaluation.metrics import feature_statistics
-from halton.utils.checkpoint import atomic_write, require_file
+from halton.utils.files import atomic_write, require_file
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 KINDS = ("digits", "folder", "webdataset", "file")
@@ -104,6 +104,18 @@ def _folder_images(root: Path) -> list[Path]:
     return files
 
 
+def _open_image(path: Path):
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        image = Image.open(path)
+        image.load()
+    except (UnidentifiedImageError, OSError, SyntaxError) as error:
+        raise ValueError(f"reference image {path} cannot be read: {str(error).splitlines()[0]}; allowed: image files "
+                         f"({', '.join(IMAGE_SUFFIXES)}) only") from None
+    return image
+
+
 def _batched(images: Iterator[torch.Tensor], batch_size: int) -> Iterator[torch.Tensor]:
     batch = []
     for image in images:
@@ -118,8 +130,6 @@ def _batched(images: Iterator[torch.Tensor], batch_size: int) -> Iterator[torch.
 def reference_source(kind: str, path: str | None, image_size: tuple[int, int], max_images: int,
                      batch_size: int = 100):
     """(identity string, number of images, iterable of image batches in [-1, 1]) of a real image set."""
-    from PIL import Image
-
     if kind == "digits":
         from halton.data.digits import load_digits_split
 
@@ -134,7 +144,7 @@ def reference_source(kind: str, path: str | None, image_size: tuple[int, int], m
             raise FileNotFoundError(f"reference image folder not found: {root}")
         files = _folder_images(root)[:max_images]
         identity = fingerprint(root.resolve(), *[(str(f.relative_to(root)), f.stat().st_size) for f in files])
-        loader = (_resize_center_crop(Image.open(f), image_size) for f in files)
+        loader = (_resize_center_crop(_open_image(f), image_size) for f in files)
         return f"folder-{identity}", len(files), _batched(loader, batch_size)
     if kind == "webdataset":
         import webdataset as wds

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from halton.evaluation.diagnostics import NAMES, plot_diagnostics
 from halton.evaluation.results import ResultsFile
-from halton.utils.checkpoint import atomic_write
+from halton.utils.files import atomic_write
 
 METRICS = ("fid", "is", "precision", "recall")
 

@@ -10,7 +10,7 @@ import math
 from contextlib import contextmanager
 from pathlib import Path
 
-from halton.utils.checkpoint import atomic_write
+from halton.utils.files import atomic_write
 
 # The columns that identify a cell; re-running a cell whose rows are all present is skipped unless forced.
 KEY_COLUMNS = ("experiment", "checkpoint", "scheduler", "scheduler_options", "steps", "cfg_weight", "temp_min",

@@ -17,7 +17,7 @@ from halton.evaluation.features import FeatureExtractor
 from halton.evaluation.metrics import generative_metrics
 from halton.sampling import Scheduler, sample
 from halton.sampling.schedules import tokens_per_step
-from halton.utils.checkpoint import atomic_write
+from halton.utils.files import atomic_write
 from halton.utils.images import class_grid, save_png
 
 

@@ -9,7 +9,7 @@ import torch
 
 from halton.models.layers import swiglu_hidden_dim
 from halton.models.transformer import MaskTransformer
-from halton.utils.checkpoint import require_file
+from halton.utils.checkpoint import read_checkpoint
 
 _PREFIXES = ("module.", "_orig_mod.")
 
@@ -29,7 +29,7 @@ def strip_prefixes(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
 
 
 def official_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    checkpoint = torch.load(require_file(path, "checkpoint"), map_location="cpu", weights_only=True)
+    checkpoint = read_checkpoint(path, "checkpoint")
     state = checkpoint.get("model_state_dict", checkpoint) if isinstance(checkpoint, dict) else None
     if not isinstance(state, dict) or "tok_emb.weight" not in strip_prefixes(state):
         raise ValueError(f"{path} is not a Halton-MaskGIT checkpoint (no model_state_dict with tok_emb.weight)")

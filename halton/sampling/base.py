@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any
@@ -93,10 +94,10 @@ def check_sampling_args(steps: int, num_tokens: int, cfg_weight: float, temp_min
                         top_k: int | None, codebook_size: int) -> None:
     if not isinstance(steps, int) or not 1 <= steps <= num_tokens:
         raise ValueError(f"steps={steps} is out of range; allowed: 1 to {num_tokens} (the number of tokens)")
-    if cfg_weight < 0:
-        raise ValueError(f"cfg_weight={cfg_weight} is negative; allowed: >= 0 (0 disables guidance)")
-    if temp_min <= 0 or temp_max <= 0:
-        raise ValueError(f"softmax temperatures must be > 0, got temp_min={temp_min}, temp_max={temp_max}")
+    if not (math.isfinite(cfg_weight) and cfg_weight >= 0):  # nan passes a plain comparison
+        raise ValueError(f"cfg_weight={cfg_weight} is out of range; allowed: >= 0 (0 disables guidance)")
+    if not all(math.isfinite(t) and t > 0 for t in (temp_min, temp_max)):
+        raise ValueError(f"softmax temperatures must be finite and > 0, got temp_min={temp_min}, temp_max={temp_max}")
     if top_k is not None and not 0 <= top_k <= codebook_size:
         raise ValueError(f"top_k={top_k} is out of range; allowed: 0 (off) to {codebook_size}")
 

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from halton.tokenizers.base import Tokenizer
-from halton.utils.checkpoint import require_file
+from halton.utils.checkpoint import read_checkpoint
 
 GROUPS = 32  # GroupNorm groups of the released models: every width must be a multiple of it
 USAGE_KEY = "quantize.codebook_used"  # a training statistic (recently used codes), not a weight
@@ -235,11 +235,7 @@ class LlamaGenVQ(Tokenizer):
     def from_checkpoint(cls, path: str | Path, ch: int = 128, ch_mult: Sequence[int] = (1, 1, 2, 2, 4),
                         z_channels: int = 256, codebook_size: int = 16384, codebook_dim: int = 8) -> "LlamaGenVQ":
         """Load a released ``vq_ds16_c2i.pt`` (defaults) or ``vq_ds8_c2i.pt`` (``ch_mult=(1, 2, 2, 4)``)."""
-        path = require_file(path, "vq_checkpoint")
-        try:
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as error:  # pickle, zip or weights_only errors: the file is not a torch checkpoint
-            raise ValueError(f"{path} is not a readable torch checkpoint: {str(error).splitlines()[0]}") from None
+        checkpoint = read_checkpoint(path, "vq_checkpoint")
         state = checkpoint.get("model") if isinstance(checkpoint, dict) else None
         if not isinstance(state, dict):
             raise ValueError(f"{path} is not a LlamaGen VQ checkpoint: expected a dict with a 'model' state dict")

@@ -24,7 +24,8 @@ class PixelTokenizer(Tokenizer):
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         if images.ndim != 4 or images.shape[1] != 1:
-            raise ValueError(f"expected images [B,1,H,W], got shape {tuple(images.shape)}")
+            raise ValueError(f"a PixelTokenizer encodes grey-level images [B, 1, H, W]; got {list(images.shape)} "
+                             "(colour images need a VQ tokenizer, e.g. data=imagenet_codes)")
         scaled = (images.clamp(-1, 1) + 1) / 2 * (self.codebook_size - 1)
         return scaled.round().long().squeeze(1)
 

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from halton.utils.checkpoint import atomic_write
+from halton.utils.files import atomic_write, remove_stale_temporaries
 
 
 def save_durably(obj: Any, path: str | Path) -> None:
@@ -29,19 +29,12 @@ def fsync_directory(path: Path) -> None:
         os.close(fd)
 
 
-def remove_stale_temporaries(path: Path) -> None:
-    """Temporary files of ``path`` left by a writer killed mid-save (kill -9, OOM killer, time limit): each can be
-    as big as a checkpoint. Only rank 0 writes a given path, so a temporary that exists now is not being written."""
-    for stale in path.parent.glob(f".{path.name}.*.tmp"):
-        stale.unlink(missing_ok=True)
-
-
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Writes to a temporary file in the same folder, syncs it, then renames it over the target."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
         path = Path(path)
-        if path.parent.is_dir():
-            remove_stale_temporaries(path)
+        # Only rank 0 writes a given path, so a temporary of it that exists now was left by a killed writer.
+        remove_stale_temporaries(path.parent, path.name)
         atomic_write(path, lambda tmp: save_durably(checkpoint, tmp))
         fsync_directory(path.parent)

@@ -1,38 +1,52 @@
-"""Checkpoint and file helpers: clear errors for missing files, atomic writes."""
+"""Reading checkpoints safely (weights only, one clear line for a damaged file) and writing them atomically."""
 
 from __future__ import annotations
 
-import os
-import tempfile
+import pickle
+import warnings
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from halton.utils.files import atomic_write, require_file
 
-def require_file(path: str | Path | None, what: str = "file", hint: str = "") -> Path:
-    """The path as a Path, or a one-line FileNotFoundError naming it (followed by ``hint``)."""
-    if path is None or str(path) in ("", "None", "null"):
-        raise FileNotFoundError(f"no {what} path given; pass {what}=PATH")
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"{what} not found: {path}{hint}")
-    return path
+ZIP_MAGIC = b"PK\x03\x04"    # torch.save's format since torch 1.6
+PICKLE_MAGIC = b"\x80"       # torch.save(..., _use_new_zipfile_serialization=False) and plain pickles
 
 
-def atomic_write(path: str | Path, write) -> Path:
-    """Call ``write(tmp_path)`` then rename onto ``path``, so a crash never leaves a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+def read_checkpoint(path: str | Path | None, what: str = "checkpoint", hint: str = "") -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU (memory-mapped when the file is a zip), or a one-line
+    ValueError naming the file and saying what is wrong: missing, empty, not a checkpoint, truncated or damaged,
+    or holding pickled code (refused, never run)."""
+    path = require_file(path, what, hint)
+    size = path.stat().st_size
+    if size == 0:
+        raise ValueError(f"{what} {path} is empty (0 bytes)")
+    with open(path, "rb") as file:
+        head = file.read(4)
+    is_zip = head == ZIP_MAGIC
+    if not is_zip and not head.startswith(PICKLE_MAGIC):
+        raise ValueError(f"{what} {path} is not a checkpoint: neither a torch.save zip file nor a pickle")
+    if is_zip and not zipfile.is_zipfile(path):
+        raise ValueError(f"{what} {path} is truncated or damaged: its zip directory is missing ({size} bytes)")
     try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+        with warnings.catch_warnings():  # torch warns about pickle protocols it was not written with: not a fault
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
+    except pickle.UnpicklingError as error:
+        if "Weights only load failed" in str(error):
+            found = next((line.strip() for line in str(error).splitlines() if "GLOBAL" in line), "")
+            detail = f" ({found.split('GLOBAL')[-1].strip().split()[0]})" if found else ""
+            raise ValueError(f"{what} {path} refused: the file holds pickled code, not only weights{detail}") from None
+        raise ValueError(f"{what} {path} is truncated or damaged: {_first_line(error)}") from None
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile) as error:
+        raise ValueError(f"{what} {path} is truncated or damaged: {_first_line(error)}") from None
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> Path:

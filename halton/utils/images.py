@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
-from halton.utils.checkpoint import atomic_write
+from halton.utils.files import atomic_write
 
 MIN_CELL = 48  # small images (8x8 digits) are enlarged so a grid is readable
 MASK_COLOUR = (0.8, 0.1, 0.1)  # still-masked tokens in progression images

@@ -15,3 +15,15 @@ class BelowLevel(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         return record.levelno < self.level
+
+
+def route_lightning_logs() -> None:
+    """Import Lightning and send its records through the run's handlers only: importing the ``lightning`` package
+    gives its logger a stderr handler of its own, which would print every message a second time (on stderr)."""
+    import lightning  # noqa: F401
+
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logger = logging.getLogger(name)
+        for handler in list(logger.handlers):
+            logger.removeHandler(handler)
+        logger.propagate = True
