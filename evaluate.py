@@ -45,7 +45,8 @@ def main(cfg: DictConfig) -> None:
         raise ValueError(f"intermediate_steps {bad} out of range; allowed: 1 to steps={cfg.steps}")
     cell = {"experiment": cfg.name, "checkpoint": str(cfg.checkpoint), "scheduler": scheduler.name,
             "scheduler_options": options_text(scheduler), "steps": cfg.steps, "cfg_weight": float(cfg.cfg_weight),
-            "temp_min": float(cfg.temp_min), "temp_max": float(cfg.temp_max), "top_k": cfg.top_k,
+            "temp_min": float(cfg.temp_min), "temp_max": float(cfg.temp_max), "temp_pow": float(cfg.temp_pow),
+            "temp_warmup": cfg.temp_warmup, "top_k": cfg.top_k,
             "schedule": cfg.schedule, "seed": cfg.seed, "num_images": cfg.num_images, "extractor": cfg.extractor}
     results = ResultsFile(cfg.results)
     wanted = [{**cell, "eval_step": s} for s in sorted(set(eval_steps) | {cfg.steps})]
@@ -68,8 +69,9 @@ def main(cfg: DictConfig) -> None:
     if fabric.global_rank == 0:  # before generating: a bad reference fails fast
         reference = reference_statistics(cfg.reference.kind, cfg.reference.path, extractor, image_size,
                                          Path(cfg.paths.data_dir) / "cache", device, cfg.reference.max_images)
-    sampling = {"steps": cfg.steps, "cfg_weight": cfg.cfg_weight, "temp_min": cfg.temp_min,
-                "temp_max": cfg.temp_max, "top_k": cfg.top_k, "schedule": cfg.schedule, "autocast_dtype": autocast}
+    sampling = {"steps": cfg.steps, "cfg_weight": cfg.cfg_weight, "temp_min": cfg.temp_min, "temp_max": cfg.temp_max,
+                "temp_pow": cfg.temp_pow, "temp_warmup": cfg.temp_warmup, "top_k": cfg.top_k, "schedule": cfg.schedule,
+                "autocast_dtype": autocast}
     generated, seconds = timed(generate_and_extract, model, tokenizer, extractor, scheduler, labels,
                                cfg.batch_size, cfg.seed, fabric.global_rank, fabric.world_size, eval_steps,
                                cfg.diagnostics, device, sampling)

@@ -36,7 +36,8 @@ def main(cfg: DictConfig) -> None:
     check_labels(torch.tensor(classes), net.num_classes)
     labels = torch.tensor(classes, device=device).repeat_interleave(cfg.per_class)
     result = sample(net, scheduler, labels, steps=cfg.steps, cfg_weight=cfg.cfg_weight, temp_min=cfg.temp_min,
-                    temp_max=cfg.temp_max, top_k=cfg.top_k, schedule=cfg.schedule, seed=cfg.seed,
+                    temp_max=cfg.temp_max, temp_pow=cfg.temp_pow, temp_warmup=cfg.temp_warmup, top_k=cfg.top_k,
+                    schedule=cfg.schedule, seed=cfg.seed,
                     return_history=cfg.progression, autocast_dtype=autocast, progress=True)
     tokenizer = datamodule.tokenizer.to(device)
     images = tokenizer.decode(result.codes)

@@ -100,7 +100,7 @@ class Checks:
         if value in (None, "") and optional:
             return None
         if value in (None, ""):
-            raise Invalid(f"no {key} path given; pass {key}=PATH")
+            raise Invalid(f"no {key} given; pass {key}=PATH")
         path = Path(str(value)).expanduser()
         if not path.is_file():
             raise Invalid(f"{key} not found: {value}" + (" (a folder; allowed: a file)" if path.is_dir() else hint))
@@ -165,8 +165,10 @@ def check_scheduler(c: Checks, key: str = "scheduler") -> None:
     checks its own ranges when it is built)."""
     options = c.get(key)
     target = options.get("_target_") if isinstance(options, dict) else None
-    defaults = next((OmegaConf.to_container(OmegaConf.load(p)) for p in (CONFIG_DIR / "scheduler").glob("*.yaml")
-                     if OmegaConf.load(p).get("_target_") == target), None)
+    # the defaults as the config file gives them on its own (halton's randomize reads an optional top-level key)
+    defaults = next((OmegaConf.to_container(OmegaConf.load(p), resolve=True)
+                     for p in (CONFIG_DIR / "scheduler").glob("*.yaml") if OmegaConf.load(p).get("_target_") == target),
+                    None)
     if defaults is None:
         return
     for option, value in options.items():
@@ -188,6 +190,8 @@ def check_sampling(c: Checks) -> None:
     c.number("cfg_weight", low=0, note=" (0 disables guidance)")
     c.number("temp_min", above=0)
     c.number("temp_max", above=0)
+    c.number("temp_pow", above=0)
+    c.integer("temp_warmup", 0, c.get("steps"))
     c.integer("top_k", 0, c.get("data.codebook_size"), optional=True)
     c.choice("schedule", SCHEDULES)
     check_scheduler(c)

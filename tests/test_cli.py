@@ -79,7 +79,7 @@ def test_missing_checkpoint(tmp_path):
         f"error: checkpoint not found: {tmp_path}/digits/checkpoints/last.ckpt; train.py writes "
         "runs/<name>/checkpoints/last.ckpt, or pass checkpoint=PATH"]
     result = run("sample.py", "experiment=hmaskgit_t_256", f"paths.runs_dir={tmp_path}", check=False)
-    assert result.stderr.strip().splitlines() == ["error: no checkpoint path given; pass checkpoint=PATH"]
+    assert result.stderr.strip().splitlines() == ["error: no checkpoint given; pass checkpoint=PATH"]
 
 
 def test_checkpoint_that_does_not_fit_the_config(trained):

@@ -68,9 +68,10 @@ def test_evaluate_without_an_experiment_evaluates_the_digits_run(tmp_path):
 
 @pytest.mark.parametrize("entry", ENTRY_POINTS)
 def test_scheduler_name_and_options_in_every_entry_point(entry):
-    cfg = compose_job(entry, ["scheduler=confidence", "scheduler.r_temp=3", "scheduler.guidance=constant"])
+    cfg = compose_job(entry, ["scheduler=confidence", "scheduler.r_temp=3", "scheduler.guidance=constant",
+                              "scheduler.mode=reference"])
     scheduler = instantiate(cfg.scheduler)
-    assert scheduler.spec() == {"name": "confidence", "r_temp": 3, "guidance": "constant"}
+    assert scheduler.spec() == {"name": "confidence", "r_temp": 3, "guidance": "constant", "mode": "reference"}
     cfg = compose_job(entry, ["scheduler.randomize=false"])
     assert instantiate(cfg.scheduler).spec() == {"name": "halton", "randomize": False}
     if entry == "train":  # the sample grids drawn during training use the same scheduler
@@ -160,3 +161,32 @@ def test_a_training_step_with_every_config_choice(tmp_path, logger, trainer, dat
         events = EventAccumulator(str(next((run_dir / "tensorboard").rglob("events*")).parent))
         events.Reload()
         assert "samples" in events.Tags()["images"] and "val/loss" in events.Tags()["scalars"]
+
+
+# ------------------------------------------------------------------ released checkpoints: published settings
+PUBLISHED_CFG = {"hmaskgit_t_256": 1.5, "hmaskgit_s_256": 1.0, "hmaskgit_b_256": 0.7, "hmaskgit_s_384": 1.0,
+                 "hmaskgit_b_384": 0.7, "hmaskgit_l_384": 0.5}  # the reference README's table
+
+
+@pytest.mark.parametrize("experiment", sorted(PUBLISHED_CFG))
+def test_released_checkpoints_evaluate_with_the_published_settings(experiment):
+    evaluation = compose_job("evaluate", [f"experiment={experiment}"])
+    assert OmegaConf.to_container(evaluation.scheduler, resolve=True) == {
+        "_target_": "halton.sampling.HaltonScheduler", "randomize": False}  # the fixed order
+    assert (evaluation.steps, evaluation.cfg_weight, evaluation.temp_min, evaluation.temp_max, evaluation.temp_pow,
+            evaluation.temp_warmup, evaluation.top_k, evaluation.num_images, evaluation.reference.kind) == (
+        32, PUBLISHED_CFG[experiment], 1.0, 1.0, 1.0, 1, None, 50000, "file")
+    quick_start = compose_job("sample", [f"experiment={experiment}"])
+    assert quick_start.scheduler.randomize is True
+    assert (quick_start.steps, quick_start.cfg_weight, quick_start.temp_min, quick_start.temp_max,
+            quick_start.temp_warmup) == (32, 2.0, 1.0, 1.2, 0)
+    # a scheduler choice on the command line still wins, and another scheduler gets no Halton option
+    assert compose_job("evaluate", [f"experiment={experiment}", "scheduler.randomize=true"]).scheduler.randomize
+    assert "randomize" not in compose_job("evaluate", [f"experiment={experiment}", "scheduler=confidence"]).scheduler
+
+
+def test_published_settings_show_in_cfg_job():
+    result = run("evaluate.py", "experiment=hmaskgit_l_384", "--cfg", "job", "--resolve")
+    shown = OmegaConf.create(result.stdout)
+    assert (shown.scheduler.randomize, shown.temp_min, shown.temp_max, shown.temp_warmup, shown.cfg_weight,
+            shown.steps, shown.num_images) == (False, 1.0, 1.0, 1, 0.5, 32, 50000)

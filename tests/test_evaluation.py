@@ -247,7 +247,7 @@ def test_evaluate_writes_rows_grids_and_diagnostics_then_skips(tiny_run):
     assert (eval_dir / "grids" / "confidence_steps8_cfg1_seed0.png").is_file()
     saved = json.loads((eval_dir / "diagnostics" / "confidence_steps8_cfg1_seed0.json").read_text())
     assert saved["cell"]["scheduler"] == "confidence" and saved["cell"]["steps"] == 8
-    assert saved["cell"]["scheduler_options"] == "r_temp=4.5 guidance=ramp"
+    assert saved["cell"]["scheduler_options"] == "r_temp=4.5 guidance=ramp mode=keep"
     assert len(saved["curves"]["entropy"]) == 8 and len(saved["curves"]["distance_within_step"]) == 8
     assert "digits_fid" in result.stdout
     log_file = next(p for p in (eval_dir / "logs").rglob("evaluate.log") if "digits_fid" in p.read_text())

@@ -199,7 +199,7 @@ def test_scheduler_spec_and_label():
     from halton.sampling import as_scheduler
 
     scheduler = ConfidenceScheduler(r_temp=3.0, guidance="constant")
-    assert scheduler.spec() == {"name": "confidence", "r_temp": 3.0, "guidance": "constant"}
+    assert scheduler.spec() == {"name": "confidence", "r_temp": 3.0, "guidance": "constant", "mode": "keep"}
     again = as_scheduler(scheduler.spec())
     assert type(again) is ConfidenceScheduler and again.options() == scheduler.options()
     assert scheduler.label() == "confidence-r_temp=3.0-guidance=constant"
@@ -225,6 +225,8 @@ def test_works_with_the_real_transformer():
     ({"cfg_weight": float("inf")}, "cfg_weight=inf is out of range; allowed: >= 0"),
     ({"temp_min": 0.0}, "temperatures must be finite and > 0"),
     ({"temp_max": float("nan")}, "temperatures must be finite and > 0, got temp_min=1.0, temp_max=nan"),
+    ({"temp_pow": 0.0}, "temp_pow=0.0 is out of range; allowed: > 0"),
+    ({"temp_warmup": -1}, "temp_warmup=-1 is out of range; allowed: >= 0"),
     ({"top_k": 99}, "top_k=99 is out of range; allowed: 0 \\(off\\) to 6"),
     ({"schedule": "exp"}, "unknown schedule 'exp'"),
 ])
@@ -255,3 +257,111 @@ def test_token_draws_follow_the_softmax_and_report_its_entropy():
     torch.testing.assert_close(entropy, torch.full((200_000,), -(probs * probs.log()).sum().item()))
     top2 = sampling_base._sample_tokens(logits.expand(1000, 5).clone(), 2, torch.Generator().manual_seed(1))[0]
     assert set(top2.tolist()) == {0, 3}
+
+
+# ------------------------------------------------------------------ the reference sampler, exactly
+def still_masked(counts: list[int], num_tokens: int) -> list[int]:
+    left, out = num_tokens, []
+    for count in counts:
+        left -= count
+        out.append(left)
+    return out
+
+
+def test_reference_confidence_counts_are_the_reference_codes():
+    from halton.sampling.confidence import reference_tokens_per_step
+
+    # measured on the reference sampler with random logits (issue 14)
+    assert still_masked(reference_tokens_per_step(64, 8), 64) == [63, 59, 53, 46, 40, 32, 23, 0]
+    assert still_masked(reference_tokens_per_step(256, 12), 256) == [
+        255, 242, 227, 211, 196, 180, 162, 144, 124, 100, 71, 0]
+
+
+@pytest.mark.parametrize("num_tokens,steps", [(64, 1), (64, 2), (64, 4), (64, 13), (64, 32), (64, 64), (36, 5),
+                                              (36, 36), (36, 1)])
+def test_reference_confidence_counts_are_whole(num_tokens, steps):
+    from halton.sampling.confidence import reference_tokens_per_step
+
+    counts = reference_tokens_per_step(num_tokens, steps)
+    assert len(counts) == steps and min(counts) >= 0 and sum(counts) == num_tokens
+    assert steps == 1 or counts[0] == 1  # its first step decodes one token
+
+
+def test_reference_confidence_has_steps_that_decode_nothing():
+    from halton.sampling.confidence import reference_tokens_per_step
+
+    # with the root schedule, max(i + 1, int(N g(r_i))) is already reached at step 9 of 13 on 4x4 tokens
+    assert reference_tokens_per_step(16, 13, "root") == [1, 3, 2, 2, 1, 1, 1, 1, 1, 0, 1, 1, 1]
+    assert ConfidenceScheduler(mode="reference").counts(16, 13, "root") == reference_tokens_per_step(16, 13, "root")
+    assert min(ConfidenceScheduler().counts(16, 13, "root")) >= 1  # keep: the shared counts, each step >= 1
+    model = StubModel()  # a step that decodes nothing still runs (and, in reference mode, draws again)
+    result = sample(model, ConfidenceScheduler(mode="reference"), torch.tensor([0, 1]), steps=13, schedule="root",
+                    return_history=True)
+    masked = [int((codes == model.mask_id).sum()) // 2 for codes in result.codes_per_step]
+    assert masked == still_masked(reference_tokens_per_step(16, 13, "root"), 16)
+
+
+@pytest.mark.parametrize("mode", ["keep", "reference"])
+@pytest.mark.parametrize("guidance", ["ramp", "constant"])
+def test_reference_mode_redraws_decoded_tokens_and_keep_mode_never(mode, guidance):
+    torch.manual_seed(0)
+    model = MaskTransformer(17, 8, 32, 1, 2, num_classes=10)
+    scheduler = ConfidenceScheduler(mode=mode, guidance=guidance)
+    result = sample(model, scheduler, torch.arange(4), steps=8, cfg_weight=1.0, top_k=5, temp_min=0.8,
+                    temp_max=1.2, seed=3, return_history=True)
+    changed = 0
+    for before, after in zip(result.codes_per_step, result.codes_per_step[1:]):
+        decoded = before != model.mask_id
+        changed += int((before[decoded] != after[decoded]).sum())
+        assert bool((after[decoded] != model.mask_id).all())  # a decoded token never goes back to masked
+    masked_after = [int((codes == model.mask_id).sum(dim=(1, 2))[0]) for codes in result.codes_per_step]
+    if mode == "reference":
+        assert changed > 0
+        assert masked_after == still_masked(ConfidenceScheduler(mode="reference").counts(64, 8, "arccos"), 64)
+    else:
+        assert changed == 0
+    assert bool((result.codes != model.mask_id).all()) and result.codes.shape == (4, 8, 8)
+
+
+def test_reference_mode_with_one_step_and_seeds():
+    model = MaskTransformer(17, 8, 32, 1, 2, num_classes=10)
+    scheduler = ConfidenceScheduler(mode="reference")
+    one = sample(model, scheduler, torch.arange(3), steps=1, seed=1).codes
+    assert bool((one != model.mask_id).all())
+    again = sample(model, scheduler, torch.arange(3), steps=6, cfg_weight=2.0, seed=5).codes
+    assert torch.equal(again, sample(model, scheduler, torch.arange(3), steps=6, cfg_weight=2.0, seed=5).codes)
+
+
+def test_unknown_confidence_mode():
+    with pytest.raises(ValueError, match="unknown mode 'exact'; allowed: keep, reference"):
+        ConfidenceScheduler(mode="exact")
+
+
+def test_step_temperatures_follow_the_reference_rule():
+    from halton.sampling.base import step_temperatures
+
+    linear = torch.linspace(1.0, 1.2, 4).tolist()  # the reference: linspace(sm_temp_min, sm_temp, steps)
+    assert step_temperatures(4, 1.0, 1.2) == linear
+    assert step_temperatures(4, 1.0, 1.2, temp_pow=2.0, temp_warmup=1) == pytest.approx(
+        [linear[0] ** 2 / 2, linear[1] ** 2, linear[2] ** 2, linear[3] ** 2])
+    assert step_temperatures(3, 1.0, 1.0, temp_warmup=2) == [0.5, 0.5, 1.0]
+
+
+def test_the_warm_up_temperature_reaches_the_logits():
+    model = StubModel()
+    seen = []
+    original = sampling_base._sample_tokens
+
+    def spy(logits, *args, **kwargs):
+        seen.append(logits.clone())
+        return original(logits, *args, **kwargs)
+
+    sampling_base._sample_tokens = spy
+    try:
+        sample(model, HaltonScheduler(randomize=False), torch.tensor([0]), steps=4, temp_warmup=1)
+        plain = list(seen)
+        seen.clear()
+        sample(model, HaltonScheduler(randomize=False), torch.tensor([0]), steps=4)
+    finally:
+        sampling_base._sample_tokens = original
+    assert torch.allclose(plain[0], seen[0] * 0.5) and torch.equal(plain[1], seen[1])

@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from halton.evaluation.features import FeatureExtractor, fingerprint
 from halton.evaluation.metrics import feature_statistics
+from halton.utils.checkpoint import read_checkpoint
 from halton.utils.files import atomic_write, require_file
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
@@ -65,7 +66,7 @@ class ReferenceStats:
             features = torch.from_numpy(data["features"]) if "features" in data else None
             stats = {"mu": data["mu"].astype(np.float64), "sigma": data["sigma"].astype(np.float64)}
         elif path.suffix in (".pt", ".pth"):
-            data = torch.load(path, map_location="cpu", weights_only=True)
+            data = read_checkpoint(path, "reference statistics")
             if not isinstance(data, dict) or "mu" not in data or not ("cov" in data or "sigma" in data):
                 raise ValueError(f"{path} is not a statistics file with mu and cov")
             cov = data["cov"] if "cov" in data else data["sigma"]

@@ -14,7 +14,10 @@ from halton.utils.files import atomic_write
 
 # The columns that identify a cell; re-running a cell whose rows are all present is skipped unless forced.
 KEY_COLUMNS = ("experiment", "checkpoint", "scheduler", "scheduler_options", "steps", "cfg_weight", "temp_min",
-               "temp_max", "top_k", "schedule", "seed", "num_images", "extractor", "eval_step")
+               "temp_max", "temp_pow", "temp_warmup", "top_k", "schedule", "seed", "num_images", "extractor",
+               "eval_step")
+# Key columns added later: rows of older files, which lack them, ran with these values.
+KEY_DEFAULTS = {"temp_pow": 1.0, "temp_warmup": 0}
 LEADING_COLUMNS = KEY_COLUMNS + ("tokens_fraction",)
 TRAILING_COLUMNS = ("seconds", "images_per_s")
 
@@ -33,7 +36,8 @@ def options_text(scheduler) -> str:
 
 
 def row_key(row: dict) -> tuple[str, ...]:
-    return tuple(_normalise(row.get(column)) for column in KEY_COLUMNS)
+    return tuple(_normalise(row.get(column) if row.get(column) not in (None, "") else KEY_DEFAULTS.get(column))
+                 for column in KEY_COLUMNS)
 
 
 class ResultsFile:

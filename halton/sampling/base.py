@@ -59,6 +59,14 @@ class Scheduler(ABC):
         """CFG weight at ``step`` (constant by default)."""
         return weight
 
+    def counts(self, num_tokens: int, steps: int, schedule: str) -> list[int]:
+        """Tokens unmasked by each step (default: :func:`tokens_per_step`, each >= 1)."""
+        return tokens_per_step(num_tokens, steps, schedule).tolist()
+
+    # True: every position is drawn again at every step and the decoded ones take the new draw (the reference
+    # Confidence sampler); the candidates still say where new tokens may be unmasked.
+    redraws_decoded: bool = False
+
 
 class OrderScheduler(Scheduler):
     """Unmasks tokens in a fixed order per sample; logits are computed only at the positions being unmasked."""
@@ -91,13 +99,17 @@ class SamplingResult:
 
 
 def check_sampling_args(steps: int, num_tokens: int, cfg_weight: float, temp_min: float, temp_max: float,
-                        top_k: int | None, codebook_size: int) -> None:
+                        top_k: int | None, codebook_size: int, temp_pow: float = 1.0, temp_warmup: int = 0) -> None:
     if not isinstance(steps, int) or not 1 <= steps <= num_tokens:
         raise ValueError(f"steps={steps} is out of range; allowed: 1 to {num_tokens} (the number of tokens)")
     if not (math.isfinite(cfg_weight) and cfg_weight >= 0):  # nan passes a plain comparison
         raise ValueError(f"cfg_weight={cfg_weight} is out of range; allowed: >= 0 (0 disables guidance)")
     if not all(math.isfinite(t) and t > 0 for t in (temp_min, temp_max)):
         raise ValueError(f"softmax temperatures must be finite and > 0, got temp_min={temp_min}, temp_max={temp_max}")
+    if not (math.isfinite(temp_pow) and temp_pow > 0):
+        raise ValueError(f"temp_pow={temp_pow} is out of range; allowed: > 0 (1: the linear temperatures)")
+    if not (isinstance(temp_warmup, int) and temp_warmup >= 0):
+        raise ValueError(f"temp_warmup={temp_warmup} is out of range; allowed: >= 0 (steps at half temperature)")
     if top_k is not None and not 0 <= top_k <= codebook_size:
         raise ValueError(f"top_k={top_k} is out of range; allowed: 0 (off) to {codebook_size}")
 
@@ -132,22 +144,31 @@ def _sample_tokens(logits: torch.Tensor, top_k: int | None, generator: torch.Gen
     return tokens.squeeze(-1), token_probs, row_entropy
 
 
+def step_temperatures(steps: int, temp_min: float = 1.0, temp_max: float = 1.0, temp_pow: float = 1.0,
+                      temp_warmup: int = 0) -> list[float]:
+    """The softmax temperature of each step, as the reference Halton sampler computes it:
+    ``linspace(temp_min, temp_max, steps)[i] ** temp_pow``, halved for the first ``temp_warmup`` steps."""
+    return [t ** temp_pow * (0.5 if i < temp_warmup else 1.0)
+            for i, t in enumerate(torch.linspace(temp_min, temp_max, steps).tolist())]
+
+
 @torch.no_grad()
 def sample(model, scheduler: Scheduler, labels: torch.Tensor, steps: int = 32, cfg_weight: float = 0.0,
            temp_min: float = 1.0, temp_max: float = 1.0, top_k: int | None = None, schedule: str = "arccos",
            generator: torch.Generator | None = None, seed: int | None = None, return_history: bool = False,
            fill_steps: tuple[int, ...] = (), autocast_dtype: torch.dtype | None = None,
-           progress: bool = False) -> SamplingResult:
+           progress: bool = False, temp_pow: float = 1.0, temp_warmup: int = 0) -> SamplingResult:
     """Generate token grids for ``labels`` [B] with ``model`` (any model with ``trunk`` and ``logits``).
 
     CFG mixes ``(1 + w) * cond - w * uncond``, both passes in one batched forward (w = 0: one pass). The softmax
-    temperature multiplies the logits and goes linearly from ``temp_min`` to ``temp_max`` over the steps.
+    temperature multiplies the logits: at step i it is ``linspace(temp_min, temp_max, steps)[i] ** temp_pow``,
+    halved for the first ``temp_warmup`` steps (the reference Halton sampler's rule; 1 and 0: plain linear).
     ``fill_steps`` (0-based) also returns, after those steps, the codes with the still-masked tokens drawn from
     that step's predictions (their logits are computed only at those steps).
     """
     height, width = model.grid
     num_tokens, vocab = height * width, model.codebook_size
-    check_sampling_args(steps, num_tokens, cfg_weight, temp_min, temp_max, top_k, vocab)
+    check_sampling_args(steps, num_tokens, cfg_weight, temp_min, temp_max, top_k, vocab, temp_pow, temp_warmup)
     check_schedule(schedule)
     check_labels(labels, model.num_classes)
     device = labels.device
@@ -155,8 +176,9 @@ def sample(model, scheduler: Scheduler, labels: torch.Tensor, steps: int = 32, c
         generator = torch.Generator(device=device)
         generator.manual_seed(0 if seed is None else seed)
     batch = labels.shape[0]
-    counts = tokens_per_step(num_tokens, steps, schedule).tolist()
-    temperatures = torch.linspace(temp_min, temp_max, steps).tolist()
+    counts = scheduler.counts(num_tokens, steps, schedule)
+    temperatures = step_temperatures(steps, temp_min, temp_max, temp_pow, temp_warmup)
+    everywhere = torch.arange(num_tokens, device=device).expand(batch, num_tokens)
     codes = torch.full((batch, num_tokens), model.mask_id, dtype=torch.long, device=device)
     masked = torch.ones(batch, num_tokens, dtype=torch.bool, device=device)
     both_labels = torch.cat([labels, labels])
@@ -188,8 +210,15 @@ def sample(model, scheduler: Scheduler, labels: torch.Tensor, steps: int = 32, c
                 hidden = model.trunk(torch.cat([codes, codes]), both_labels, both_drop)
             else:
                 hidden = model.trunk(codes, labels, no_drop)
-        logits = guided_logits(hidden, positions, weight, temperatures[step])
-        tokens, token_probs, entropy = _sample_tokens(logits, top_k, generator, entropy=return_history)
+        if scheduler.redraws_decoded:  # draw at every position; the decoded ones take the new draw
+            logits = guided_logits(hidden, everywhere, weight, temperatures[step])
+            drawn, drawn_probs, drawn_entropy = _sample_tokens(logits, top_k, generator, entropy=return_history)
+            tokens, token_probs = drawn.gather(1, positions), drawn_probs.gather(1, positions)
+            entropy = drawn_entropy.gather(1, positions) if return_history else None
+            codes = torch.where(masked, codes, drawn)
+        else:
+            logits = guided_logits(hidden, positions, weight, temperatures[step])
+            tokens, token_probs, entropy = _sample_tokens(logits, top_k, generator, entropy=return_history)
         chosen = scheduler.choose(step, steps, tokens, token_probs, count, generator)
         new_positions = positions.gather(1, chosen)
         codes.scatter_(1, new_positions, tokens.gather(1, chosen))
@@ -205,7 +234,8 @@ def sample(model, scheduler: Scheduler, labels: torch.Tensor, steps: int = 32, c
         if return_history:
             result.entropy_per_step.append(entropy.gather(1, chosen).mean(1))
             grid = (batch, height, width)
-            predictions = torch.full_like(codes, model.mask_id).scatter_(1, positions, tokens)
+            predictions = (drawn.clone() if scheduler.redraws_decoded else
+                           torch.full_like(codes, model.mask_id).scatter_(1, positions, tokens))
             result.codes_per_step.append(codes.clone().view(grid))
             result.predictions_per_step.append(predictions.view(grid))
             result.unmasked_per_step.append(

@@ -51,7 +51,7 @@ def remove_stale_temporaries(folder: str | Path, name: str = "*") -> list[Path]:
 def require_file(path: str | Path | None, what: str = "file", hint: str = "") -> Path:
     """The path as a Path, or a one-line FileNotFoundError naming it (followed by ``hint``)."""
     if path is None or str(path) in ("", "None", "null"):
-        raise FileNotFoundError(f"no {what} path given; pass {what}=PATH")
+        raise FileNotFoundError(f"no {what} given; pass {what}=PATH")
     path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"{what} not found: {path}{hint}")
