@@ -21,7 +21,6 @@ def main(cfg: DictConfig) -> None:
     from hydra.utils import instantiate
 
     from halton.sampling import sample
-    from halton.sampling.base import check_labels
     from halton.utils.images import class_grid, progression_grid, save_png
 
     device = resolve_device(cfg.device)
@@ -31,9 +30,6 @@ def main(cfg: DictConfig) -> None:
     net = load_network(cfg.model.net, cfg.checkpoint, cfg.official_heads).to(device)
     classes = (list(range(net.num_classes)) if cfg.classes is None else
                [cfg.classes] if isinstance(cfg.classes, int) else list(cfg.classes))
-    if cfg.per_class < 1:
-        raise ValueError(f"per_class={cfg.per_class} is out of range; allowed: >= 1")
-    check_labels(torch.tensor(classes), net.num_classes)
     labels = torch.tensor(classes, device=device).repeat_interleave(cfg.per_class)
     result = sample(net, scheduler, labels, steps=cfg.steps, cfg_weight=cfg.cfg_weight, temp_min=cfg.temp_min,
                     temp_max=cfg.temp_max, temp_pow=cfg.temp_pow, temp_warmup=cfg.temp_warmup, top_k=cfg.top_k,

@@ -18,7 +18,7 @@ def resume_from(cfg: DictConfig) -> str | None:
         return str(cfg.ckpt_path)
     if not cfg.resume:
         return None
-    path = resume_candidate(cfg)
+    path, _ = resume_candidate(cfg)
     if path:
         log.info(f"resuming from {path}")
     return path

@@ -122,7 +122,6 @@ def composed_runs(argv: list[str], config_name: str) -> list[DictConfig] | None:
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.hydra_config import HydraConfig
     from hydra.core.override_parser.overrides_parser import OverridesParser
-
     from hydra.errors import OverrideParseException
 
     overrides = [arg for arg in argv if not arg.startswith("-")]
@@ -169,9 +168,12 @@ def check_inputs(cfg: DictConfig, entry: str) -> None:
     if entry == "train":
         if isinstance(OmegaConf.select(cfg, "model.sample_grid.scheduler"), DictConfig):
             instantiate(cfg.model.sample_grid.scheduler)
-        path = cfg.ckpt_path or (resume_candidate(cfg, announce=False) if cfg.resume else None)
-        if path:
-            check_fits(read_checkpoint(path, "ckpt_path" if cfg.ckpt_path else "checkpoint"), cfg, path)
+        if cfg.ckpt_path:
+            check_fits(read_checkpoint(cfg.ckpt_path, "ckpt_path"), cfg, cfg.ckpt_path)
+        elif cfg.resume:
+            path, state = resume_candidate(cfg, announce=False)
+            if path:
+                check_fits(state, cfg, path)
     for key in ("vq_checkpoint", "inception_weights"):
         if OmegaConf.select(cfg, key):
             read_checkpoint(OmegaConf.select(cfg, key), key)
@@ -230,31 +232,31 @@ def model_weights(state: dict) -> dict:
     return strip_prefixes({k[len("model."):]: v for k, v in state_dict.items() if k.startswith("model.")})
 
 
-def resume_candidate(cfg: DictConfig, announce: bool = True) -> str | None:
-    """Where an auto-resumed run continues: ``last.ckpt`` or, when that is missing or unreadable while numbered
-    checkpoints exist, the newest readable one (saying so)."""
+def resume_candidate(cfg: DictConfig, announce: bool = True) -> tuple[str | None, dict | None]:
+    """Where an auto-resumed run continues, and that checkpoint as read: ``last.ckpt`` or, when that is missing or
+    unreadable while numbered checkpoints exist, the newest readable one (saying so)."""
     from halton.utils.checkpoint import read_checkpoint
 
     folder = Path(cfg.callbacks.model_checkpoint.dirpath)
     if not folder.is_dir():
-        return None
+        return None, None
     last = folder / "last.ckpt"
     candidates = [last] * last.is_file() + sorted(folder.glob("*.ckpt"), key=lambda p: p.stat().st_mtime,
                                                   reverse=True)
     problems = []
     for path in dict.fromkeys(candidates):
         try:
-            read_checkpoint(path)
+            state = read_checkpoint(path)
         except ValueError as error:
             problems.append(str(error))
             continue
         if path != last and announce:
             reason = problems[0] if problems else f"{last} is missing"
             log.warning(f"resuming from {path}, the newest readable checkpoint: {reason}")
-        return str(path)
+        return str(path), state
     if problems and announce:
         log.warning(f"no readable checkpoint in {folder}, starting from step 0: {problems[0]}")
-    return None
+    return None, None
 
 
 def run(main, config_name: str, argv: list[str] | None = None) -> None:

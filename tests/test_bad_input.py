@@ -249,12 +249,9 @@ def test_written_files_get_the_umask_mode(tmp_path, umask):
 
 
 def test_train_and_sample_outputs_are_readable_by_others(tiny_run):
-    expected = 0o666 & ~_current_umask()
+    from halton.utils.files import default_mode
+
+    expected = default_mode()  # the test process's umask, which train.py inherited
     written = [*(tiny_run / "tiny" / "checkpoints").glob("*.ckpt"), *(tiny_run / "tiny").rglob("*.png")]
     assert written and {stat.S_IMODE(p.stat().st_mode) for p in written} == {expected}
 
-
-def _current_umask() -> int:
-    umask = os.umask(0)
-    os.umask(umask)
-    return umask

@@ -178,7 +178,8 @@ def sample(model, scheduler: Scheduler, labels: torch.Tensor, steps: int = 32, c
     batch = labels.shape[0]
     counts = scheduler.counts(num_tokens, steps, schedule)
     temperatures = step_temperatures(steps, temp_min, temp_max, temp_pow, temp_warmup)
-    everywhere = torch.arange(num_tokens, device=device).expand(batch, num_tokens)
+    everywhere = (torch.arange(num_tokens, device=device).expand(batch, num_tokens) if scheduler.redraws_decoded
+                  else None)
     codes = torch.full((batch, num_tokens), model.mask_id, dtype=torch.long, device=device)
     masked = torch.ones(batch, num_tokens, dtype=torch.bool, device=device)
     both_labels = torch.cat([labels, labels])
