@@ -1,5 +1,6 @@
 """Evaluate a checkpoint with one scheduler and step count: FID, IS, precision and recall of class-balanced
-samples, appended to a results file. Sweeps: python evaluate.py -m scheduler=halton,confidence,random
+samples (of a text model: samples of COCO captions or other prompts, with their CLIP score), appended to a results
+file. Sweeps: python evaluate.py -m scheduler=halton,confidence,random
 steps=4,8,16,32 (see conf/evaluate.yaml); tables and plots: python -m halton.evaluation.report RESULTS."""
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from halton.cli import entry_point, load_network, resolve_autocast, run
+from halton.cli import condition_kind, entry_point, load_network, resolve_autocast, run
 
 log = logging.getLogger("halton.evaluate")
 
@@ -32,8 +33,8 @@ def main(cfg: DictConfig) -> None:
 
     from halton.evaluation.reference import reference_statistics
     from halton.evaluation.results import ResultsFile, options_text
-    from halton.evaluation.runner import (balanced_labels, gather, generate_and_extract, metric_rows, save_artifacts,
-                                          timed)
+    from halton.evaluation.prompts import evaluation_values
+    from halton.evaluation.runner import gather, generate_and_extract, metric_rows, save_artifacts, timed
 
     scheduler = instantiate(cfg.scheduler)
     eval_steps = [int(s) for s in cfg.intermediate_steps]  # checked by halton.validation, like every value
@@ -41,7 +42,10 @@ def main(cfg: DictConfig) -> None:
             "scheduler_options": options_text(scheduler), "steps": cfg.steps, "cfg_weight": float(cfg.cfg_weight),
             "temp_min": float(cfg.temp_min), "temp_max": float(cfg.temp_max), "temp_pow": float(cfg.temp_pow),
             "temp_warmup": cfg.temp_warmup, "top_k": cfg.top_k,
-            "schedule": cfg.schedule, "seed": cfg.seed, "num_images": cfg.num_images, "extractor": cfg.extractor}
+            "schedule": cfg.schedule, "seed": cfg.seed, "num_images": cfg.num_images, "extractor": cfg.extractor,
+            "prompts": ""}
+    kind = condition_kind(cfg)
+    values, cell["prompts"] = evaluation_values(kind, cfg.data.num_classes, cfg.num_images, cfg.prompt_set)
     results = ResultsFile(cfg.results)
     wanted = [{**cell, "eval_step": s} for s in sorted(set(eval_steps) | {cfg.steps})]
     if not cfg.force and results.has(wanted):
@@ -57,28 +61,39 @@ def main(cfg: DictConfig) -> None:
     model = load_network(cfg.model.net, cfg.checkpoint, cfg.official_heads).to(device)
     tokenizer = datamodule.tokenizer.to(device).eval()
     extractor = build_extractor(cfg).to(device).eval()
-    labels = balanced_labels(cfg.num_images, model.num_classes)
+    kind.check_model(model)
+    scorers = {}
+    if kind.prompts(values) is not None and cfg.clip_model:  # 100 * cos(image, prompt) of the generated images
+        from halton.evaluation.clip import CLIPScorer
+
+        clip = CLIPScorer(cfg.clip_model).to(device)
+        scorers["clip_score"] = lambda images, asked: clip.scores(images, kind.prompts(asked))
+    if hasattr(datamodule, "recognised"):  # the digits: is the requested digit the one drawn?
+        scorers["adherence"] = datamodule.recognised
     image_size = tuple(tokenizer.decode(torch.zeros(1, *model.grid, dtype=torch.long, device=device)).shape[-2:])
     reference = None
     if fabric.global_rank == 0:  # before generating: a bad reference fails fast
+        coco = cfg.reference.kind == "coco"  # the images of exactly the captions drawn
         reference = reference_statistics(cfg.reference.kind, cfg.reference.path, extractor, image_size,
-                                         Path(cfg.paths.data_dir) / "cache", device, cfg.reference.max_images)
+                                         Path(cfg.paths.data_dir) / "cache", device,
+                                         cfg.num_images if coco else cfg.reference.max_images,
+                                         captions=cfg.reference.captions, seed=cfg.prompt_set.seed)
     sampling = {"steps": cfg.steps, "cfg_weight": cfg.cfg_weight, "temp_min": cfg.temp_min, "temp_max": cfg.temp_max,
                 "temp_pow": cfg.temp_pow, "temp_warmup": cfg.temp_warmup, "top_k": cfg.top_k, "schedule": cfg.schedule,
                 "autocast_dtype": autocast}
-    generated, seconds = timed(generate_and_extract, model, tokenizer, extractor, scheduler, labels,
+    generated, seconds = timed(generate_and_extract, model, tokenizer, extractor, scheduler, kind, values,
                                cfg.batch_size, cfg.seed, fabric.global_rank, fabric.world_size, eval_steps,
-                               cfg.diagnostics, device, sampling)
+                               cfg.diagnostics, device, sampling, scorers)
     generated = gather(generated, fabric.world_size)
     if fabric.global_rank != 0:
         return
     cell.update(seconds=round(seconds, 2), images_per_s=round(cfg.num_images / seconds, 2))
     rows = metric_rows(generated, reference, extractor, cell, cfg.steps, model.num_tokens, cfg.schedule, eval_steps)
-    save_artifacts(generated, results.path.parent, scheduler.label(), cell, model.num_classes, cfg.grid_per_class)
+    save_artifacts(generated, results.path.parent, scheduler.label(), cell, kind, cfg.grid_per_class)
     results.write(rows)
     for row in rows:
         shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()
-                 if k.endswith(("fid", "is", "precision", "recall"))}
+                 if k.endswith(("fid", "is", "precision", "recall", "clip_score", "adherence"))}
         log.info(f"{scheduler.label()}, step {row['eval_step']}/{cfg.steps}: {shown}")
     log.info(f"results: {results.path} ({cfg.num_images / seconds:.1f} images/s)")
 

@@ -1,5 +1,6 @@
-"""Draw a labelled sample grid (a row per class): python sample.py experiment=digits scheduler=halton steps=16
-(see conf/sample.yaml). progression=true also writes the step-by-step image (paper Fig. 3)."""
+"""Draw a labelled sample grid, a row per class or per prompt: python sample.py experiment=digits scheduler=halton
+steps=16, or for a text model prompt="a red fox in the snow" (several: prompts=[...] or prompt_file=PATH; see
+conf/sample.yaml). progression=true also writes the step-by-step image (paper Fig. 3)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from halton.cli import entry_point, load_network, resolve_autocast, resolve_device, run
+from halton.cli import condition_kind, entry_point, load_network, read_prompts, resolve_autocast, resolve_device, run
 
 log = logging.getLogger("halton.sample")
 
@@ -28,10 +29,13 @@ def main(cfg: DictConfig) -> None:
     scheduler = instantiate(cfg.scheduler)
     datamodule = instantiate(cfg.data)
     net = load_network(cfg.model.net, cfg.checkpoint, cfg.official_heads).to(device)
-    classes = (list(range(net.num_classes)) if cfg.classes is None else
-               [cfg.classes] if isinstance(cfg.classes, int) else list(cfg.classes))
-    labels = torch.tensor(classes, device=device).repeat_interleave(cfg.per_class)
-    result = sample(net, scheduler, labels, steps=cfg.steps, cfg_weight=cfg.cfg_weight, temp_min=cfg.temp_min,
+    kind = condition_kind(cfg)
+    classes = None if cfg.classes is None else [cfg.classes] if isinstance(cfg.classes, int) else list(cfg.classes)
+    values = kind.requested(net, classes, read_prompts(cfg))
+    kind.check_model(net)  # e.g. the text encoder's width against the model's
+    rows = torch.arange(len(values), device=device).repeat_interleave(cfg.per_class)
+    condition = kind.make(values, device).index(rows)
+    result = sample(net, scheduler, condition, steps=cfg.steps, cfg_weight=cfg.cfg_weight, temp_min=cfg.temp_min,
                     temp_max=cfg.temp_max, temp_pow=cfg.temp_pow, temp_warmup=cfg.temp_warmup, top_k=cfg.top_k,
                     schedule=cfg.schedule, seed=cfg.seed,
                     return_history=cfg.progression, autocast_dtype=autocast, progress=True)
@@ -39,16 +43,18 @@ def main(cfg: DictConfig) -> None:
     images = tokenizer.decode(result.codes)
     stem = f"{scheduler.label()}_steps{cfg.steps}_cfg{cfg.cfg_weight:g}_seed{cfg.seed}"
     out_dir = Path(cfg.out_dir)
-    path = save_png(class_grid(images, len(classes), cfg.per_class, [str(c) for c in classes]), out_dir / f"{stem}.png")
+    labels = [kind.label(v) for v in values]
+    path = save_png(class_grid(images, len(values), cfg.per_class, labels), out_dir / f"{stem}.png")
     log.info(f"wrote {path}")
     if cfg.report_accuracy and hasattr(datamodule, "recognition_accuracy"):
-        accuracy = datamodule.recognition_accuracy(images, labels)
+        asked = [values[int(r)] for r in rows]
+        accuracy = datamodule.recognition_accuracy(images, asked)
         log.info(f"{scheduler.label()}, {cfg.steps} steps: a digit classifier reads the requested digit in "
-                 f"{100 * accuracy:.1f}% of {len(labels)} samples")
+                 f"{100 * accuracy:.1f}% of {len(asked)} samples")
     if cfg.progression:
-        rows = [c * cfg.per_class for c in range(min(cfg.progression_samples, len(classes)))]
-        decoded = [tokenizer.decode(codes[rows]) for codes in result.codes_per_step]
-        masked = [codes[rows] == net.mask_id for codes in result.codes_per_step]
+        first = [r * cfg.per_class for r in range(min(cfg.progression_samples, len(values)))]
+        decoded = [tokenizer.decode(codes[first]) for codes in result.codes_per_step]
+        masked = [codes[first] == net.mask_id for codes in result.codes_per_step]
         labels_per_step = [f"{i + 1}" for i in range(cfg.steps)]
         path = save_png(progression_grid(decoded, masked, labels_per_step), out_dir / f"{stem}_progression.png")
         log.info(f"wrote {path}")

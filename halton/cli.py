@@ -189,17 +189,22 @@ def check_fits(state, cfg: DictConfig, path) -> None:
 
     if isinstance(state, dict) and "model_state_dict" in state:
         weights = strip_prefixes(state["model_state_dict"])
-        found = {"grid tokens": weights["pos_emb.weight"].shape[0], "codebook_size": weights["tok_emb.weight"].shape[0]
-                 - 1, "num_classes": weights["cls_emb.weight"].shape[0] - 1}
         grid = cfg.data.grid
-        wanted = {"grid tokens": grid[0] * grid[1], "codebook_size": cfg.data.codebook_size,
-                  "num_classes": cfg.data.num_classes}
+        found = {"grid tokens": weights["pos_emb.weight"].shape[0],
+                 "codebook_size": weights["tok_emb.weight"].shape[0] - 1}
+        wanted = {"grid tokens": grid[0] * grid[1], "codebook_size": cfg.data.codebook_size}
+        if "transformer.layers.0.cross_attn.mha.in_proj_weight" in weights:  # the text-to-image format
+            found["text width"] = weights["transformer.layers.0.mlp.0.weight"].shape[1]
+            wanted["text width"] = OmegaConf.select(cfg, "data.text_dim")
+        else:
+            found["num_classes"] = weights["cls_emb.weight"].shape[0] - 1
+            wanted["num_classes"] = cfg.data.num_classes
         if found != wanted:
             raise Invalid(f"checkpoint {path} is of another configuration: it has {found}, the experiment's data "
                           f"config {wanted}")
         if OmegaConf.select(cfg, "official_heads") is None:
             raise Invalid(f"checkpoint {path} is a released Halton-MaskGIT checkpoint; give its heads with "
-                          "official_heads=N (tiny 6, small 6, base 12, large 16)")
+                          "official_heads=N (tiny 6, small 6, base 12, large 16; text-to-image 16)")
         return
     if not isinstance(state, dict) or not isinstance(state.get("state_dict"), dict):
         raise Invalid(f"checkpoint {path} is neither a train.py checkpoint (state_dict) nor a released Halton-MaskGIT "
@@ -359,6 +364,30 @@ def resolve_autocast(precision: str, device):
     return None
 
 
+def condition_kind(cfg: DictConfig):
+    """The model config's kind of condition (``model.condition``; class labels when it names none)."""
+    from hydra.utils import instantiate
+
+    from halton.conditions import ClassKind
+
+    node = OmegaConf.select(cfg, "model.condition")
+    return instantiate(node) if node is not None else ClassKind()
+
+
+def read_prompts(cfg: DictConfig) -> list[str]:
+    """sample.py's prompts: ``prompt``, then ``prompts``, then the lines of ``prompt_file`` (blank lines and lines
+    starting with # skipped); checked by :mod:`halton.validation`."""
+    prompts = []
+    if OmegaConf.select(cfg, "prompt") is not None:
+        prompts.append(str(cfg.prompt))
+    prompts += [str(p) for p in OmegaConf.select(cfg, "prompts") or []]
+    if OmegaConf.select(cfg, "prompt_file"):
+        from halton.conditions.text import read_prompt_file
+
+        prompts += read_prompt_file(cfg.prompt_file)
+    return prompts
+
+
 def load_network(net_config, checkpoint: str | None, official_heads: int | None = None):
     """The transformer of a train.py checkpoint (its ``state_dict``: the EMA weights when EMA was on), built from
     ``net_config``, or a released Halton-MaskGIT ``.pth`` (then ``official_heads`` is needed)."""
@@ -372,7 +401,7 @@ def load_network(net_config, checkpoint: str | None, official_heads: int | None 
     if isinstance(state, dict) and "model_state_dict" in state:
         if not official_heads:
             raise ValueError(f"{checkpoint} is a released Halton-MaskGIT checkpoint; give its heads with "
-                             "official_heads=N (tiny 6, small 6, base 12, large 16)")
+                             "official_heads=N (tiny 6, small 6, base 12, large 16; text-to-image 16)")
         return from_official_checkpoint(checkpoint, official_heads)
     if not isinstance(state, dict) or "state_dict" not in state:
         raise ValueError(f"{checkpoint} is neither a train.py checkpoint (state_dict) nor a released one "

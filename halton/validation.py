@@ -27,7 +27,9 @@ ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
 TRAINER_PRECISIONS = ("32-true", "32", "64-true", "64", "16-mixed", "16", "bf16-mixed", "bf16", "16-true",
                       "bf16-true", "transformer-engine", "transformer-engine-float16")
 EXTRACTORS = ("inception", "digits")
-REFERENCE_KINDS = ("digits", "folder", "webdataset", "file")
+REFERENCE_KINDS = ("digits", "folder", "webdataset", "file", "coco")
+PROMPT_SOURCES = ("coco", "file", "digits")
+TEXT_EMBEDDINGS = ("online", "precompute")  # halton.evaluation.prompts.PROMPT_SOURCES
 SOURCE_FORMATS = ("auto", "imagefolder", "webdataset", "digits")
 DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 _ABSENT = object()
@@ -213,9 +215,65 @@ def check_classes(c: Checks) -> None:
         raise Invalid(f"classes=[] draws nothing; allowed: class ids 0 to {count - 1}, or null for all")
 
 
+def is_text_model(c: Checks) -> bool:
+    return c.has("model.condition") and str(c.get("model.condition._target_")).endswith("TextKind")
+
+
+def check_prompts(c: Checks) -> None:
+    """sample.py's prompt, prompts and prompt_file: non-empty texts, an existing file, and only for a text model
+    (class models take classes)."""
+    given = []
+    prompt = c.get("prompt")
+    if prompt is not None:
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise Invalid(f"prompt={prompt!r} is empty; allowed: a text, e.g. prompt=\"a red fox in the snow\"")
+        given.append("prompt")
+    prompts = c.get("prompts")
+    if prompts is not None:
+        if not isinstance(prompts, list) or not prompts:
+            raise Invalid(f"prompts={prompts!r} is not a list of texts; allowed: e.g. prompts='[a red fox,a blue car]'")
+        for index, text in enumerate(prompts):
+            if not isinstance(text, str) or not text.strip():
+                raise Invalid(f"prompts[{index}]={text!r} is empty; allowed: non-empty texts")
+        given.append("prompts")
+    if c.get("prompt_file") is not None:
+        path = c.input_file("prompt_file", hint="; one prompt per line")
+        lines = [ln.strip() for ln in path.read_text(encoding="utf-8", errors="replace").splitlines()]
+        if not any(ln and not ln.startswith("#") for ln in lines):
+            raise Invalid(f"prompt_file={path} holds no prompt; allowed: a text file with one prompt per line")
+        given.append("prompt_file")
+    if given and not is_text_model(c):
+        raise Invalid(f"{given[0]} is for text-to-image models; experiment={c.get('name')} is class-conditional: "
+                      "give classes=[...] (or nothing for every class)")
+    if c.get("classes") is not None and is_text_model(c):
+        raise Invalid(f"classes={c.get('classes')} is for class-conditional models; experiment={c.get('name')} is "
+                      "text-to-image: give prompt=..., prompts=[...] or prompt_file=PATH")
+
+
+def check_evaluation_prompts(c: Checks) -> None:
+    """A text model's evaluation prompts (evaluate.py's ``prompts``) and CLIP model."""
+    source = c.choice("prompt_set.source", PROMPT_SOURCES)
+    if source in ("coco", "file"):
+        c.input_file("prompt_set.path", hint=" (coco: annotations/captions_val2014.json; file: one prompt per line)")
+    c.integer("prompt_set.seed", 0, 2**32 - 1)
+    c.choice("prompt_set.phrasings", ("seen", "unseen"))
+    local_path(c, "clip_model")
+
+
+def local_path(c: Checks, key: str) -> None:
+    """A model given as a hub name (``org/name``) or a local folder: a value that reads as a path must exist."""
+    value = c.get(key)
+    if value in (None, ""):
+        return
+    text = str(value)
+    if text.startswith(("/", ".", "~")) and not Path(text).expanduser().is_dir():
+        raise Invalid(f"{key}={text}: no such folder; allowed: a local model folder or a hub name (org/name)")
+
+
 def check_sample(c: Checks) -> None:
     check_common(c)
     check_sampling(c)
+    check_prompts(c)
     check_classes(c)
     c.choice("precision", PRECISIONS)
     c.integer("per_class", 1)
@@ -233,11 +291,14 @@ def check_evaluate(c: Checks) -> None:
     check_common(c)
     check_sampling(c)
     c.choice("precision", PRECISIONS)
-    classes = c.get("data.num_classes")
     images = c.integer("num_images", 1)
-    if images % classes:
-        raise Invalid(f"num_images={images} is not a multiple of the {classes} classes (class-balanced samples); "
-                      f"allowed: {classes * max(1, images // classes)}, {classes * (images // classes + 1)}, ...")
+    if is_text_model(c):
+        check_evaluation_prompts(c)
+    else:
+        classes = c.get("data.num_classes")
+        if images % classes:
+            raise Invalid(f"num_images={images} is not a multiple of the {classes} classes (class-balanced samples); "
+                          f"allowed: {classes * max(1, images // classes)}, {classes * (images // classes + 1)}, ...")
     c.integer("batch_size", 1)
     if c.choice("extractor", EXTRACTORS) == "inception":
         c.input_file("inception_weights", optional=True)
@@ -246,6 +307,9 @@ def check_evaluate(c: Checks) -> None:
         c.input_file("reference.path")
     elif kind == "folder":
         c.input_folder("reference.path")
+    elif kind == "coco":
+        c.input_folder("reference.path")
+        c.input_file("reference.captions", hint=" (annotations/captions_val2014.json or captions_val2017.json)")
     elif kind == "webdataset" and not c.get("reference.path"):
         raise Invalid("reference.path is not set; allowed: webdataset image shards (a .tar file or a glob)")
     c.integer("reference.max_images", 1)
@@ -329,7 +393,25 @@ def check_train(c: Checks) -> None:
         c.integer("callbacks.model_checkpoint.every_n_train_steps", 1, optional=True)
         c.writable("callbacks.model_checkpoint.dirpath")
     c.writable("trainer.default_root_dir")
+    check_text_data(c)
     check_shards(c)
+
+
+def check_text_data(c: Checks) -> None:
+    """The digits' caption options (the text demo's data), and the text facts a data config states."""
+    for key in ("data.text_dim", "data.text_length"):
+        if c.has(key) and c.get(key) is not None:
+            c.integer(key, 1)
+    if not str(c.get("data._target_")).endswith("DigitsShardsDataModule") or not c.has("data.captions"):
+        return
+    captions = c.boolean("data.captions")
+    if c.choice("data.text_embeddings", TEXT_EMBEDDINGS) == "precompute" and not captions:
+        raise Invalid("data.text_embeddings=precompute encodes captions; allowed with data.captions=true")
+    length = c.integer("data.text_max_length", 1)
+    if c.has("data.text_length") and c.get("data.text_length") is not None and length != c.get("data.text_length"):
+        raise Invalid(f"data.text_max_length={length} differs from data.text_length={c.get('data.text_length')} "
+                      "(the length the model is configured for); allowed: the same value")
+    local_path(c, "data.text_encoder")
 
 
 def check_shards(c: Checks) -> None:
@@ -380,6 +462,16 @@ def check_extract(c: Checks) -> None:
     c.integer("batch_size", 1)
     c.integer("num_workers", 0)
     c.choice("precision", PRECISIONS)
+    c.boolean("source.captions")
+    if c.choice("text.embeddings", TEXT_EMBEDDINGS) == "precompute":
+        c.integer("text.max_length", 1)
+        if not str(c.get("text.encoder") or "").strip():
+            raise Invalid("text.encoder is not set; allowed: minilm, a local model folder or a hub name (org/name)")
+        local_path(c, "text.encoder")
+        if kind == "imagefolder" or (kind == "digits" and not c.get("source.captions")):
+            raise Invalid(f"text.embeddings=precompute encodes captions, but source.format={kind} has none; allowed: "
+                          "a source with captions (webdataset .txt or a json caption; source.captions=true for the "
+                          "digits), or text.embeddings=online")
     c.input_file("vq_checkpoint", optional=True)
     c.choice("trainer.accelerator", ACCELERATORS)
     check_trainer_devices(c)

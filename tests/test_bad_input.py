@@ -99,6 +99,18 @@ CASES = [
     ("evaluate.py", ["name=.hidden"], "name='.hidden' is not a run name"),
     ("evaluate.py", ["checkpoint={truncated}"], "checkpoint {truncated} is truncated or damaged"),
     ("evaluate.py", ["-m", "steps=16,99"], "steps=99 is out of range; allowed: 1 to 64"),  # before any cell runs
+    ("sample.py", ["prompt=a red fox in the snow"], "prompt is for text-to-image models; experiment=digits is "
+                                                    "class-conditional: give classes=[...]"),
+    ("sample.py", ["prompt=''"], "prompt='' is empty; allowed: a text"),
+    ("sample.py", ["experiment=digits_t2i", "prompt_file={missing}"], "prompt_file not found: {missing}"),
+    ("sample.py", ["experiment=digits_t2i", "prompts=[a fox,'']"], "prompts[1]='' is empty"),
+    ("sample.py", ["experiment=digits_t2i", "classes=3"], "classes=3 is for class-conditional models"),
+    ("evaluate.py", ["experiment=digits_t2i", "prompt_set.source=poems"],
+     "prompt_set.source='poems' is not one of the choices; allowed: coco, file, digits"),
+    ("evaluate.py", ["experiment=digits_t2i", "prompt_set.source=coco"], "no prompt_set.path given"),
+    ("evaluate.py", ["experiment=digits_t2i", "clip_model=/no/such/clip"], "clip_model=/no/such/clip: no such folder"),
+    ("-m halton.data.extract", ["data=digits_t2i", "source.format=digits", "source.captions=false"],
+     "text.embeddings=precompute encodes captions, but source.format=digits has none"),
     ("-m halton.data.extract", ["source.path={missing}"], "source.path={missing}: no such file or folder"),
     ("-m halton.data.extract", ["source.path={images}"], "vq_checkpoint is not set: extraction needs the tokenizer "
                                                          "weights (vq_ds8_c2i.pt); pass vq_checkpoint=PATH"),

@@ -12,7 +12,8 @@ from halton.evaluation import ReferenceStats, ResultsFile, fid, generative_metri
 from halton.evaluation.diagnostics import step_diagnostics
 from halton.evaluation.features import DigitsFeatures, InceptionFeatures
 from halton.evaluation.metrics import feature_statistics
-from halton.evaluation.runner import balanced_labels, batch_seed
+from halton.evaluation.prompts import balanced_labels
+from halton.evaluation.runner import batch_seed
 from halton.sampling import HaltonScheduler, SamplingResult, sample
 
 

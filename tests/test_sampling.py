@@ -19,7 +19,10 @@ class StubModel(torch.nn.Module):
         self.uncond_logits = uncond_logits if uncond_logits is not None else torch.randn(n, codebook_size + 1, generator=generator)
         self.trunk_batches, self.head_positions, self.inputs = [], [], []
 
-    def trunk(self, codes, labels, drop):
+    def condition(self, labels, drop):
+        return drop
+
+    def trunk_conditioned(self, codes, drop):
         self.trunk_batches.append(codes.shape[0])
         self.inputs.append(codes.clone())
         table = torch.where(drop[:, None, None], self.uncond_logits, self.cond_logits)

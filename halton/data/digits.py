@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
+
 import lightning.pytorch as pl
 import numpy as np
 import torch
@@ -12,6 +15,17 @@ from halton.tokenizers import PixelTokenizer
 from halton.training.resumable_loader import ResumableLoader
 
 LEVELS, SIDE, CLASSES = 17, 8, 10
+DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+
+
+def digit_named(prompt: str) -> int:
+    """The digit a prompt names, in words or as a numeral ("a handwritten seven", "the digit 7"); -1 if none."""
+    for token in re.findall(r"[a-z]+|\d", prompt.lower()):
+        if token.isdigit():
+            return int(token)
+        if token in DIGIT_WORDS:
+            return DIGIT_WORDS.index(token)
+    return -1
 
 
 def load_digits_split(val_fraction: float = 0.1, seed: int = 0):
@@ -68,15 +82,21 @@ class DigitsDataModule(pl.LightningDataModule):
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_set, shuffle=False)
 
-    def recognition_accuracy(self, images: torch.Tensor, labels: torch.Tensor) -> float:
-        """Fraction of ``images`` (in [-1, 1]) that an SVM trained on the training split reads as ``labels``."""
+    def recognition_accuracy(self, images: torch.Tensor, requested: torch.Tensor | Sequence) -> float:
+        """Fraction of ``images`` (in [-1, 1]) that an SVM trained on the training split reads as the digit
+        ``requested`` for each: class ids, or prompts naming a digit (:func:`digit_named`)."""
+        return float(self.recognised(images, requested).float().mean())
+
+    def recognised(self, images: torch.Tensor, requested: torch.Tensor | Sequence) -> torch.Tensor:
+        """Per image [B] bool: does the digits classifier read the requested digit (a class id or a prompt)?"""
+        labels = np.array([digit_named(v) if isinstance(v, str) else int(v) for v in requested])
         if self._classifier is None:
             from sklearn.svm import SVC
 
             self.setup()
             self._classifier = SVC(gamma=0.001).fit(self._pixels(self.train_images), self.train_labels.numpy())
         predicted = self._classifier.predict(self._pixels(images))
-        return float((predicted == labels.cpu().numpy()).mean())
+        return torch.from_numpy(predicted == labels)
 
     @staticmethod
     def _pixels(images: torch.Tensor) -> np.ndarray:

@@ -6,6 +6,9 @@
 writes ``<data.root>/<split>/`` (the folder the data config reads): shards, one record per shard and, once every
 shard is finished, ``manifest.json``. Runs on every device Lightning is given (each rank writes its own shards);
 run it again after an interruption and the finished shards are skipped.
+
+Captions are stored when the source has them; ``text.embeddings=precompute`` also stores their token embeddings by
+``text.encoder`` (bf16, with padding masks), so that training reads them instead of encoding every caption again.
 """
 
 from __future__ import annotations
@@ -20,6 +23,28 @@ from omegaconf import DictConfig, OmegaConf
 from halton.cli import entry_point, run
 
 log = logging.getLogger("halton.extract")
+TEXT_MODES = ("online", "precompute")  # online: captions only, encoded in the training step
+
+
+def build_text_encoder(cfg: DictConfig, source):
+    """The frozen text encoder of ``text.embeddings=precompute`` (None for ``online``), checked against the data
+    config's ``text_dim`` when it states one. A source without captions is refused before the encoder loads."""
+    from halton.data.extraction import check_extraction_text
+
+    text = cfg.get("text") or {}
+    mode = text.get("embeddings", "online")
+    if mode not in TEXT_MODES:
+        raise ValueError(f"text.embeddings={mode!r} is not one of the choices; allowed: {', '.join(TEXT_MODES)}")
+    if mode == "online":
+        return None
+    check_extraction_text(source)
+    from halton.text import TextEncoder
+
+    # the encoder's dtype follows the extraction's precision: auto = bf16 on GPUs, float32 on CPUs
+    encoder = TextEncoder(str(text.get("encoder")), max_length=int(text.get("max_length")), dtype=cfg.precision)
+    if cfg.data.get("text_dim") is not None:
+        encoder.check_width(cfg.data.text_dim, what="data.text_dim")
+    return encoder
 
 
 def build_tokenizer(cfg: DictConfig):
@@ -51,14 +76,16 @@ def main(cfg: DictConfig) -> None:
         options.update(split=cfg.split, val_fraction=cfg.data.get("val_fraction", 0.1), seed=cfg.data.get("seed", 0))
         options["shard_size"] = options.get("shard_size") or cfg.data.get("shard_size")
     source = build_source(kind, path, cfg.image_size, **options)
+    text_encoder = build_text_encoder(cfg, source)
     manifest = extract_with_lightning(
         source, tokenizer, cfg.out_dir, OmegaConf.to_container(cfg.trainer, resolve=True),
         grid=list(cfg.data.grid), image_size=cfg.image_size, flip=cfg.flip, chunk_size=cfg.chunk_size,
         batch_size=cfg.batch_size, num_workers=cfg.num_workers, precision=cfg.precision,
-        checkpoint=cfg.get("vq_checkpoint"))
+        checkpoint=cfg.get("vq_checkpoint"), text_encoder=text_encoder)
     if manifest is not None:
         log.info(f"wrote {manifest.samples} samples in {len(manifest.shards)} shards to {cfg.out_dir} "
-                 f"({manifest.grid[0]}x{manifest.grid[1]} codes, codebook {manifest.codebook_size})")
+                 f"({manifest.grid[0]}x{manifest.grid[1]} codes, codebook {manifest.codebook_size}; "
+                 f"{manifest.describe_text()})")
 
 
 if __name__ == "__main__":

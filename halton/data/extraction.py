@@ -7,6 +7,11 @@ finished units are skipped. When every unit is finished, rank 0 writes ``manifes
 
 Two drivers share everything but the loop: :func:`extract_locally` (one process: the digits, tests) and, in
 :mod:`halton.data.extract`, Lightning's ``Trainer.predict`` on several devices.
+
+Text: the captions of a captioned source are always stored. Given a :class:`~halton.text.TextEncoder`
+(``text.embeddings=precompute``), each batch's captions are also encoded next to its images and the embeddings
+stored as bfloat16 with their padding masks (``text_emb.npy``, ``text_mask.npy``); images without a caption are
+then skipped (recorded like unreadable ones), and a source without captions is refused before any work.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from tqdm.auto import tqdm
 
-from halton.data.chunks import MAX_CODEBOOK, Chunk, split_into_chunks, strings, write_shard
+from halton.data.chunks import MAX_CODEBOOK, Chunk, bf16_bits, split_into_chunks, strings, write_shard
 from halton.data.manifest import Manifest, ShardRecord
 from halton.data.sources import Item, Skip, Source, Unit
 from halton.data.tokenizer_spec import tokenizer_spec
@@ -44,13 +49,21 @@ class CodesOutOfRange(ValueError):
 
 # ---------------------------------------------------------------------------------------------------- settings
 def extraction_settings(tokenizer: Tokenizer, source: Source, image_size: int | None, flip: bool, chunk_size: int,
-                        grid: list[int], checkpoint: str | None = None) -> dict[str, Any]:
+                        grid: list[int], checkpoint: str | None = None, text_encoder=None) -> dict[str, Any]:
     """Everything that decides the shards' content; a resumed run must have the same."""
     spec = tokenizer_spec(tokenizer)
     if checkpoint:
         spec["checkpoint"] = Path(checkpoint).name
-    return {"tokenizer": spec, "source": source.describe(), "image_size": image_size, "flip": flip,
-            "chunk_size": chunk_size, "grid": list(grid), "codebook_size": tokenizer.codebook_size}
+    settings = {"tokenizer": spec, "source": source.describe(), "image_size": image_size, "flip": flip,
+                "chunk_size": chunk_size, "grid": list(grid), "codebook_size": tokenizer.codebook_size}
+    if text_encoder is not None:  # (absent otherwise: extractions begun before text embeddings existed resume)
+        settings["text"] = text_settings(text_encoder)
+    return settings
+
+
+def text_settings(text_encoder) -> dict[str, Any]:
+    """The manifest's ``text``: which encoder made the stored embeddings, their length and width."""
+    return {"embeddings": "precompute", **text_encoder.describe()}
 
 
 def record_path(out_dir: Path, unit: Unit) -> Path:
@@ -91,11 +104,12 @@ class EncodeStream(IterableDataset):
     between DataLoader workers. Each batch says which unit it belongs to, whether it is the unit's last, and
     which inputs were skipped since the previous one."""
 
-    def __init__(self, source: Source, units: list[Unit], batch_size: int):
+    def __init__(self, source: Source, units: list[Unit], batch_size: int, require_captions: bool = False):
         super().__init__()
         if batch_size < 1:
             raise ValueError(f"batch_size={batch_size} is out of range; allowed: >= 1")
         self.source, self.units, self.batch_size = source, units, batch_size
+        self.require_captions = require_captions
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
@@ -118,6 +132,8 @@ class EncodeStream(IterableDataset):
         items: list[Item] = []
         skipped: list[list[str]] = []
         for entry in self.source.read(unit):
+            if self.require_captions and isinstance(entry, Item) and not (entry.caption or "").strip():
+                entry = Skip(entry.key, "no caption (text.embeddings=precompute needs one per image)")
             if isinstance(entry, Skip):
                 log.warning("skipping input %s of %s: %s", entry.key, unit.origin, entry.reason)
                 skipped.append([entry.key, entry.reason])
@@ -155,6 +171,17 @@ def encode_images(tokenizer: Tokenizer, images: torch.Tensor, flip: bool, autoca
                                                          check_codes(flipped, tokenizer.codebook_size))
 
 
+def encode_captions(text_encoder, captions: list[str] | None) -> tuple[np.ndarray, np.ndarray] | None:
+    """The captions' token embeddings as bfloat16 bits (uint16 numpy [B, L, D]) and padding masks (bool [B, L])."""
+    if text_encoder is None:
+        return None
+    if not captions:
+        return (np.zeros((0, text_encoder.max_length, text_encoder.width), np.uint16),
+                np.zeros((0, text_encoder.max_length), bool))
+    embeddings, mask = text_encoder.encode(captions)
+    return bf16_bits(embeddings), mask.cpu().numpy()
+
+
 def check_codes(codes: torch.Tensor, codebook_size: int) -> np.ndarray:
     low, high = int(codes.min()), int(codes.max())
     if low < 0 or high >= codebook_size:
@@ -176,13 +203,15 @@ class ShardAssembler:
         self.pending: dict[int, dict[str, list]] = {}
         self.written: list[ShardRecord] = []
 
-    def add(self, batch: dict[str, Any], codes: np.ndarray, flipped: np.ndarray | None) -> None:
+    def add(self, batch: dict[str, Any], codes: np.ndarray, flipped: np.ndarray | None,
+            text: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+        """``text``: the captions' embeddings (bfloat16 bits) and masks, from :func:`encode_captions`."""
         parts = self.pending.setdefault(batch["unit"], {"chunks": [], "skipped": []})
         if len(codes):
             labels = batch["labels"].cpu().numpy() if torch.is_tensor(batch["labels"]) else np.asarray(batch["labels"])
             captions = batch.get("captions")
             parts["chunks"].append(Chunk(codes, labels.astype(np.int32), strings(batch["keys"]), flipped,
-                                         None if captions is None else strings(captions)))
+                                         None if captions is None else strings(captions), *(text or (None, None))))
         parts["skipped"].extend(f"{key}: {reason}" for key, reason in batch["skipped"])
         if self.progress is not None:
             self.progress.update(len(codes))
@@ -211,6 +240,10 @@ def finalize_manifest(out_dir: str | Path, source: Source, units: list[Unit], se
                            "; run the extraction again to finish them")
     records = [ShardRecord.from_dict(json.loads(record_path(out_dir, u).read_text())["shard"]) for u in units]
     records = [r for r in records if r.samples > 0]
+    if "text" in settings and not all(r.text_embeddings for r in records):
+        bad = next(r.name for r in records if not r.text_embeddings)
+        raise RuntimeError(f"shard {bad} in {out_dir} has no text embeddings although the settings say "
+                           "precompute; extract into a new out_dir")
     num_classes = source.num_classes
     if num_classes is None:
         num_classes = max((r.max_label for r in records), default=-1) + 1
@@ -222,13 +255,16 @@ def finalize_manifest(out_dir: str | Path, source: Source, units: list[Unit], se
                         chunk_size=settings["chunk_size"], flipped=settings["flip"],
                         captions=any(r.captions for r in records), tokenizer=settings["tokenizer"],
                         image_size=settings["image_size"], source=settings["source"], shards=records,
-                        classes=list(source.classes))
+                        classes=list(source.classes), text=dict(settings.get("text", {})))
     manifest.save(out_dir)
     return manifest
 
 
-def check_extraction(tokenizer: Tokenizer, image_size: int | None, grid: list[int], chunk_size: int) -> None:
+def check_extraction(tokenizer: Tokenizer, image_size: int | None, grid: list[int], chunk_size: int,
+                     source: Source | None = None, text_encoder=None) -> None:
     """Refuse settings that would write shards the data config cannot read, before any work."""
+    if text_encoder is not None and source is not None:
+        check_extraction_text(source)
     if tokenizer.codebook_size > MAX_CODEBOOK:
         raise ValueError(f"codebook_size={tokenizer.codebook_size} does not fit uint16 codes; allowed: <= "
                          f"{MAX_CODEBOOK}")
@@ -240,6 +276,14 @@ def check_extraction(tokenizer: Tokenizer, image_size: int | None, grid: list[in
                              f"{image_size / tokenizer.downsample:g} codes but data.grid={list(grid)}")
     if chunk_size < 1:
         raise ValueError(f"chunk_size={chunk_size} is out of range; allowed: >= 1")
+
+
+def check_extraction_text(source: Source) -> None:
+    """Precomputing text embeddings needs captions."""
+    if not source.has_captions():
+        raise ValueError(f"text.embeddings=precompute encodes captions, but the {source.describe()['kind']} source "
+                         "has none; allowed: a source with captions (webdataset .txt or a json caption; "
+                         "source.captions=true for the digits), or text.embeddings=online")
 
 
 def progress_bar(units: list[Unit], rank: int, world_size: int, enabled: bool = True) -> tqdm | None:
@@ -255,38 +299,47 @@ def progress_bar(units: list[Unit], rank: int, world_size: int, enabled: bool = 
 def extract_locally(source: Source, tokenizer: Tokenizer, out_dir: str | Path, *, grid: list[int],
                     image_size: int | None = None, flip: bool = False, chunk_size: int = 1000, batch_size: int = 64,
                     checkpoint: str | None = None, device: str | torch.device = "cpu",
-                    autocast_dtype: torch.dtype | None = None, progress: bool = True) -> Manifest:
-    """Extract in this process (no Lightning, no workers): small data sets and tests."""
+                    autocast_dtype: torch.dtype | None = None, progress: bool = True, text_encoder=None) -> Manifest:
+    """Extract in this process (no Lightning, no workers): small data sets and tests. ``text_encoder`` (a
+    :class:`~halton.text.TextEncoder`): also store the captions' embeddings."""
     out_dir = Path(out_dir)
-    check_extraction(tokenizer, image_size, grid, chunk_size)
-    settings = extraction_settings(tokenizer, source, image_size, flip, chunk_size, grid, checkpoint)
+    check_extraction(tokenizer, image_size, grid, chunk_size, source, text_encoder)
+    settings = extraction_settings(tokenizer, source, image_size, flip, chunk_size, grid, checkpoint, text_encoder)
     units = source.units()
     todo = assigned_units(units, 0, 1, finished_units(out_dir, units, settings))
     tokenizer = tokenizer.to(device).eval()
+    if text_encoder is not None:
+        text_encoder.to(device)
     bar = progress_bar(todo, 0, 1, progress and bool(todo))
     assembler = ShardAssembler(out_dir, todo, chunk_size, settings, bar)
-    for batch in EncodeStream(source, todo, batch_size):
+    for batch in EncodeStream(source, todo, batch_size, require_captions=text_encoder is not None):
         codes, flipped = encode_images(tokenizer, batch["images"].to(device), flip, autocast_dtype)
-        assembler.add(batch, codes, flipped)
+        assembler.add(batch, codes, flipped, encode_captions(text_encoder, batch["captions"]))
     if bar is not None:
         bar.close()
     return finalize_manifest(out_dir, source, units, settings)
 
 
 class TokenizerPredictor(pl.LightningModule):
-    """``Trainer.predict`` runs the tokenizer's encoder on each device (bf16 autocast on GPUs)."""
+    """``Trainer.predict`` runs the tokenizer's encoder on each device (bf16 autocast on GPUs), and the text
+    encoder on the captions when one is given (a plain attribute: moved here, never part of a state dict)."""
 
-    def __init__(self, tokenizer: Tokenizer, flip: bool, autocast: str = "auto"):
+    def __init__(self, tokenizer: Tokenizer, flip: bool, autocast: str = "auto", text_encoder=None):
         super().__init__()
         allowed = ("auto", "fp32", "bf16")
         if autocast not in allowed:
             raise ValueError(f"unknown precision {autocast!r}; allowed: {', '.join(allowed)}")
         self.tokenizer, self.flip, self.autocast = tokenizer.eval(), flip, autocast
+        self.text_encoder = text_encoder
+
+    def on_predict_start(self) -> None:
+        if self.text_encoder is not None:
+            self.text_encoder.to(self.device)
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
         bf16 = self.autocast == "bf16" or (self.autocast == "auto" and self.device.type == "cuda")
         codes, flipped = encode_images(self.tokenizer, batch["images"], self.flip, torch.bfloat16 if bf16 else None)
-        return {"codes": codes, "flipped": flipped}
+        return {"codes": codes, "flipped": flipped, "text": encode_captions(self.text_encoder, batch["captions"])}
 
 
 class ShardWriterCallback(BasePredictionWriter):
@@ -297,31 +350,33 @@ class ShardWriterCallback(BasePredictionWriter):
         self.assembler = assembler
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0):
-        self.assembler.add(batch, prediction["codes"], prediction["flipped"])
+        self.assembler.add(batch, prediction["codes"], prediction["flipped"], prediction.get("text"))
 
 
 class ExtractionData(pl.LightningDataModule):
     """The images of the units assigned to this rank (known only once Lightning has set the ranks up)."""
 
-    def __init__(self, source: Source, units_for_rank, batch_size: int, num_workers: int):
+    def __init__(self, source: Source, units_for_rank, batch_size: int, num_workers: int,
+                 require_captions: bool = False):
         super().__init__()
         self.source, self.units_for_rank = source, units_for_rank
-        self.batch_size, self.num_workers = batch_size, num_workers
+        self.batch_size, self.num_workers, self.require_captions = batch_size, num_workers, require_captions
 
     def predict_dataloader(self) -> DataLoader:
         units = self.units_for_rank(self.trainer.global_rank, self.trainer.world_size)
-        return DataLoader(EncodeStream(self.source, units, self.batch_size), batch_size=None,
+        return DataLoader(EncodeStream(self.source, units, self.batch_size, self.require_captions), batch_size=None,
                           num_workers=self.num_workers, pin_memory=torch.cuda.is_available())
 
 
 def extract_with_lightning(source: Source, tokenizer: Tokenizer, out_dir: str | Path, trainer_options: dict, *,
                            grid: list[int], image_size: int | None, flip: bool, chunk_size: int, batch_size: int,
-                           num_workers: int, precision: str = "auto", checkpoint: str | None = None
-                           ) -> Manifest | None:
-    """Extract on every device Lightning is given; returns the manifest on rank 0 (None elsewhere)."""
+                           num_workers: int, precision: str = "auto", checkpoint: str | None = None,
+                           text_encoder=None) -> Manifest | None:
+    """Extract on every device Lightning is given; returns the manifest on rank 0 (None elsewhere).
+    ``text_encoder``: also store the captions' embeddings."""
     out_dir = Path(out_dir)
-    check_extraction(tokenizer, image_size, grid, chunk_size)
-    settings = extraction_settings(tokenizer, source, image_size, flip, chunk_size, grid, checkpoint)
+    check_extraction(tokenizer, image_size, grid, chunk_size, source, text_encoder)
+    settings = extraction_settings(tokenizer, source, image_size, flip, chunk_size, grid, checkpoint, text_encoder)
     units = source.units()
     done = finished_units(out_dir, units, settings)
     state: dict[str, Any] = {}
@@ -337,8 +392,9 @@ def extract_with_lightning(source: Source, tokenizer: Tokenizer, out_dir: str | 
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                          use_distributed_sampler=False)
     log.info("%d of %d shards already finished in %s", len(done), len(units), out_dir)
-    trainer.predict(TokenizerPredictor(tokenizer, flip, precision),
-                    datamodule=ExtractionData(source, units_for_rank, batch_size, num_workers),
+    trainer.predict(TokenizerPredictor(tokenizer, flip, precision, text_encoder),
+                    datamodule=ExtractionData(source, units_for_rank, batch_size, num_workers,
+                                              require_captions=text_encoder is not None),
                     return_predictions=False)
     assembler = state["assembler"]
     if assembler.progress is not None:

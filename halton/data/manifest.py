@@ -32,6 +32,7 @@ class ShardRecord:
     skipped: list[str] = field(default_factory=list)     # inputs that could not be read (corrupt images)
     max_label: int = -1
     captions: bool = False
+    text_embeddings: bool = False                        # every chunk holds text_emb.npy and text_mask.npy
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ShardRecord":
@@ -51,12 +52,30 @@ class Manifest:
     source: dict[str, Any]
     shards: list[ShardRecord]
     classes: list[str] = field(default_factory=list)
+    # Precomputed text embeddings: {"embeddings": "precompute", "encoder": name or path, "max_length": L,
+    # "width": D}; empty when the shards hold none (captions only, or none; also manifests older than this field).
+    text: dict[str, Any] = field(default_factory=dict)
     format: str = FORMAT
     version: int = VERSION
 
     @property
     def samples(self) -> int:
         return sum(shard.samples for shard in self.shards)
+
+    @property
+    def text_embeddings(self) -> bool:
+        return bool(self.text)
+
+    @property
+    def text_shape(self) -> list[int] | None:
+        """[max_length, width] of the stored text embeddings, None when there are none."""
+        return [int(self.text["max_length"]), int(self.text["width"])] if self.text else None
+
+    def describe_text(self) -> str:
+        if not self.text:
+            return "captions only (encoded in the training step)" if self.captions else "no captions"
+        return (f"precomputed text embeddings of {self.text.get('encoder')} ({self.text['max_length']} tokens x "
+                f"{self.text['width']}, bf16)")
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -109,6 +128,17 @@ class Manifest:
         if flip and not self.flipped:
             raise ManifestMismatch(f"data.flip=true needs the codes of flipped images, which the shards in {where} "
                                    "do not hold; extract with flip=true or set data.flip=false")
+
+    def check_text(self, text_dim: int | None, text_length: int | None, where: str) -> None:
+        """The data config's text facts (``text_dim``, ``text_length``: what a text model config reads) must be those
+        of the precomputed embeddings; shards without embeddings fit any (the captions are encoded online)."""
+        if not self.text:
+            return
+        for key, given, stored in (("text_dim", text_dim, self.text["width"]),
+                                   ("text_length", text_length, self.text["max_length"])):
+            if given is not None and int(given) != int(stored):
+                raise ManifestMismatch(f"data.{key}={given} but the shards in {where} hold "
+                                       f"{self.describe_text()}; use data.{key}={stored} or extract them again")
 
     def check_files(self, folder: str | Path, checksums: bool = False) -> list[str]:
         """Missing shards are an error (the manifest does not describe this folder); shards whose size differs

@@ -30,6 +30,10 @@ def to_batch(chunk: Chunk, flip: bool, rng: np.random.Generator, with_keys: bool
              "labels": torch.from_numpy(chunk.labels.astype(np.int64))}
     if chunk.captions is not None:
         batch["captions"] = chunk.captions.tolist()
+    if chunk.text_emb is not None:
+        # the stored bfloat16 bits, reinterpreted without a copy (int16: torch's fully supported 2-byte integer)
+        batch["text_emb"] = torch.from_numpy(np.ascontiguousarray(chunk.text_emb).view(np.int16)).view(torch.bfloat16)
+        batch["text_mask"] = torch.from_numpy(np.ascontiguousarray(chunk.text_mask))
     if with_keys:
         batch["keys"] = chunk.keys.tolist()
     return batch
@@ -37,7 +41,8 @@ def to_batch(chunk: Chunk, flip: bool, rng: np.random.Generator, with_keys: bool
 
 class ChunkMixer:
     """Callable pipeline stage: chunks in, batch dicts out (``codes`` [B,h,w] long, ``labels`` [B] long, plus
-    ``captions`` when the shards have them and ``keys`` when asked).
+    ``captions`` when the shards have them, ``text_emb`` [B,L,D] bfloat16 and ``text_mask`` [B,L] bool when they
+    hold precomputed text embeddings, and ``keys`` when asked).
 
     ``batches``: the exact number of batches to yield (an epoch of a planned reader). If shards turned out to be
     unreadable and the stream ends short, the missing batches are drawn again from the samples of the last

@@ -27,10 +27,13 @@ warnings.filterwarnings("ignore", message=r".*`IterableDataset` has `__len__` de
 
 class CodeShardsDataModule(pl.LightningDataModule):
     """Batches ``{"codes": LongTensor [B,h,w], "labels": LongTensor [B]}`` (plus ``captions`` when the shards
-    have them) from ``<root>/<train_split>`` and ``<root>/<val_split>``.
+    have them, and ``text_emb`` bfloat16 [B,L,D] with ``text_mask`` bool [B,L] when they hold precomputed text
+    embeddings) from ``<root>/<train_split>`` and ``<root>/<val_split>``.
 
-    ``codebook_size``, ``grid`` and ``num_classes`` are the facts the model config reads; they are checked
-    against the manifests in :meth:`setup`. Nothing is read before that: constructing the module needs no shards.
+    ``codebook_size``, ``grid`` and ``num_classes`` are the facts the model config reads, and for text-to-image
+    data ``text_dim`` (the text embeddings' width) and ``text_length`` (tokens per caption); they are checked
+    against the manifests in :meth:`setup` (the text facts only where the shards hold embeddings). Nothing is read
+    before that: constructing the module needs no shards.
     ``tokenizer`` decodes codes to images (sample grids, sample.py, evaluate.py): a :class:`Tokenizer`, or a
     factory called with ``vq_checkpoint`` on first use (so the weights are loaded only when someone decodes).
     ``verify_checksums``: the loader checks each shard's SHA-256 against the manifest before using its samples and
@@ -43,7 +46,8 @@ class CodeShardsDataModule(pl.LightningDataModule):
                  codebook_size: int = 16384, grid=(32, 32), num_classes: int = 1000,
                  tokenizer: Tokenizer | Callable[[str], Tokenizer] | None = None, vq_checkpoint: str | None = None,
                  vq_release: str | None = None, image_size: int | None = None, with_keys: bool = False,
-                 pin_memory: bool = True, verify_checksums: bool = False):
+                 pin_memory: bool = True, verify_checksums: bool = False, text_dim: int | None = None,
+                 text_length: int | None = None):
         super().__init__()
         if batch_size < 1 or (val_batch_size is not None and val_batch_size < 1):
             raise ValueError(f"batch_size={batch_size}, val_batch_size={val_batch_size}; allowed: >= 1")
@@ -59,6 +63,7 @@ class CodeShardsDataModule(pl.LightningDataModule):
         self.codebook_size, self.grid, self.num_classes = codebook_size, [int(g) for g in grid], num_classes
         self.image_size, self.with_keys, self.pin_memory = image_size, with_keys, pin_memory
         self.verify_checksums = verify_checksums
+        self.text_dim, self.text_length = text_dim, text_length
         self.vq_checkpoint, self.vq_release = vq_checkpoint, vq_release
         self._tokenizer = tokenizer if isinstance(tokenizer, Tokenizer) else None
         self._tokenizer_factory = None if isinstance(tokenizer, Tokenizer) else tokenizer
@@ -97,6 +102,9 @@ class CodeShardsDataModule(pl.LightningDataModule):
         manifest = Manifest.load(folder)
         manifest.check_facts(self.codebook_size, self.grid, self.num_classes, self.flip and split == self.train_split,
                              str(folder))
+        manifest.check_text(self.text_dim, self.text_length, str(folder))
+        if manifest.captions:
+            log.info("the shards in %s hold %s", folder, manifest.describe_text())
         spec = self.tokenizer_spec()
         if spec is not None and not same_tokenizer(manifest.tokenizer, spec):
             raise ManifestMismatch(f"the shards in {folder} were made by {manifest.tokenizer.get('name')} "
@@ -106,6 +114,15 @@ class CodeShardsDataModule(pl.LightningDataModule):
             log.warning("shard %s/%s does not match the manifest; it will be skipped if it cannot be read", folder,
                         problem)
         return manifest
+
+    def precomputed_text(self, split: str | None = None) -> dict:
+        """The manifest's ``text`` of ``split`` (default: the training split): which encoder made the stored
+        embeddings, their ``max_length`` and ``width``; ``{}`` when the shards hold none (captions are then encoded
+        in the training step)."""
+        split = split or self.train_split
+        if split not in self.manifests:
+            self.manifests[split] = self.load_manifest(split)
+        return dict(self.manifests[split].text)
 
     def setup(self, stage: str | None = None) -> None:
         splits = [self.train_split] if stage in (None, "fit") else []

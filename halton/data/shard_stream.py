@@ -171,7 +171,8 @@ class CodeShardStream(IterableDataset):
                     span = (0, expected[index]) if wanted is None else wanted.get((name, index))
                     if span is None:
                         continue
-                    chunk = decode_chunk(sample, self.grid, self.codebook_size, keys=self.with_keys)
+                    chunk = decode_chunk(sample, self.grid, self.codebook_size, keys=self.with_keys,
+                                         text_shape=self.manifest.text_shape)
                     if len(chunk) != expected[index]:
                         raise BadChunk(f"chunk {sample['__key__']} holds {len(chunk)} samples, the manifest says "
                                        f"{expected[index]}")

@@ -6,7 +6,10 @@
   few classes only) and a resumed extraction cuts the same shards.
 - :class:`WebDatasetSource`: image shards as img2dataset writes them (``.jpg``/``.png``/``.webp`` with ``.cls``,
   ``.txt`` and/or ``.json``); one output shard per input shard.
-- :class:`DigitsSource`: scikit-learn's digits (one split of :func:`halton.data.digits.load_digits_split`).
+- :class:`DigitsSource`: scikit-learn's digits (one split of :func:`halton.data.digits.load_digits_split`),
+  optionally captioned (:mod:`halton.data.digits_captions`).
+
+``Source.has_captions()`` says whether the images come with captions (what storing text embeddings needs).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ log = logging.getLogger("halton.data")
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 WDS_IMAGE_MEMBERS = ("jpg", "jpeg", "png", "webp")
+SPLIT_IDS = {"train": 0, "val": 1}  # the digits' captions are drawn from [seed, split id]
 
 
 @dataclass(frozen=True)
@@ -88,6 +92,9 @@ class Source(ABC):
 
     @abstractmethod
     def describe(self) -> dict[str, Any]: ...
+
+    def has_captions(self) -> bool:
+        return False
 
 
 class ImageFolderSource(Source):
@@ -198,15 +205,28 @@ class WebDatasetSource(Source):
     def describe(self) -> dict[str, Any]:
         return {"kind": "webdataset", "path": self.spec, "input_shards": len(self.urls), "label_key": self.label_key}
 
+    def has_captions(self) -> bool:
+        """Whether the first sample of the first input shard has a caption (a ``.txt``, or ``caption`` in its
+        ``.json``): one sample read, so that a data set without captions is refused before any work."""
+        try:
+            sample = next(iter(wds.tarfile_samples([{"url": self.urls[0]}])))
+            return bool((self._label_and_caption(sample)[1] or "").strip())
+        except Exception:  # noqa: BLE001  an unreadable first shard: the extraction itself reports it
+            return True
+
 
 class DigitsSource(Source):
-    """One split of the seeded digits split, as float images in [-1, 1] (the PixelTokenizer's input)."""
+    """One split of the seeded digits split, as float images in [-1, 1] (the PixelTokenizer's input). ``captions``:
+    each image also gets a caption, one of :data:`~halton.data.digits_captions.TRAIN_PHRASINGS` of its digit,
+    drawn per image from ``seed`` and the split."""
 
     classes = [str(d) for d in range(10)]
     num_classes = 10
 
-    def __init__(self, split: str = "train", val_fraction: float = 0.1, seed: int = 0, shard_size: int = 256):
+    def __init__(self, split: str = "train", val_fraction: float = 0.1, seed: int = 0, shard_size: int = 256,
+                 captions: bool = False):
         from halton.data.digits import load_digits_split
+        from halton.data.digits_captions import captions_for
 
         if split not in ("train", "val"):
             raise ValueError(f"unknown digits split {split!r}; allowed: train, val")
@@ -215,6 +235,8 @@ class DigitsSource(Source):
         train, val = load_digits_split(val_fraction, seed)
         self.images, self.labels = train if split == "train" else val
         self.split, self.val_fraction, self.seed, self.shard_size = split, val_fraction, seed, shard_size
+        self.captions = captions_for(self.labels.numpy(), np.random.default_rng([seed, SPLIT_IDS[split]])) \
+            if captions else None
 
     def units(self) -> list[Unit]:
         total = len(self.labels)
@@ -225,11 +247,20 @@ class DigitsSource(Source):
     def read(self, unit: Unit) -> Iterator[Item | Skip]:
         start = unit.index * self.shard_size
         for index in range(start, min(start + self.shard_size, len(self.labels))):
-            yield Item(self.images[index], int(self.labels[index]), f"{self.split}/{index:05d}")
+            yield Item(self.images[index], int(self.labels[index]), f"{self.split}/{index:05d}",
+                       None if self.captions is None else self.captions[index])
 
     def describe(self) -> dict[str, Any]:
-        return {"kind": "digits", "split": self.split, "val_fraction": self.val_fraction, "seed": self.seed,
-                "shard_size": self.shard_size}
+        from halton.data.digits_captions import PHRASINGS_ID
+
+        described = {"kind": "digits", "split": self.split, "val_fraction": self.val_fraction, "seed": self.seed,
+                     "shard_size": self.shard_size}
+        if self.captions is not None:  # (uncaptioned shards made before captions existed stay current)
+            described["captions"] = PHRASINGS_ID
+        return described
+
+    def has_captions(self) -> bool:
+        return self.captions is not None
 
 
 def build_source(kind: str, path: str | None, image_size: int | None, **options) -> Source:
@@ -239,7 +270,8 @@ def build_source(kind: str, path: str | None, image_size: int | None, **options)
         raise ValueError(f"unknown source format {kind!r}; allowed: {', '.join(allowed)}")
     if kind == "digits":
         return DigitsSource(split=options.get("split", "train"), val_fraction=options.get("val_fraction", 0.1),
-                            seed=options.get("seed", 0), shard_size=options.get("shard_size") or 256)
+                            seed=options.get("seed", 0), shard_size=options.get("shard_size") or 256,
+                            captions=bool(options.get("captions", False)))
     if not path:
         raise ValueError("source.path is not set; allowed: an ImageFolder root or webdataset image shards")
     if not image_size or image_size < 1:

@@ -1,6 +1,7 @@
 """Reference statistics: mu/sigma (and features, for precision/recall) of a real image set, computed once per
 data + extractor + image size and cached, or loaded precomputed (ADM-style .npz with mu/sigma, or a .pt with
-mu/cov such as the official ImageNet_256_train_stats.pt)."""
+mu/cov such as the official ImageNet_256_train_stats.pt). Kind ``coco``: exactly the COCO images whose captions
+are the prompts (``halton.evaluation.coco``)."""
 
 from __future__ import annotations
 
@@ -14,13 +15,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from halton.evaluation.coco import sample_captions
 from halton.evaluation.features import FeatureExtractor, fingerprint
 from halton.evaluation.metrics import feature_statistics
 from halton.utils.checkpoint import read_checkpoint
-from halton.utils.files import atomic_write, require_file
+from halton.utils.files import atomic_write, file_sha256, require_file
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
-KINDS = ("digits", "folder", "webdataset", "file")
+KINDS = ("digits", "folder", "webdataset", "coco", "file")
 
 
 @dataclass
@@ -128,9 +130,42 @@ def _batched(images: Iterator[torch.Tensor], batch_size: int) -> Iterator[torch.
         yield torch.stack(batch)
 
 
+def _folder_files(root: str | None, max_images: int) -> tuple[str, list[Path]]:
+    """(identity, image files) of the first ``max_images`` images under ``root``, in sorted order."""
+    root = Path(root or "")
+    if not root.is_dir():
+        raise FileNotFoundError(f"reference image folder not found: {root}")
+    files = _folder_images(root)[:max_images]
+    identity = fingerprint(root.resolve(), *[(str(f.relative_to(root)), f.stat().st_size) for f in files])
+    return f"folder-{identity}", files
+
+
+def _coco_files(root: str | None, captions: str | None, num_images: int, seed: int) -> tuple[str, list[Path]]:
+    """(identity, image files) of the COCO images chosen by ``sample_captions(captions, num_images, seed)``: the
+    images whose captions are the prompts, under the image folder ``root`` (e.g. val2014/)."""
+    if not captions or not root:
+        raise ValueError("reference.kind=coco needs reference.captions=PATH (a COCO captions file such as "
+                         "annotations/captions_val2014.json) and reference.path=FOLDER (its images, e.g. val2014/)")
+    folder = Path(root).expanduser()
+    if not folder.is_dir():
+        raise FileNotFoundError(f"COCO image folder not found: {folder}")
+    chosen = sample_captions(captions, num_images, seed)
+    files = [folder / name for name in chosen.files]
+    missing = [f for f in files if not f.is_file()]
+    if missing:
+        raise FileNotFoundError(f"COCO image not found: {missing[0]} ({len(missing)} of the {len(files)} chosen "
+                                f"images of {captions} are missing under {folder})")
+    # the captions file's content (not its path alone) and the images chosen from it name the set
+    identity = fingerprint(file_sha256(captions), folder.resolve(), num_images, seed,
+                           *[(name, f.stat().st_size) for name, f in zip(chosen.files, files)])
+    return f"coco-{identity}", files
+
+
 def reference_source(kind: str, path: str | None, image_size: tuple[int, int], max_images: int,
-                     batch_size: int = 100):
-    """(identity string, number of images, iterable of image batches in [-1, 1]) of a real image set."""
+                     batch_size: int = 100, captions: str | None = None, seed: int = 0):
+    """(identity string, number of images, iterable of image batches in [-1, 1]) of a real image set. For
+    ``coco``, ``path`` is the image folder, ``captions`` the captions file, and the ``max_images`` images are the
+    ones ``sample_captions(captions, max_images, seed)`` chooses (the prompts' images)."""
     if kind == "digits":
         from halton.data.digits import load_digits_split
 
@@ -139,14 +174,13 @@ def reference_source(kind: str, path: str | None, image_size: tuple[int, int], m
             raise ValueError(f"the digits are {list(images.shape[-2:])} images; this run generates {list(image_size)}")
         images = images[:max_images]
         return "digits-train-seed0", len(images), list(images.split(batch_size))
-    if kind == "folder":
-        root = Path(path or "")
-        if not root.is_dir():
-            raise FileNotFoundError(f"reference image folder not found: {root}")
-        files = _folder_images(root)[:max_images]
-        identity = fingerprint(root.resolve(), *[(str(f.relative_to(root)), f.stat().st_size) for f in files])
+    if kind in ("folder", "coco"):
+        if kind == "coco":
+            identity, files = _coco_files(path, captions, max_images, seed)
+        else:
+            identity, files = _folder_files(path, max_images)
         loader = (_resize_center_crop(_open_image(f), image_size) for f in files)
-        return f"folder-{identity}", len(files), _batched(loader, batch_size)
+        return identity, len(files), _batched(loader, batch_size)
     if kind == "webdataset":
         import webdataset as wds
 
@@ -164,17 +198,17 @@ def reference_source(kind: str, path: str | None, image_size: tuple[int, int], m
 
 def reference_statistics(kind: str, path: str | None, extractor: FeatureExtractor, image_size: tuple[int, int],
                          cache_dir: str | Path, device: torch.device, max_images: int = 50000,
-                         max_features: int = 50000) -> ReferenceStats:
+                         max_features: int = 50000, captions: str | None = None, seed: int = 0) -> ReferenceStats:
     """Load precomputed statistics (kind=file) or compute them from a real image set, cached under a fingerprint
-    of the data, the extractor and the image size."""
+    of the data, the extractor and the image size. ``captions`` and ``seed``: kind=coco only (reference_source)."""
     if kind == "file":
         if not path:
             raise ValueError("reference.kind=file needs reference.path=PATH (an .npz with mu/sigma or a .pt with "
-                             "mu/cov), or reference.kind=folder|webdataset|digits to compute the statistics")
+                             "mu/cov), or reference.kind=folder|webdataset|coco|digits to compute the statistics")
         reference = ReferenceStats.load(path)
         reference.check(extractor, image_size)
         return reference
-    identity, _, batches = reference_source(kind, path, image_size, max_images)
+    identity, _, batches = reference_source(kind, path, image_size, max_images, captions=captions, seed=seed)
     key = fingerprint(identity, extractor.name, tuple(image_size), max_images, max_features)
     cache = Path(cache_dir) / f"reference_{kind}_{key}.npz"
     if cache.is_file():

@@ -22,6 +22,7 @@ from halton.evaluation.results import ResultsFile
 from halton.utils.files import atomic_write
 
 METRICS = ("fid", "is", "precision", "recall")
+EXTRA_METRICS = ("clip_score", "adherence")  # text models' CLIP score; the share of digits read as requested
 
 
 def _float(value) -> float:
@@ -55,7 +56,9 @@ def scheduler_labels(rows: list[dict]) -> dict[tuple[str, str], str]:
 
 
 def label_of(row: dict, labels: dict) -> str:
-    return labels[row["scheduler"], row.get("scheduler_options", "")]
+    """The scheduler's label, and the prompts of a text model's cell (``digits:unseen``) when there are any."""
+    prompts = row.get("prompts") or ""
+    return labels[row["scheduler"], row.get("scheduler_options", "")] + (f" [{prompts}]" if prompts else "")
 
 
 class Settings:
@@ -97,6 +100,7 @@ def markdown_table(rows: list[dict], prefix: str) -> str:
     """The final samples of every setting; then, with intermediate steps, the partial images."""
     settings = settings_of(rows)
     columns = [prefix + m for m in METRICS]
+    columns += [c for c in EXTRA_METRICS if any(r.get(c) not in ("", None) for r in rows)]
     header = ["scheduler", "steps", "cfg", "seeds", "images", *columns, "images/s"]
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     for s in (s for s in settings if s.eval_step == s.steps):

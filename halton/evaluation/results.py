@@ -15,7 +15,7 @@ from halton.utils.files import atomic_write
 # The columns that identify a cell; re-running a cell whose rows are all present is skipped unless forced.
 KEY_COLUMNS = ("experiment", "checkpoint", "scheduler", "scheduler_options", "steps", "cfg_weight", "temp_min",
                "temp_max", "temp_pow", "temp_warmup", "top_k", "schedule", "seed", "num_images", "extractor",
-               "eval_step")
+               "prompts", "eval_step")
 # Key columns added later: rows of older files, which lack them, ran with these values.
 KEY_DEFAULTS = {"temp_pow": 1.0, "temp_warmup": 0}
 LEADING_COLUMNS = KEY_COLUMNS + ("tokens_fraction",)

@@ -1,10 +1,12 @@
-"""One evaluation cell: generate class-balanced samples (split across ranks), extract features, compute metrics,
-append the rows to the results file, and save a sample grid and the scheduler diagnostics beside it."""
+"""One evaluation cell: generate samples for the requested conditions (class-balanced labels, or prompts; split
+across ranks), extract features (and CLIP scores for prompts), compute metrics, append the rows to the results
+file, and save a sample grid and the scheduler diagnostics beside it."""
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,18 +17,11 @@ from tqdm.auto import tqdm
 from halton.evaluation.diagnostics import plot_diagnostics, step_diagnostics, summarise
 from halton.evaluation.features import FeatureExtractor
 from halton.evaluation.metrics import generative_metrics
+from halton.conditions import ConditionKind
 from halton.sampling import Scheduler, sample
 from halton.sampling.schedules import tokens_per_step
 from halton.utils.files import atomic_write
 from halton.utils.images import class_grid, save_png
-
-
-def balanced_labels(num_images: int, num_classes: int) -> torch.Tensor:
-    """Class ids cycling 0, 1, ..., C-1, 0, ...: every class equally often, and every batch balanced too."""
-    if num_images < num_classes or num_images % num_classes:
-        raise ValueError(f"num_images={num_images} must be a positive multiple of the {num_classes} classes "
-                         f"(the same number of images per class)")
-    return torch.arange(num_images) % num_classes
 
 
 def batch_seed(seed: int, batch_index: int) -> int:
@@ -41,31 +36,37 @@ class Generated:
     features: dict[int, dict[int, dict[str, torch.Tensor]]] = field(default_factory=dict)  # batch -> step -> out
     diagnostics: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
     preview: torch.Tensor | None = None  # images of the first batch, for the grid
+    preview_values: list = field(default_factory=list)  # their conditions (class ids, prompts)
 
 
 @torch.no_grad()
-def generate_and_extract(model, tokenizer, extractor: FeatureExtractor, scheduler: Scheduler, labels: torch.Tensor,
-                         batch_size: int, seed: int, rank: int, world_size: int, eval_steps: list[int],
-                         diagnostics: bool, device: torch.device, sampling: dict) -> Generated:
-    """Generate this rank's share of the batches (every ``world_size``-th) and keep only their features."""
+def generate_and_extract(model, tokenizer, extractor: FeatureExtractor, scheduler: Scheduler, kind: ConditionKind,
+                         values: list, batch_size: int, seed: int, rank: int, world_size: int, eval_steps: list[int],
+                         diagnostics: bool, device: torch.device, sampling: dict,
+                         scorers: dict[str, Callable] | None = None) -> Generated:
+    """Generate this rank's share of the batches (every ``world_size``-th) of ``values`` (conditions of ``kind``)
+    and keep only their features, and each image's score by every ``scorers[name](images, values)`` (the CLIP
+    score of a text model, the digits' adherence), averaged over images into the metric ``name``."""
     out = Generated()
-    batches = labels.split(batch_size)
+    batches = [values[i:i + batch_size] for i in range(0, len(values), batch_size)]
     mine = range(rank, len(batches), world_size)
     final = sampling["steps"] - 1
     fill = tuple(s - 1 for s in eval_steps if s - 1 != final)
     for index in tqdm(mine, desc=f"generating ({scheduler.name})", disable=rank != 0, leave=False):
         generator = torch.Generator(device=device).manual_seed(batch_seed(seed, index))
-        batch_labels = batches[index].to(device)
-        result = sample(model, scheduler, batch_labels, generator=generator, return_history=diagnostics,
+        condition = kind.make(batches[index], device)
+        result = sample(model, scheduler, condition, generator=generator, return_history=diagnostics,
                         fill_steps=fill, **sampling)
         codes_by_step = {final: result.codes, **result.filled}
         out.features[index] = {}
         for step, codes in codes_by_step.items():
             images = tokenizer.decode(codes)
             extracted = extractor(images)
+            for name, score in (scorers or {}).items():
+                extracted[name] = score(images, batches[index])
             out.features[index][step] = {k: v.cpu() for k, v in extracted.items()}
             if step == final and index == 0:
-                out.preview = images.cpu()
+                out.preview, out.preview_values = images.cpu(), list(batches[index])
         if diagnostics:
             out.diagnostics[index] = step_diagnostics(result)
     return out
@@ -79,7 +80,7 @@ def gather(generated: Generated, world_size: int) -> Generated:
     dist.gather_object((generated.features, generated.diagnostics), parts, dst=0)
     if dist.get_rank() != 0:
         return generated
-    merged = Generated(preview=generated.preview)
+    merged = Generated(preview=generated.preview, preview_values=generated.preview_values)
     for features, diagnostics in parts:
         merged.features.update(features)
         merged.diagnostics.update(diagnostics)
@@ -98,24 +99,30 @@ def metric_rows(generated: Generated, reference, extractor: FeatureExtractor, ce
     for step in sorted(set(eval_steps) | {steps}):
         extracted = concatenate(generated, step - 1)
         metrics = generative_metrics(extracted["features"], extracted["logits"], reference, extractor.metric_prefix)
+        for name in extracted.keys() - {"features", "logits"}:  # the scorers' means over images
+            metrics[name] = float(extracted[name].double().mean())
         rows.append({**cell, "eval_step": step, "tokens_fraction": round(cumulative[step - 1] / num_tokens, 4),
                      **metrics})
     return rows
 
 
-def save_artifacts(generated: Generated, out_dir: Path, label: str, cell: dict, num_classes: int,
-                   per_class: int) -> dict[str, list[float]] | None:
-    """A grid of the first samples (a row per class) and the diagnostics curves: JSON (the cell's settings and the
-    curves, which the report averages over seeds) and a plot; files named after the scheduler's label and the
-    cell's steps, CFG weight and seed."""
+def save_artifacts(generated: Generated, out_dir: Path, label: str, cell: dict, kind: ConditionKind,
+                   per_row: int) -> dict[str, list[float]] | None:
+    """A grid of the first samples (a row per class or prompt, at most 10) and the diagnostics curves: JSON (the
+    cell's settings and the curves, which the report averages over seeds) and a plot; files named after the
+    scheduler's label and the cell's steps, CFG weight and seed."""
     stem = f"{label}_steps{cell['steps']}_cfg{cell['cfg_weight']:g}_seed{cell['seed']}"
-    preview = generated.preview
-    per_class = min(per_class, len(preview) // num_classes) if preview is not None else 0
-    if per_class > 0:
-        rows = min(num_classes, 10)
-        # labels cycle through the classes, so sample j has class j % num_classes
-        order = [c + k * num_classes for c in range(rows) for k in range(per_class)]
-        save_png(class_grid(preview[order], rows, per_class, [str(c) for c in range(rows)]),
+    if generated.preview is not None and per_row > 0:
+        rows: dict = {}
+        for position, value in enumerate(generated.preview_values):
+            if value in rows or len(rows) < 10:
+                rows.setdefault(value, []).append(position)
+        keys = sorted(rows) if all(isinstance(v, int) for v in rows) else list(rows)
+        cols = min(per_row, max(len(p) for p in rows.values()))
+        order = [rows[v][k] if k < len(rows[v]) else None for v in keys for k in range(cols)]
+        blank = torch.ones_like(generated.preview[:1])  # white where a prompt has fewer samples
+        images = torch.cat([generated.preview[i:i + 1] if i is not None else blank for i in order])
+        save_png(class_grid(images, len(keys), cols, [kind.label(v) for v in keys]),
                  out_dir / "grids" / f"{stem}.png")
     if not generated.diagnostics:
         return None

@@ -7,6 +7,15 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def init_linears(root: nn.Module) -> None:
+    """Xavier-uniform weights and zero biases for every ``nn.Linear`` under ``root`` (both reference models)."""
+    for module in root.modules():
+        if isinstance(module, nn.Linear):
+            nn.init.xavier_uniform_(module.weight)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+
+
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """AdaLN modulation; shift and scale are per sample [B, D], broadcast over tokens."""
     return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)

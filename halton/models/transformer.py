@@ -12,7 +12,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from halton.models.layers import AdaLNBlock, AdaNorm
+from halton.models.layers import AdaLNBlock, AdaNorm, init_linears
 
 # (hidden_dim, depth, heads) of the released sizes and of the paper's 705M class-to-image model.
 SIZES: dict[str, tuple[int, int, int]] = {
@@ -24,7 +24,7 @@ SIZES: dict[str, tuple[int, int, int]] = {
 }
 
 
-def _grid(input_size: int | Sequence[int]) -> tuple[int, int]:
+def grid_of(input_size: int | Sequence[int]) -> tuple[int, int]:
     if isinstance(input_size, int):
         return input_size, input_size
     height, width = input_size
@@ -56,7 +56,7 @@ class MaskTransformer(nn.Module):
         super().__init__()
         self.codebook_size = codebook_size
         self.mask_id = codebook_size
-        self.grid = _grid(input_size)
+        self.grid = grid_of(input_size)
         self.num_tokens = self.grid[0] * self.grid[1]
         self.hidden_dim = hidden_dim
         self.num_classes = num_classes
@@ -83,11 +83,7 @@ class MaskTransformer(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.xavier_uniform_(module.weight)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
+        init_linears(self)
         for emb in (self.cls_emb, self.tok_emb, self.pos_emb):
             nn.init.normal_(emb.weight, std=0.02)
         if self.registers > 0:
@@ -101,11 +97,10 @@ class MaskTransformer(nn.Module):
     def condition(self, labels: torch.Tensor, drop_label: torch.Tensor) -> torch.Tensor:
         return self.cls_emb(labels, drop_label)
 
-    def trunk(self, codes: torch.Tensor, labels: torch.Tensor, drop_label: torch.Tensor) -> torch.Tensor:
-        """Hidden states [B, H*W, D] right before the output head."""
+    def trunk_conditioned(self, codes: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """Hidden states [B, H*W, D] right before the output head, from the conditioning vectors [B, D]."""
         b = codes.shape[0]
         height, width = self.grid
-        cond = self.condition(labels, drop_label)
         x = self.tok_emb(codes.reshape(b, -1)) + self.pos_emb.weight
         p = self.patch_size
         if p > 1:
@@ -120,6 +115,10 @@ class MaskTransformer(nn.Module):
             x = rearrange(self.out_proj(x), "b (h w) (p1 p2 c) -> b (h p1 w p2) c",
                           h=height // p, w=width // p, p1=p, p2=p)
         return self.last_norm(x, cond)
+
+    def trunk(self, codes: torch.Tensor, labels: torch.Tensor, drop_label: torch.Tensor) -> torch.Tensor:
+        """Hidden states [B, H*W, D] right before the output head."""
+        return self.trunk_conditioned(codes, self.condition(labels, drop_label))
 
     def logits(self, hidden: torch.Tensor, positions: torch.Tensor | None = None,
                num_classes: int | None = None) -> torch.Tensor:

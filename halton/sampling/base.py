@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from halton.conditions import Condition, as_condition
 from halton.sampling.schedules import check_schedule, tokens_per_step
 
 
@@ -114,12 +115,6 @@ def check_sampling_args(steps: int, num_tokens: int, cfg_weight: float, temp_min
         raise ValueError(f"top_k={top_k} is out of range; allowed: 0 (off) to {codebook_size}")
 
 
-def check_labels(labels: torch.Tensor, num_classes: int) -> None:
-    if labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
-        bad = labels[(labels < 0) | (labels >= num_classes)][0].item()
-        raise ValueError(f"class id {bad} is out of range; allowed: 0 to {num_classes - 1}")
-
-
 def _sample_tokens(logits: torch.Tensor, top_k: int | None, generator: torch.Generator, entropy: bool = False):
     """Draw one token per row of ``logits`` [..., V] (already scaled by the temperature), by inverse-CDF
     sampling: one uniform draw per row instead of one random number per class (torch.multinomial), which makes
@@ -153,12 +148,13 @@ def step_temperatures(steps: int, temp_min: float = 1.0, temp_max: float = 1.0, 
 
 
 @torch.no_grad()
-def sample(model, scheduler: Scheduler, labels: torch.Tensor, steps: int = 32, cfg_weight: float = 0.0,
+def sample(model, scheduler: Scheduler, condition: Condition | torch.Tensor, steps: int = 32, cfg_weight: float = 0.0,
            temp_min: float = 1.0, temp_max: float = 1.0, top_k: int | None = None, schedule: str = "arccos",
            generator: torch.Generator | None = None, seed: int | None = None, return_history: bool = False,
            fill_steps: tuple[int, ...] = (), autocast_dtype: torch.dtype | None = None,
            progress: bool = False, temp_pow: float = 1.0, temp_warmup: int = 0) -> SamplingResult:
-    """Generate token grids for ``labels`` [B] with ``model`` (any model with ``trunk`` and ``logits``).
+    """Generate token grids for ``condition`` (a :class:`halton.conditions.Condition` of any kind, or class labels
+    [B]) with ``model`` (any model with ``condition``, ``trunk_conditioned`` and ``logits``).
 
     CFG mixes ``(1 + w) * cond - w * uncond``, both passes in one batched forward (w = 0: one pass). The softmax
     temperature multiplies the logits: at step i it is ``linspace(temp_min, temp_max, steps)[i] ** temp_pow``,
@@ -170,23 +166,31 @@ def sample(model, scheduler: Scheduler, labels: torch.Tensor, steps: int = 32, c
     num_tokens, vocab = height * width, model.codebook_size
     check_sampling_args(steps, num_tokens, cfg_weight, temp_min, temp_max, top_k, vocab, temp_pow, temp_warmup)
     check_schedule(schedule)
-    check_labels(labels, model.num_classes)
-    device = labels.device
+    condition = as_condition(condition)
+    condition.check(model)
+    device = condition.device
     if generator is None:
         generator = torch.Generator(device=device)
         generator.manual_seed(0 if seed is None else seed)
-    batch = labels.shape[0]
+    batch = len(condition)
     counts = scheduler.counts(num_tokens, steps, schedule)
     temperatures = step_temperatures(steps, temp_min, temp_max, temp_pow, temp_warmup)
     everywhere = (torch.arange(num_tokens, device=device).expand(batch, num_tokens) if scheduler.redraws_decoded
                   else None)
     codes = torch.full((batch, num_tokens), model.mask_id, dtype=torch.long, device=device)
     masked = torch.ones(batch, num_tokens, dtype=torch.bool, device=device)
-    both_labels = torch.cat([labels, labels])
-    both_drop = torch.cat([torch.zeros_like(labels, dtype=torch.bool), torch.ones_like(labels, dtype=torch.bool)])
-    no_drop = both_drop[:batch]
     autocast = (torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None
                 else contextlib.nullcontext())
+    # What the trunk takes for the condition (for text: every block's keys and values), computed once per run:
+    # alone, and followed by the null condition for the batched CFG pass.
+    prepared: dict[bool, Any] = {}
+
+    def conditioning(guided: bool):
+        if guided not in prepared:
+            drop = torch.arange(2 * batch if guided else batch, device=device) >= batch
+            with autocast:
+                prepared[guided] = (condition.concat(condition) if guided else condition).prepare(model, drop)
+        return prepared[guided]
     state = scheduler.start(batch, height, width, generator, device)
     result = SamplingResult(codes=codes)
     done = 0
@@ -206,11 +210,9 @@ def sample(model, scheduler: Scheduler, labels: torch.Tensor, steps: int = 32, c
         count = counts[step]
         positions = scheduler.candidates(state, masked, done, count)
         weight = scheduler.guidance_weight(cfg_weight, step, steps)
+        guided = weight != 0
         with autocast:
-            if weight != 0:
-                hidden = model.trunk(torch.cat([codes, codes]), both_labels, both_drop)
-            else:
-                hidden = model.trunk(codes, labels, no_drop)
+            hidden = model.trunk_conditioned(torch.cat([codes, codes]) if guided else codes, conditioning(guided))
         if scheduler.redraws_decoded:  # draw at every position; the decoded ones take the new draw
             logits = guided_logits(hidden, everywhere, weight, temperatures[step])
             drawn, drawn_probs, drawn_entropy = _sample_tokens(logits, top_k, generator, entropy=return_history)

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 from torch import nn
 
+from halton.conditions import ClassKind, ConditionKind
 from halton.sampling import as_scheduler, sample
 from halton.sampling.schedules import check_schedule, mask_ratio
 
@@ -20,18 +21,21 @@ LOSS_ON = ("masked", "all")
 class MaskGITModule(pl.LightningModule):
     """Masked-token training: per sample a mask ratio from the schedule, each token masked independently with
     that probability, cross-entropy on the masked tokens (``loss_on: all`` scores every token, as the reference
-    code does), labels dropped with probability ``label_dropout`` for classifier-free guidance.
+    code does), the condition replaced by the null condition with probability ``label_dropout`` for
+    classifier-free guidance. ``condition`` is the kind of condition (class labels by default, or text: see
+    :mod:`halton.conditions`); the module does not depend on which.
 
     Optimisation: AdamW, linear warmup then cosine decay (torch's schedulers), stepped every optimizer step.
     Every validation, ``sample_grid`` settings (if given: ``scheduler``, ``per_class`` and ``sample()``'s options)
-    draw one row of samples per class, decoded with the data module's tokenizer, saved as a PNG and sent to the
+    draw one row of samples per class (per prompt for text), decoded with the data module's tokenizer, saved as a PNG and sent to the
     loggers; with the EMA callback they use the averaged weights.
     """
 
     def __init__(self, net: nn.Module, lr: float = 1e-4, betas: tuple[float, float] = (0.9, 0.96),
                  weight_decay: float = 5e-5, warmup_steps: int = 2500, total_steps: int = 2_000_000,
                  min_lr_ratio: float = 0.0, mask_schedule: str = "arccos", loss_on: str = "masked",
-                 label_dropout: float = 0.1, compile: bool = False, sample_grid: dict[str, Any] | None = None):
+                 label_dropout: float = 0.1, compile: bool = False, sample_grid: dict[str, Any] | None = None,
+                 condition: ConditionKind | None = None):
         super().__init__()
         check_schedule(mask_schedule)
         if loss_on not in LOSS_ON:
@@ -49,7 +53,8 @@ class MaskGITModule(pl.LightningModule):
             self.grid_scheduler = as_scheduler(sample_grid.pop("scheduler", "halton"))
             sample_grid = {**OmegaConf.to_container(OmegaConf.create(sample_grid), resolve=True),
                            "scheduler": self.grid_scheduler.spec()}
-        self.save_hyperparameters(ignore=["net"])
+        self.save_hyperparameters(ignore=["net", "condition"])
+        self.condition = condition or ClassKind()
         self.model = net
         if compile:
             self.model.compile()
@@ -66,11 +71,12 @@ class MaskGITModule(pl.LightningModule):
         return mask | (empty[:, None] & one)
 
     def _step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
-        codes, labels = batch["codes"], batch["labels"]
+        codes = batch["codes"]
+        condition = self.condition.from_batch(batch)
         flat = codes.reshape(codes.shape[0], -1)
         mask = self.mask_codes(codes)
-        drop = torch.rand(labels.shape[0], device=labels.device) < self.hparams.label_dropout
-        hidden = self.model.trunk(flat.masked_fill(mask, self.model.mask_id), labels, drop)
+        drop = torch.rand(codes.shape[0], device=codes.device) < self.hparams.label_dropout
+        hidden = condition.trunk(self.model, flat.masked_fill(mask, self.model.mask_id), drop)
         scored = mask if self.hparams.loss_on == "masked" else torch.ones_like(mask)
         logits = self.model.logits(hidden[scored])  # the head runs only on the scored tokens
         targets = flat[scored]
@@ -78,9 +84,15 @@ class MaskGITModule(pl.LightningModule):
         with torch.no_grad():
             correct = logits.argmax(-1) == targets
             accuracy = correct[mask[scored]].float().mean()
-        self.log(f"{stage}/loss", loss, prog_bar=True, sync_dist=stage != "train")
-        self.log(f"{stage}/acc", accuracy, prog_bar=stage != "train", sync_dist=stage != "train")
+        size = codes.shape[0]  # a batch may also hold captions and embeddings: Lightning would have to guess
+        self.log(f"{stage}/loss", loss, prog_bar=True, sync_dist=stage != "train", batch_size=size)
+        self.log(f"{stage}/acc", accuracy, prog_bar=stage != "train", sync_dist=stage != "train", batch_size=size)
         return loss
+
+    def on_fit_start(self) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is not None:
+            self.condition.check_data(datamodule)
 
     def training_step(self, batch, batch_idx):
         return self._step(batch, "train")
@@ -114,11 +126,14 @@ class MaskGITModule(pl.LightningModule):
 
         settings = {k: v for k, v in settings.items() if k != "scheduler"}
         per_class = settings.pop("per_class", 8)
-        num_classes = self.model.num_classes
-        labels = torch.arange(num_classes, device=self.device).repeat_interleave(per_class)
-        codes = sample(self.model, self.grid_scheduler, labels, seed=self.global_step, **settings).codes
+        values = self.condition.grid_values(self.model)
+        if not values:
+            return
+        rows = torch.arange(len(values), device=self.device).repeat_interleave(per_class)
+        condition = self.condition.make(values, self.device).index(rows)
+        codes = sample(self.model, self.grid_scheduler, condition, seed=self.global_step, **settings).codes
         images = tokenizer.to(self.device).decode(codes)
-        grid = class_grid(images, num_classes, per_class, row_labels=[str(c) for c in range(num_classes)])
+        grid = class_grid(images, len(values), per_class, row_labels=[self.condition.label(v) for v in values])
         path = Path(self.trainer.log_dir or ".") / "samples" / f"step_{self.global_step:07d}.png"
         save_png(grid, path)
         for logger in self.loggers:

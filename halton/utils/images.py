@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +15,17 @@ from halton.utils.files import atomic_write
 
 MIN_CELL = 48  # small images (8x8 digits) are enlarged so a grid is readable
 MASK_COLOUR = (0.8, 0.1, 0.1)  # still-masked tokens in progression images
+CHAR_W, LINE_H = 6, 11  # PIL's default bitmap font
+
+
+def wrap_labels(labels: list[str], height: int) -> tuple[list[str], int]:
+    """Row labels wrapped to fit beside a row of ``height`` pixels, and the width of the label column: short
+    labels (class ids) take a narrow column, prompts are wrapped onto as many lines as the row holds."""
+    longest = max((len(text) for text in labels), default=0)
+    lines = max(1, height // LINE_H)
+    chars = min(max(4, math.ceil(longest / lines), 22 if longest > 4 else 4), 60)
+    wrapped = ["\n".join(textwrap.wrap(text, chars) or [""]) for text in labels]
+    return wrapped, CHAR_W * chars + 8
 
 
 def to_uint8_rgb(images: torch.Tensor) -> torch.Tensor:
@@ -26,11 +39,14 @@ def to_uint8_rgb(images: torch.Tensor) -> torch.Tensor:
     return ((images + 1) * 127.5).round().to(torch.uint8)
 
 
-def tile(images: torch.Tensor, rows: int, cols: int, pad: int = 2, row_labels: list[str] | None = None,
-         label_width: int = 28) -> torch.Tensor:
-    """Tile uint8 images [rows*cols, 3, h, w] row-major into one [3, H, W] picture with optional row labels."""
+def tile(images: torch.Tensor, rows: int, cols: int, pad: int = 2, row_labels: list[str] | None = None
+         ) -> torch.Tensor:
+    """Tile uint8 images [rows*cols, 3, h, w] row-major into one [3, H, W] picture with optional row labels
+    (wrapped: a prompt may be long)."""
     _, _, h, w = images.shape
-    left = label_width if row_labels else 0
+    left = 0
+    if row_labels:
+        row_labels, left = wrap_labels(row_labels, h)
     canvas = torch.full((3, pad + rows * (h + pad), left + pad + cols * (w + pad)), 255, dtype=torch.uint8)
     for index in range(min(len(images), rows * cols)):  # a few dozen cells, once per picture
         r, c = divmod(index, cols)
@@ -40,7 +56,8 @@ def tile(images: torch.Tensor, rows: int, cols: int, pad: int = 2, row_labels: l
         picture = Image.fromarray(canvas.permute(1, 2, 0).numpy())
         draw = ImageDraw.Draw(picture)
         for r, text in enumerate(row_labels[:rows]):
-            draw.text((4, pad + r * (h + pad) + h // 2 - 6), text, fill=(0, 0, 0))
+            top = pad + r * (h + pad) + max(0, h - LINE_H * (text.count("\n") + 1)) // 2
+            draw.multiline_text((4, top), text, fill=(0, 0, 0), spacing=0)
         canvas = torch.from_numpy(np.asarray(picture).copy()).permute(2, 0, 1)
     return canvas
 
