@@ -9,7 +9,7 @@ import logging
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, ListConfig
 
 from halton.cli import condition_kind, entry_point, load_network, resolve_autocast, run
 
@@ -32,14 +32,18 @@ def main(cfg: DictConfig) -> None:
     from lightning.fabric import Fabric
 
     from halton.evaluation.reference import reference_statistics
-    from halton.evaluation.results import ResultsFile, options_text
+    from halton.evaluation.results import ResultsFile, interval_text, options_text
+    from halton.sampling.base import check_cfg_interval
     from halton.evaluation.prompts import evaluation_values
     from halton.evaluation.runner import gather, generate_and_extract, metric_rows, save_artifacts, timed
 
     scheduler = instantiate(cfg.scheduler)
     eval_steps = [int(s) for s in cfg.intermediate_steps]  # checked by halton.validation, like every value
+    interval = cfg.cfg_interval  # [t_min, t_max] or null
+    cfg_interval = check_cfg_interval(list(interval) if isinstance(interval, ListConfig) else interval)
     cell = {"experiment": cfg.name, "checkpoint": str(cfg.checkpoint), "scheduler": scheduler.name,
             "scheduler_options": options_text(scheduler), "steps": cfg.steps, "cfg_weight": float(cfg.cfg_weight),
+            "cfg_interval": interval_text(cfg_interval),
             "temp_min": float(cfg.temp_min), "temp_max": float(cfg.temp_max), "temp_pow": float(cfg.temp_pow),
             "temp_warmup": cfg.temp_warmup, "top_k": cfg.top_k,
             "schedule": cfg.schedule, "seed": cfg.seed, "num_images": cfg.num_images, "extractor": cfg.extractor,
@@ -80,7 +84,7 @@ def main(cfg: DictConfig) -> None:
                                          captions=cfg.reference.captions, seed=cfg.prompt_set.seed)
     sampling = {"steps": cfg.steps, "cfg_weight": cfg.cfg_weight, "temp_min": cfg.temp_min, "temp_max": cfg.temp_max,
                 "temp_pow": cfg.temp_pow, "temp_warmup": cfg.temp_warmup, "top_k": cfg.top_k, "schedule": cfg.schedule,
-                "autocast_dtype": autocast}
+                "cfg_interval": cfg_interval, "autocast_dtype": autocast}
     generated, seconds = timed(generate_and_extract, model, tokenizer, extractor, scheduler, kind, values,
                                cfg.batch_size, cfg.seed, fabric.global_rank, fabric.world_size, eval_steps,
                                cfg.diagnostics, device, sampling, scorers)
@@ -94,7 +98,8 @@ def main(cfg: DictConfig) -> None:
     for row in rows:
         shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()
                  if k.endswith(("fid", "is", "precision", "recall", "clip_score", "adherence"))}
-        log.info(f"{scheduler.label()}, step {row['eval_step']}/{cfg.steps}: {shown}")
+        log.info(f"{scheduler.label()}, step {row['eval_step']}/{cfg.steps}: {shown}, "
+                 f"{row['nfe_per_image']} network evaluations per image")
     log.info(f"results: {results.path} ({cfg.num_images / seconds:.1f} images/s)")
 
 

@@ -18,10 +18,13 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "conf"
-# halton.sampling.schedules.SCHEDULES and halton.training.module.LOSS_ON (a test keeps them equal): importing
-# those modules would import torch
-SCHEDULES = ("arccos", "cosine", "linear", "square", "root")
+# halton.sampling.schedules.SCHEDULES, halton.training.module.LOSS_ON and halton.training.masking's MASKINGS,
+# LOSS_WEIGHTS and T_PER (tests keep them equal): importing those modules would import torch
+SCHEDULES = ("arccos", "cosine", "linear", "square", "root", "poly", "exp", "log")
 LOSS_ON = ("masked", "all")
+MASKINGS = ("independent", "exact", "halton")
+LOSS_WEIGHTS = ("none", "schedule")
+T_PER = ("sample", "batch")
 PRECISIONS = ("auto", "fp32", "bf16")
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
 TRAINER_PRECISIONS = ("32-true", "32", "64-true", "64", "16-mixed", "16", "bf16-mixed", "bf16", "16-true",
@@ -196,7 +199,50 @@ def check_sampling(c: Checks) -> None:
     c.integer("temp_warmup", 0, c.get("steps"))
     c.integer("top_k", 0, c.get("data.codebook_size"), optional=True)
     c.choice("schedule", SCHEDULES)
+    check_cfg_interval(c)
     check_scheduler(c)
+
+
+def check_cfg_interval(c: Checks) -> None:
+    """``cfg_interval``: null (always guided) or [t_min, t_max] in sampling time (halton.sampling.base)."""
+    value = c.get("cfg_interval")
+    if value is None:
+        return
+    ok = (isinstance(value, list) and len(value) == 2
+          and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
+          and 0 <= value[0] < value[1] <= 1)
+    if not ok:
+        raise Invalid(f"cfg_interval={value!r} is not an interval; allowed: null (always guided) or [t_min, t_max] "
+                      "with 0 <= t_min < t_max <= 1, e.g. [0.1, 0.3]")
+
+
+def check_edit(c: Checks) -> None:
+    """sample.py's editing options (the region's bounds need the tokenizer: checked when the image is read)."""
+    if not c.has("edit"):
+        return
+    image = c.input_file("edit.image", optional=True)
+    c.input_file("edit.mask", optional=True)
+    regions = [key for key in ("box", "mask", "outpaint") if c.get(f"edit.{key}") is not None]
+    if image is None and regions:
+        raise Invalid(f"edit.{regions[0]} needs the image to edit; pass edit.image=PATH")
+    if image is not None and len(regions) != 1:
+        raise Invalid(f"edit.image needs exactly one region, got {len(regions)} ({', '.join(regions) or 'none'}); "
+                      "allowed: edit.box=[x0,y0,x1,y1], edit.mask=PATH or edit.outpaint=[top,right,bottom,left]")
+    box = c.get("edit.box")
+    if box is not None and not (isinstance(box, list) and len(box) == 4):
+        raise Invalid(f"edit.box={box!r} is not a box; allowed: [x0,y0,x1,y1] in pixels")
+    for index in range(4 if box is not None else 0):
+        c.number(f"edit.box.{index}")
+    outpaint = c.get("edit.outpaint")
+    if outpaint is not None:
+        if not (isinstance(outpaint, list) and len(outpaint) == 4):
+            raise Invalid(f"edit.outpaint={outpaint!r} is not four margins; allowed: [top,right,bottom,left] pixels")
+        for index in range(4):
+            c.integer(f"edit.outpaint.{index}", 0)
+        if not any(outpaint):
+            raise Invalid("edit.outpaint=[0, 0, 0, 0] extends nothing; allowed: at least one margin > 0")
+    c.integer("edit.dilate", 0)
+    c.boolean("edit.composite")
 
 
 def check_checkpoint(c: Checks) -> None:
@@ -275,6 +321,7 @@ def check_sample(c: Checks) -> None:
     check_sampling(c)
     check_prompts(c)
     check_classes(c)
+    check_edit(c)
     c.choice("precision", PRECISIONS)
     c.integer("per_class", 1)
     c.boolean("progression")
@@ -373,7 +420,15 @@ def check_train(c: Checks) -> None:
         c.number(f"model.betas.{i}", low=0, below=1)
     c.integer("model.warmup_steps", 0)
     c.number("model.min_lr_ratio", low=0, high=1)
-    c.choice("model.mask_schedule", SCHEDULES)
+    schedule = c.choice("model.mask_schedule", SCHEDULES)
+    c.number("model.schedule_power", above=0, note=" (the poly exponent)")
+    c.number("model.schedule_rate", above=0, note=" (the exp and log rate)")
+    c.choice("model.masking", MASKINGS)
+    if c.choice("model.loss_weight", LOSS_WEIGHTS) == "schedule" and schedule == "root":
+        raise Invalid("model.loss_weight='schedule' does not work with model.mask_schedule='root' (its weight is "
+                      "infinite at full masking); allowed: another schedule, or model.loss_weight=none")
+    c.number("model.t_min", low=0, below=1)
+    c.choice("model.t_per", T_PER)
     c.choice("model.loss_on", LOSS_ON)
     c.number("model.label_dropout", low=0, high=1)
     c.boolean("model.compile")

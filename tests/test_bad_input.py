@@ -49,7 +49,7 @@ CASES = [
     ("train.py", ["model.lr=nan"], "model.lr=nan is not finite; allowed: > 0"),
     ("train.py", ["model.lr=0"], "model.lr=0 is out of range; allowed: > 0"),
     ("train.py", ["model.label_dropout=1.5"], "model.label_dropout=1.5 is out of range; allowed: >= 0 and <= 1"),
-    ("train.py", ["model.mask_schedule=exp"], "model.mask_schedule='exp' is not one of the choices; allowed: arccos"),
+    ("train.py", ["model.mask_schedule=exp2"], "model.mask_schedule='exp2' is not one of the choices; allowed: arccos"),
     ("train.py", ["model.sample_grid.cfg_weight=inf"], "model.sample_grid.cfg_weight=inf is not finite"),
     ("train.py", ["data.batch_size=0"], "data.batch_size=0 is out of range; allowed: >= 1"),
     ("train.py", ["callbacks.ema.decay=2"], "callbacks.ema.decay=2 is out of range; allowed: >= 0 and <= 1"),

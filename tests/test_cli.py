@@ -55,7 +55,8 @@ def test_sample_writes_a_labelled_grid(trained, scheduler):
     (["steps=65"], "error: steps=65 is out of range; allowed: 1 to 64 (the number of tokens)"),
     (["cfg_weight=-1"], "error: cfg_weight=-1 is out of range; allowed: >= 0 (0 disables guidance)"),
     (["classes=[3,12]"], "error: classes=12 is out of range; allowed: 0 to 9"),
-    (["schedule=exp"], "error: schedule='exp' is not one of the choices; allowed: arccos, cosine, linear, square, root"),
+    (["schedule=exp2"], "error: schedule='exp2' is not one of the choices; allowed: arccos, cosine, linear, "
+                        "square, root, poly, exp, log"),
 ])
 def test_sample_rejects_bad_values(trained, args, message):
     ckpt = trained / "tiny" / "checkpoints" / "last.ckpt"

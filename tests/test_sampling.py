@@ -231,7 +231,7 @@ def test_works_with_the_real_transformer():
     ({"temp_pow": 0.0}, "temp_pow=0.0 is out of range; allowed: > 0"),
     ({"temp_warmup": -1}, "temp_warmup=-1 is out of range; allowed: >= 0"),
     ({"top_k": 99}, "top_k=99 is out of range; allowed: 0 \\(off\\) to 6"),
-    ({"schedule": "exp"}, "unknown schedule 'exp'"),
+    ({"schedule": "exp2"}, "unknown schedule 'exp2'"),
 ])
 def test_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):

@@ -44,8 +44,8 @@ def test_loss_is_cross_entropy_on_the_scored_tokens(loss_on, monkeypatch):
 def test_bad_options():
     with pytest.raises(ValueError, match="unknown loss_on 'some'; allowed: masked, all"):
         tiny_module(loss_on="some")
-    with pytest.raises(ValueError, match="unknown schedule 'exp'"):
-        tiny_module(mask_schedule="exp")
+    with pytest.raises(ValueError, match="unknown schedule 'exp2'"):
+        tiny_module(mask_schedule="exp2")
 
 
 def test_warmup_then_cosine():

@@ -22,7 +22,8 @@ from halton.evaluation.results import ResultsFile
 from halton.utils.files import atomic_write
 
 METRICS = ("fid", "is", "precision", "recall")
-EXTRA_METRICS = ("clip_score", "adherence")  # text models' CLIP score; the share of digits read as requested
+# text models' CLIP score; the share of digits read as requested; network evaluations per image (CFG pairs count 2)
+EXTRA_METRICS = ("clip_score", "adherence", "nfe_per_image")
 
 
 def _float(value) -> float:
@@ -56,9 +57,11 @@ def scheduler_labels(rows: list[dict]) -> dict[tuple[str, str], str]:
 
 
 def label_of(row: dict, labels: dict) -> str:
-    """The scheduler's label, and the prompts of a text model's cell (``digits:unseen``) when there are any."""
-    prompts = row.get("prompts") or ""
-    return labels[row["scheduler"], row.get("scheduler_options", "")] + (f" [{prompts}]" if prompts else "")
+    """The scheduler's label, then the prompts of a text model's cell (``digits:unseen``) and the CFG interval when
+    there are any."""
+    prompts, interval = row.get("prompts") or "", row.get("cfg_interval") or ""
+    return (labels[row["scheduler"], row.get("scheduler_options", "")] + (f" [{prompts}]" if prompts else "")
+            + (f" cfg in ({interval.replace(',', ', ')}]" if interval else ""))
 
 
 class Settings:

@@ -13,12 +13,14 @@ from pathlib import Path
 from halton.utils.files import atomic_write
 
 # The columns that identify a cell; re-running a cell whose rows are all present is skipped unless forced.
-KEY_COLUMNS = ("experiment", "checkpoint", "scheduler", "scheduler_options", "steps", "cfg_weight", "temp_min",
+KEY_COLUMNS = ("experiment", "checkpoint", "scheduler", "scheduler_options", "steps", "cfg_weight", "cfg_interval",
+               "temp_min",
                "temp_max", "temp_pow", "temp_warmup", "top_k", "schedule", "seed", "num_images", "extractor",
                "prompts", "eval_step")
 # Key columns added later: rows of older files, which lack them, ran with these values.
-KEY_DEFAULTS = {"temp_pow": 1.0, "temp_warmup": 0}
-LEADING_COLUMNS = KEY_COLUMNS + ("tokens_fraction",)
+KEY_DEFAULTS = {"temp_pow": 1.0, "temp_warmup": 0, "cfg_interval": ""}
+# nfe_per_image: trunk forwards one image cost up to the row's eval_step (a CFG pair counts 2)
+LEADING_COLUMNS = KEY_COLUMNS + ("tokens_fraction", "nfe_per_image")
 TRAILING_COLUMNS = ("seconds", "images_per_s")
 
 
@@ -33,6 +35,11 @@ def _normalise(value) -> str:
 def options_text(scheduler) -> str:
     """A scheduler's options as one results-file field: ``r_temp=4.5 guidance=ramp`` (empty without options)."""
     return " ".join(f"{key}={value}" for key, value in scheduler.options().items())
+
+
+def interval_text(cfg_interval) -> str:
+    """A CFG interval as one results-file field: ``0.1,0.3``; empty when guidance is always on (None)."""
+    return "" if cfg_interval is None else ",".join(repr(float(t)) for t in cfg_interval)
 
 
 def row_key(row: dict) -> tuple[str, ...]:

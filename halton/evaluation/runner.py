@@ -37,6 +37,7 @@ class Generated:
     diagnostics: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
     preview: torch.Tensor | None = None  # images of the first batch, for the grid
     preview_values: list = field(default_factory=list)  # their conditions (class ids, prompts)
+    nfe_per_step: list[int] = field(default_factory=list)  # trunk forwards per image at each step (every batch alike)
 
 
 @torch.no_grad()
@@ -57,6 +58,7 @@ def generate_and_extract(model, tokenizer, extractor: FeatureExtractor, schedule
         condition = kind.make(batches[index], device)
         result = sample(model, scheduler, condition, generator=generator, return_history=diagnostics,
                         fill_steps=fill, **sampling)
+        out.nfe_per_step = result.nfe_per_step
         codes_by_step = {final: result.codes, **result.filled}
         out.features[index] = {}
         for step, codes in codes_by_step.items():
@@ -80,7 +82,8 @@ def gather(generated: Generated, world_size: int) -> Generated:
     dist.gather_object((generated.features, generated.diagnostics), parts, dst=0)
     if dist.get_rank() != 0:
         return generated
-    merged = Generated(preview=generated.preview, preview_values=generated.preview_values)
+    merged = Generated(preview=generated.preview, preview_values=generated.preview_values,
+                       nfe_per_step=generated.nfe_per_step)
     for features, diagnostics in parts:
         merged.features.update(features)
         merged.diagnostics.update(diagnostics)
@@ -101,8 +104,9 @@ def metric_rows(generated: Generated, reference, extractor: FeatureExtractor, ce
         metrics = generative_metrics(extracted["features"], extracted["logits"], reference, extractor.metric_prefix)
         for name in extracted.keys() - {"features", "logits"}:  # the scorers' means over images
             metrics[name] = float(extracted[name].double().mean())
+        # the partial images after an intermediate step cost the forwards up to it (filling them is head-only)
         rows.append({**cell, "eval_step": step, "tokens_fraction": round(cumulative[step - 1] / num_tokens, 4),
-                     **metrics})
+                     "nfe_per_image": sum(generated.nfe_per_step[:step]), **metrics})
     return rows
 
 
@@ -111,7 +115,9 @@ def save_artifacts(generated: Generated, out_dir: Path, label: str, cell: dict, 
     """A grid of the first samples (a row per class or prompt, at most 10) and the diagnostics curves: JSON (the
     cell's settings and the curves, which the report averages over seeds) and a plot; files named after the
     scheduler's label and the cell's steps, CFG weight and seed."""
-    stem = f"{label}_steps{cell['steps']}_cfg{cell['cfg_weight']:g}_seed{cell['seed']}"
+    interval = cell.get("cfg_interval") or ""  # "0.1,0.3": its own files, beside the always-guided ones
+    stem = (f"{label}_steps{cell['steps']}_cfg{cell['cfg_weight']:g}"
+            f"{'_interval' + interval.replace(',', '-') if interval else ''}_seed{cell['seed']}")
     if generated.preview is not None and per_row > 0:
         rows: dict = {}
         for position, value in enumerate(generated.preview_values):

@@ -21,6 +21,7 @@ from halton.models.layers import init_linears
 from halton.models.transformer import SIZES, grid_of
 
 # The paper's text-to-image model: 32x32 VQ-8 tokens patchified 2x2, width 1024, depth 24, 16 heads, T5-XL text.
+NULL_TEXTS = ("zeros", "mask_token")
 PAPER_T2I = {"input_size": 32, "c": 1024, "hidden_dim": 1024, "text_dim": 2048, "codebook_size": 16384,
              "depth": 24, "heads": 16, "mlp_dim": 4096, "patch_size": 2}
 
@@ -90,8 +91,14 @@ class CrossAttentionBlock(nn.Module):
         self.ln3 = nn.LayerNorm(dim, eps=1e-6)
         self.ff = FeedForward(dim, mlp_dim, dropout)
 
-    def text_keys_values(self, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.cross_attn.keys_values(self.mlp(text))
+    def text_keys_values(self, text: torch.Tensor, drop: torch.Tensor | None = None,
+                         null: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of the projected text; with ``null`` [D], dropped samples attend to that vector instead
+        (at every text position: attention over identical keys gives that vector's value)."""
+        projected = self.mlp(text)
+        if null is not None and drop is not None:
+            projected = torch.where(drop.view(-1, 1, 1), null.to(projected.dtype), projected)
+        return self.cross_attn.keys_values(projected)
 
     def forward(self, x: torch.Tensor, keys_values, mask: torch.Tensor | None) -> torch.Tensor:
         x = x + self.self_attn(self.ln1(x))
@@ -110,8 +117,13 @@ class TextMaskTransformer(nn.Module):
 
     def __init__(self, codebook_size: int, input_size: int | Sequence[int] = 16, c: int = 768,
                  hidden_dim: int = 768, text_dim: int = 768, depth: int = 12, heads: int = 16,
-                 mlp_dim: int | None = None, patch_size: int = 1, dropout: float = 0.0):
+                 mlp_dim: int | None = None, patch_size: int = 1, dropout: float = 0.0, null_condition: str = "zeros"):
         super().__init__()
+        if null_condition not in NULL_TEXTS:
+            raise ValueError(f"null_condition={null_condition!r} is not allowed; allowed: {', '.join(NULL_TEXTS)}")
+        if null_condition == "mask_token" and c != hidden_dim:
+            raise ValueError(f"null_condition=mask_token needs the token width c={c} equal to hidden_dim={hidden_dim}")
+        self.null_condition = null_condition
         self.codebook_size = self.mask_id = codebook_size
         self.grid = grid_of(input_size)
         self.num_tokens = self.grid[0] * self.grid[1]
@@ -149,16 +161,19 @@ class TextMaskTransformer(nn.Module):
 
     def condition(self, text: torch.Tensor, drop_label: torch.Tensor | None = None,
                   text_mask: torch.Tensor | None = None) -> TextContext:
-        """Every block's keys and values of the text; dropped samples get the null text (zeros, every token)."""
+        """Every block's keys and values of the text; dropped samples get the null text: zero embeddings at every
+        token (the reference), or with ``null_condition="mask_token"`` the mask token's embedding in place of the
+        projected text (eMIGM's mask-token CFG)."""
         if text.shape[-1] != self.text_dim:
             raise ValueError(f"text embeddings are {text.shape[-1]} wide; this model takes text_dim={self.text_dim}")
         mask = None
+        null = self.tok_emb.weight[self.mask_id] if self.null_condition == "mask_token" else None
         if drop_label is not None:
             text = torch.where(drop_label.view(-1, 1, 1), torch.zeros_like(text), text)
         if text_mask is not None:
             keep = text_mask.bool() if drop_label is None else text_mask.bool() | drop_label.view(-1, 1)
             mask = keep[:, None, None, :]
-        return TextContext([block.text_keys_values(text) for block in self.transformer.layers], mask)
+        return TextContext([block.text_keys_values(text, drop_label, null) for block in self.transformer.layers], mask)
 
     def trunk_conditioned(self, codes: torch.Tensor, context: TextContext) -> torch.Tensor:
         """Hidden states [B, H*W, c] right before the output head."""
@@ -195,11 +210,12 @@ class TextMaskTransformer(nn.Module):
 
 
 def build_text_transformer(size: str, codebook_size: int, input_size: int | Sequence[int], text_dim: int,
-                           patch_size: int = 1, dropout: float = 0.0) -> TextMaskTransformer:
+                           patch_size: int = 1, dropout: float = 0.0, null_condition: str = "zeros"
+                           ) -> TextMaskTransformer:
     """A text-to-image transformer of one of the named sizes (those of the class model; ``large`` with
     ``patch_size=2``, 32x32 tokens, codebook 16384 and ``text_dim=2048`` is the paper's 480M model)."""
     if size not in SIZES:
         raise ValueError(f"unknown model size {size!r}; allowed: {', '.join(SIZES)}")
     hidden, depth, heads = SIZES[size]
     return TextMaskTransformer(codebook_size, input_size, hidden, hidden, text_dim, depth, heads, 4 * hidden,
-                               patch_size, dropout)
+                               patch_size, dropout, null_condition)

@@ -31,6 +31,9 @@ def grid_of(input_size: int | Sequence[int]) -> tuple[int, int]:
     return int(height), int(width)
 
 
+NULL_CONDITIONS = ("null_class", "mask_token")
+
+
 class ClassConditioning(nn.Embedding):
     """Class labels -> conditioning vector; row ``num_classes`` is the null (unconditional) class used for CFG."""
 
@@ -38,7 +41,10 @@ class ClassConditioning(nn.Embedding):
         super().__init__(num_classes + 1, dim)
         self.num_classes = num_classes
 
-    def forward(self, labels: torch.Tensor, drop: torch.Tensor) -> torch.Tensor:
+    def forward(self, labels: torch.Tensor, drop: torch.Tensor, null: torch.Tensor | None = None) -> torch.Tensor:
+        """``null`` [D]: the vector dropped samples get instead of the null class (eMIGM's mask-token CFG)."""
+        if null is not None:
+            return torch.where(drop[:, None], null.to(self.weight.dtype), super().forward(labels))
         labels = torch.where(drop, torch.full_like(labels, self.num_classes), labels)
         return super().forward(labels)
 
@@ -52,8 +58,11 @@ class MaskTransformer(nn.Module):
 
     def __init__(self, codebook_size: int, input_size: int | Sequence[int] = 16, hidden_dim: int = 768,
                  depth: int = 12, heads: int = 12, mlp_dim: int | None = None, num_classes: int = 1000,
-                 registers: int = 1, patch_size: int = 1, dropout: float = 0.0):
+                 registers: int = 1, patch_size: int = 1, dropout: float = 0.0, null_condition: str = "null_class"):
         super().__init__()
+        if null_condition not in NULL_CONDITIONS:
+            raise ValueError(f"null_condition={null_condition!r} is not allowed; allowed: {', '.join(NULL_CONDITIONS)}")
+        self.null_condition = null_condition
         self.codebook_size = codebook_size
         self.mask_id = codebook_size
         self.grid = grid_of(input_size)
@@ -95,7 +104,11 @@ class MaskTransformer(nn.Module):
             nn.init.zeros_(block.mlp[1].bias)
 
     def condition(self, labels: torch.Tensor, drop_label: torch.Tensor) -> torch.Tensor:
-        return self.cls_emb(labels, drop_label)
+        """Conditioning vectors [B, D]; dropped samples get the null class, or with ``null_condition="mask_token"``
+        the learned embedding of the mask token (the null class row then stays unused, so released checkpoints load
+        either way)."""
+        null = self.tok_emb.weight[self.mask_id] if self.null_condition == "mask_token" else None
+        return self.cls_emb(labels, drop_label, null)
 
     def trunk_conditioned(self, codes: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """Hidden states [B, H*W, D] right before the output head, from the conditioning vectors [B, D]."""
@@ -135,10 +148,11 @@ class MaskTransformer(nn.Module):
 
 
 def build_transformer(size: str, codebook_size: int, input_size: int | Sequence[int], num_classes: int,
-                      registers: int = 1, patch_size: int = 1, dropout: float = 0.0) -> MaskTransformer:
+                      registers: int = 1, patch_size: int = 1, dropout: float = 0.0,
+                      null_condition: str = "null_class") -> MaskTransformer:
     """A transformer of one of the named sizes (tiny, small, base, large, xl)."""
     if size not in SIZES:
         raise ValueError(f"unknown model size {size!r}; allowed: {', '.join(SIZES)}")
     hidden, depth, heads = SIZES[size]
     return MaskTransformer(codebook_size, input_size, hidden, depth, heads, 4 * hidden, num_classes,
-                           registers, patch_size, dropout)
+                           registers, patch_size, dropout, null_condition)

@@ -1,8 +1,9 @@
 """The MaskGIT sampling loop, shared by every scheduler.
 
 A :class:`Scheduler` decides, at each step, at which positions the model's logits are needed (``candidates``) and
-which of them get unmasked (``choose``). Everything else is shared: batched classifier-free guidance, softmax
-temperature, top-k, seeded sampling, and running the output head only at the candidate positions.
+which of them get unmasked (``choose``). Everything else is shared: batched classifier-free guidance (optionally
+only inside a time interval), softmax temperature, top-k, seeded sampling, running the output head only at the
+candidate positions, and editing (generating only the masked tokens of given codes).
 """
 
 from __future__ import annotations
@@ -42,9 +43,10 @@ class Scheduler(ABC):
         return "-".join([self.name, *changed])
 
     @abstractmethod
-    def start(self, batch: int, height: int, width: int, generator: torch.Generator,
-              device: torch.device) -> torch.Tensor | None:
-        """Called once before the first step; returns per-run state (an order for order-based schedulers)."""
+    def start(self, batch: int, height: int, width: int, generator: torch.Generator, device: torch.device,
+              masked: torch.Tensor) -> torch.Tensor | None:
+        """Called once before the first step with the tokens to generate (``masked`` [B, N], True where masked:
+        everywhere, or the region of an edit); returns per-run state (an order for order-based schedulers)."""
 
     @abstractmethod
     def candidates(self, state: torch.Tensor | None, masked: torch.Tensor, done: int, count: int) -> torch.Tensor:
@@ -61,7 +63,8 @@ class Scheduler(ABC):
         return weight
 
     def counts(self, num_tokens: int, steps: int, schedule: str) -> list[int]:
-        """Tokens unmasked by each step (default: :func:`tokens_per_step`, each >= 1)."""
+        """Tokens unmasked by each step, summing to ``num_tokens`` (those to generate; default:
+        :func:`tokens_per_step`, each >= 1)."""
         return tokens_per_step(num_tokens, steps, schedule).tolist()
 
     # True: every position is drawn again at every step and the decoded ones take the new draw (the reference
@@ -77,8 +80,13 @@ class OrderScheduler(Scheduler):
               device: torch.device) -> torch.Tensor:
         """Flat positions [B, H*W] in unmasking order."""
 
-    def start(self, batch, height, width, generator, device):
-        return self.order(batch, height, width, generator, device)
+    def start(self, batch, height, width, generator, device, masked):
+        order = self.order(batch, height, width, generator, device)  # drawn whatever the mask: same random stream
+        # The masked positions first, in their relative order within the full order (a stable sort on "known"),
+        # so an edit walks the same order restricted to its region; the known positions, after them, are never
+        # reached since the counts sum to the number masked. With everything masked this is the order itself.
+        known = ~masked.gather(1, order)
+        return order.gather(1, torch.argsort(known.to(torch.uint8), dim=1, stable=True))
 
     def candidates(self, state, masked, done, count):
         return state[:, done:done + count]
@@ -87,6 +95,9 @@ class OrderScheduler(Scheduler):
 @dataclass
 class SamplingResult:
     codes: torch.Tensor  # [B, H, W] final codes
+    # Trunk forwards per image at each step: 1, or 2 where a CFG pair ran (conditional + unconditional). The
+    # head-only work (logits at chosen positions, ``fill_steps``) reuses the step's trunk output and is not counted.
+    nfe_per_step: list[int] = field(default_factory=list)
     # Per step (when requested): codes after the step (mask id where still masked), the sampled predictions at
     # the positions whose logits were computed (mask id elsewhere), and the positions unmasked by the step.
     codes_per_step: list[torch.Tensor] = field(default_factory=list)
@@ -97,6 +108,11 @@ class SamplingResult:
     # For each step in ``fill_steps`` (0-based): the codes after that step with every still-masked token filled by
     # a draw from the model's prediction at that step (the "intermediate image" of the paper's Table 4).
     filled: dict[int, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def nfe_per_image(self) -> int:
+        """Trunk forwards (network function evaluations) one image cost: 16 steps with guidance in 4 = 20."""
+        return sum(self.nfe_per_step)
 
 
 def check_sampling_args(steps: int, num_tokens: int, cfg_weight: float, temp_min: float, temp_max: float,
@@ -113,6 +129,42 @@ def check_sampling_args(steps: int, num_tokens: int, cfg_weight: float, temp_min
         raise ValueError(f"temp_warmup={temp_warmup} is out of range; allowed: >= 0 (steps at half temperature)")
     if top_k is not None and not 0 <= top_k <= codebook_size:
         raise ValueError(f"top_k={top_k} is out of range; allowed: 0 (off) to {codebook_size}")
+
+
+def check_cfg_interval(cfg_interval) -> tuple[float, float] | None:
+    """None, or (t_min, t_max) as floats with 0 <= t_min < t_max <= 1."""
+    if cfg_interval is None:
+        return None
+    try:
+        low, high = (float(t) for t in cfg_interval)
+    except (TypeError, ValueError):
+        low = high = math.nan
+    if not (0 <= low < high <= 1):  # nan fails every comparison
+        raise ValueError(f"cfg_interval={cfg_interval!r} is not an interval; allowed: null (always guided) or "
+                         "[t_min, t_max] with 0 <= t_min < t_max <= 1, e.g. [0.1, 0.3]")
+    return low, high
+
+
+def check_init_codes(init_codes: torch.Tensor, batch: int, height: int, width: int, codebook_size: int,
+                     mask_id: int) -> tuple[torch.Tensor, int]:
+    """The masked positions [B, N] of ``init_codes`` [B, H, W] (codes in [0, codebook_size) or ``mask_id``) and
+    their number per sample, which must be the same in every sample (one sync, once per run)."""
+    if init_codes.shape != (batch, height, width) or init_codes.dtype != torch.long:
+        raise ValueError(f"init_codes of shape {list(init_codes.shape)} ({init_codes.dtype}) do not fit; allowed: "
+                         f"torch.long codes of shape {[batch, height, width]} (batch, token grid)")
+    flat = init_codes.reshape(batch, height * width)
+    masked = flat == mask_id
+    bad = ((flat < 0) | (flat >= codebook_size)) & ~masked
+    per_sample = masked.sum(1)
+    low, high, has_bad = torch.stack([per_sample.min(), per_sample.max(), bad.any().long()]).tolist()
+    if has_bad:
+        raise ValueError(f"init_codes hold code {int(flat[bad][0])}; allowed: 0 to {codebook_size - 1}, or the mask id "
+                         f"{mask_id} where a token is to be generated")
+    if low != high:
+        raise ValueError(f"init_codes mask {low} to {high} tokens per sample; allowed: the same number in every sample")
+    if low == 0:
+        raise ValueError(f"init_codes hold no mask id ({mask_id}); allowed: codes with at least one token to generate")
+    return masked, low
 
 
 def _sample_tokens(logits: torch.Tensor, top_k: int | None, generator: torch.Generator, entropy: bool = False):
@@ -152,7 +204,8 @@ def sample(model, scheduler: Scheduler, condition: Condition | torch.Tensor, ste
            temp_min: float = 1.0, temp_max: float = 1.0, top_k: int | None = None, schedule: str = "arccos",
            generator: torch.Generator | None = None, seed: int | None = None, return_history: bool = False,
            fill_steps: tuple[int, ...] = (), autocast_dtype: torch.dtype | None = None,
-           progress: bool = False, temp_pow: float = 1.0, temp_warmup: int = 0) -> SamplingResult:
+           progress: bool = False, temp_pow: float = 1.0, temp_warmup: int = 0,
+           cfg_interval: tuple[float, float] | None = None, init_codes: torch.Tensor | None = None) -> SamplingResult:
     """Generate token grids for ``condition`` (a :class:`halton.conditions.Condition` of any kind, or class labels
     [B]) with ``model`` (any model with ``condition``, ``trunk_conditioned`` and ``logits``).
 
@@ -161,24 +214,49 @@ def sample(model, scheduler: Scheduler, condition: Condition | torch.Tensor, ste
     halved for the first ``temp_warmup`` steps (the reference Halton sampler's rule; 1 and 0: plain linear).
     ``fill_steps`` (0-based) also returns, after those steps, the codes with the still-masked tokens drawn from
     that step's predictions (their logits are computed only at those steps).
+
+    ``cfg_interval=(t_min, t_max)`` guides only the steps whose time s lies in (t_min, t_max]; the others run the
+    conditional pass alone. Time goes from 1 (all masked) to 0: step i runs at s_i = 1 - d_i / M, with d_i the
+    tokens decoded before step i (the exact per-step counts) and M the tokens this run generates. None: every step
+    (as the scheduler's weight says).
+
+    ``init_codes`` [B, H, W] (editing): the tokens equal to ``model.mask_id`` are generated, every other one is kept
+    as it is. The same number M must be masked in every sample; the per-step counts split M
+    (``scheduler.counts(M, steps, schedule)``, so steps <= M), and order schedulers walk their order restricted to
+    the masked positions. None: every token is generated.
     """
     height, width = model.grid
     num_tokens, vocab = height * width, model.codebook_size
     check_sampling_args(steps, num_tokens, cfg_weight, temp_min, temp_max, top_k, vocab, temp_pow, temp_warmup)
     check_schedule(schedule)
+    cfg_interval = check_cfg_interval(cfg_interval)
     condition = as_condition(condition)
     condition.check(model)
     device = condition.device
+    batch = len(condition)
+    if init_codes is None:
+        codes = torch.full((batch, num_tokens), model.mask_id, dtype=torch.long, device=device)
+        masked = torch.ones(batch, num_tokens, dtype=torch.bool, device=device)
+        to_generate = num_tokens
+    else:
+        init_codes = init_codes.to(device)
+        masked, to_generate = check_init_codes(init_codes, batch, height, width, vocab, model.mask_id)
+        codes = init_codes.reshape(batch, num_tokens).clone()
+        if steps > to_generate:
+            raise ValueError(f"steps={steps} is out of range for an edit of {to_generate} tokens; allowed: 1 to "
+                             f"{to_generate} (the number of masked tokens)")
     if generator is None:
         generator = torch.Generator(device=device)
         generator.manual_seed(0 if seed is None else seed)
-    batch = len(condition)
-    counts = scheduler.counts(num_tokens, steps, schedule)
+    counts = scheduler.counts(to_generate, steps, schedule)
     temperatures = step_temperatures(steps, temp_min, temp_max, temp_pow, temp_warmup)
-    everywhere = (torch.arange(num_tokens, device=device).expand(batch, num_tokens) if scheduler.redraws_decoded
-                  else None)
-    codes = torch.full((batch, num_tokens), model.mask_id, dtype=torch.long, device=device)
-    masked = torch.ones(batch, num_tokens, dtype=torch.bool, device=device)
+    # The positions this run generates [B, M]: where a redrawing scheduler draws at every step (all of them without
+    # an edit); the known tokens of an edit are never drawn, so never changed.
+    generated = masked.clone()
+    everywhere = None
+    if scheduler.redraws_decoded:
+        everywhere = (torch.arange(num_tokens, device=device).expand(batch, num_tokens) if init_codes is None
+                      else masked.nonzero()[:, 1].view(batch, to_generate))
     autocast = (torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None
                 else contextlib.nullcontext())
     # What the trunk takes for the condition (for text: every block's keys and values), computed once per run:
@@ -191,7 +269,7 @@ def sample(model, scheduler: Scheduler, condition: Condition | torch.Tensor, ste
             with autocast:
                 prepared[guided] = (condition.concat(condition) if guided else condition).prepare(model, drop)
         return prepared[guided]
-    state = scheduler.start(batch, height, width, generator, device)
+    state = scheduler.start(batch, height, width, generator, device, masked.clone())
     result = SamplingResult(codes=codes)
     done = 0
     was_training = model.training
@@ -210,15 +288,23 @@ def sample(model, scheduler: Scheduler, condition: Condition | torch.Tensor, ste
         count = counts[step]
         positions = scheduler.candidates(state, masked, done, count)
         weight = scheduler.guidance_weight(cfg_weight, step, steps)
+        if cfg_interval is not None and not cfg_interval[0] < (to_generate - done) / to_generate <= cfg_interval[1]:
+            weight = 0.0  # outside the interval: the conditional pass alone (int / int is correctly rounded)
         guided = weight != 0
+        result.nfe_per_step.append(2 if guided else 1)
         with autocast:
             hidden = model.trunk_conditioned(torch.cat([codes, codes]) if guided else codes, conditioning(guided))
-        if scheduler.redraws_decoded:  # draw at every position; the decoded ones take the new draw
+        if scheduler.redraws_decoded:  # draw at every generated position; the decoded ones take the new draw
             logits = guided_logits(hidden, everywhere, weight, temperatures[step])
             drawn, drawn_probs, drawn_entropy = _sample_tokens(logits, top_k, generator, entropy=return_history)
+            if to_generate < num_tokens:  # back to grid positions (mask id, 0 at the known tokens)
+                drawn = torch.full_like(codes, model.mask_id).scatter_(1, everywhere, drawn)
+                drawn_probs = drawn_probs.new_zeros(codes.shape).scatter_(1, everywhere, drawn_probs)
+                if return_history:
+                    drawn_entropy = drawn_entropy.new_zeros(codes.shape).scatter_(1, everywhere, drawn_entropy)
             tokens, token_probs = drawn.gather(1, positions), drawn_probs.gather(1, positions)
             entropy = drawn_entropy.gather(1, positions) if return_history else None
-            codes = torch.where(masked, codes, drawn)
+            codes = torch.where(generated & ~masked, drawn, codes)
         else:
             logits = guided_logits(hidden, positions, weight, temperatures[step])
             tokens, token_probs, entropy = _sample_tokens(logits, top_k, generator, entropy=return_history)
@@ -229,7 +315,7 @@ def sample(model, scheduler: Scheduler, condition: Condition | torch.Tensor, ste
         done += count
         if step in fill_steps:
             filled = codes.clone()
-            if done < num_tokens:
+            if done < to_generate:
                 rest = masked.nonzero()[:, 1].view(batch, -1)
                 rest_logits = guided_logits(hidden, rest, weight, temperatures[step])
                 filled.scatter_(1, rest, _sample_tokens(rest_logits, top_k, generator)[0])

@@ -36,6 +36,8 @@ class ConfidenceScheduler(Scheduler):
     ``mode``: ``keep`` decodes each token once, by the shared counts (each step >= 1 token); ``reference`` uses the
     reference's counts (:func:`reference_tokens_per_step`) and draws every position again at every step, the
     decoded ones taking the new draw, so the image is the last step's draw everywhere (as the reference does).
+    In an edit (``init_codes``) "every position" is every position this run generates: the tokens kept from the
+    input are known, not decoded, and are never drawn again, in either mode.
     """
 
     name = "confidence"
@@ -60,11 +62,12 @@ class ConfidenceScheduler(Scheduler):
             return reference_tokens_per_step(num_tokens, steps, schedule)
         return super().counts(num_tokens, steps, schedule)
 
-    def start(self, batch, height, width, generator, device):
+    def start(self, batch, height, width, generator, device, masked):
         return None
 
     def candidates(self, state, masked, done, count):
-        # Every sample has the same number of masked tokens, so the positions form a [B, N - done] block.
+        # Every sample has the same number of masked tokens, so the positions form a [B, M - done] block. Only
+        # masked positions are candidates: a known token (decoded, or kept by an edit) is never re-masked.
         return masked.nonzero()[:, 1].view(masked.shape[0], -1)
 
     @staticmethod

@@ -11,7 +11,8 @@ from halton.sampling.order import halton_order
 class HaltonScheduler(OrderScheduler):
     """The low-discrepancy Halton order; ``randomize`` (default, as the reference quick-start samples) rolls each
     sample's order by its own offset in [0, N), ``randomize=False`` gives every sample the same order (as the
-    reference's published evaluation)."""
+    reference's published evaluation). An edit walks the same (rolled or fixed) order restricted to the masked
+    positions, keeping their relative order (:meth:`OrderScheduler.start`)."""
 
     name = "halton"
 

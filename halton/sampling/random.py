@@ -8,6 +8,9 @@ from halton.sampling.base import OrderScheduler
 
 
 class RandomScheduler(OrderScheduler):
+    """Positions in the order of one uniform draw each; restricted to an edit's masked positions (the same draw,
+    known positions left out) the order is uniformly random among them."""
+
     name = "random"
 
     def order(self, batch, height, width, generator, device):

@@ -13,7 +13,7 @@ from torch import nn
 
 from halton.conditions import ClassKind, ConditionKind
 from halton.sampling import as_scheduler, sample
-from halton.sampling.schedules import check_schedule, mask_ratio
+from halton.training.masking import TrainingMask
 
 LOSS_ON = ("masked", "all")
 
@@ -21,9 +21,11 @@ LOSS_ON = ("masked", "all")
 class MaskGITModule(pl.LightningModule):
     """Masked-token training: per sample a mask ratio from the schedule, each token masked independently with
     that probability, cross-entropy on the masked tokens (``loss_on: all`` scores every token, as the reference
-    code does), the condition replaced by the null condition with probability ``label_dropout`` for
-    classifier-free guidance. ``condition`` is the kind of condition (class labels by default, or text: see
-    :mod:`halton.conditions`); the module does not depend on which.
+    code does); ``masking``, ``loss_weight``, ``t_min``, ``t_per``, ``schedule_power`` and ``schedule_rate`` give
+    eMIGM's variants (:mod:`halton.training.masking`; with ``loss_weight: schedule`` the loss is
+    sum(ce * w * scored) / sum(scored), w the sample's weight). The condition is replaced by the null condition
+    with probability ``label_dropout`` for classifier-free guidance. ``condition`` is the kind of condition (class
+    labels by default, or text: see :mod:`halton.conditions`); the module does not depend on which.
 
     Optimisation: AdamW, linear warmup then cosine decay (torch's schedulers), stepped every optimizer step.
     Every validation, ``sample_grid`` settings (if given: ``scheduler``, ``per_class`` and ``sample()``'s options)
@@ -35,9 +37,12 @@ class MaskGITModule(pl.LightningModule):
                  weight_decay: float = 5e-5, warmup_steps: int = 2500, total_steps: int = 2_000_000,
                  min_lr_ratio: float = 0.0, mask_schedule: str = "arccos", loss_on: str = "masked",
                  label_dropout: float = 0.1, compile: bool = False, sample_grid: dict[str, Any] | None = None,
-                 condition: ConditionKind | None = None):
+                 condition: ConditionKind | None = None, masking: str = "independent", loss_weight: str = "none",
+                 t_min: float = 0.0, t_per: str = "sample", schedule_power: float = 0.5,
+                 schedule_rate: float = 5.0):
         super().__init__()
-        check_schedule(mask_schedule)
+        self.training_mask = TrainingMask(mask_schedule, masking, loss_weight, t_min, t_per, schedule_power,
+                                          schedule_rate)
         if loss_on not in LOSS_ON:
             raise ValueError(f"unknown loss_on {loss_on!r}; allowed: {', '.join(LOSS_ON)}")
         if not 0 <= label_dropout <= 1:
@@ -60,27 +65,29 @@ class MaskGITModule(pl.LightningModule):
             self.model.compile()
 
     # ---------------------------------------------------------------- training
-    def mask_codes(self, codes: torch.Tensor) -> torch.Tensor:
-        """Boolean mask [B, N]: True where the token is hidden from the model (at least one per sample)."""
-        batch, num_tokens = codes.shape[0], codes[0].numel()
-        ratio = mask_ratio(torch.rand(batch, device=codes.device), self.hparams.mask_schedule)
-        mask = torch.rand(batch, num_tokens, device=codes.device) < ratio[:, None]
-        # A sample with nothing masked would have nothing to learn from: mask one random token instead.
-        empty = ~mask.any(dim=1)
-        one = F.one_hot(torch.randint(num_tokens, (batch,), device=codes.device), num_tokens).bool()
-        return mask | (empty[:, None] & one)
+    def mask_codes(self, codes: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Boolean mask [B, N]: True where the token is hidden from the model (at least one per sample); with
+        ``loss_weight: schedule`` also each sample's loss weight: (mask, weights [B]). Tools and tests replace it
+        with a function returning a fixed mask."""
+        mask, weights = self.training_mask(codes)
+        return mask if weights is None else (mask, weights)
 
     def _step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
         codes = batch["codes"]
         condition = self.condition.from_batch(batch)
         flat = codes.reshape(codes.shape[0], -1)
-        mask = self.mask_codes(codes)
+        drawn = self.mask_codes(codes)
+        mask, weights = drawn if isinstance(drawn, tuple) else (drawn, None)
         drop = torch.rand(codes.shape[0], device=codes.device) < self.hparams.label_dropout
         hidden = condition.trunk(self.model, flat.masked_fill(mask, self.model.mask_id), drop)
         scored = mask if self.hparams.loss_on == "masked" else torch.ones_like(mask)
         logits = self.model.logits(hidden[scored])  # the head runs only on the scored tokens
         targets = flat[scored]
-        loss = F.cross_entropy(logits.float(), targets)
+        if weights is None:
+            loss = F.cross_entropy(logits.float(), targets)
+        else:  # eMIGM: sum(ce * w * scored) / sum(scored), each token weighted by its sample's w
+            token_weights = weights[:, None].expand_as(scored)[scored]
+            loss = (F.cross_entropy(logits.float(), targets, reduction="none") * token_weights).mean()
         with torch.no_grad():
             correct = logits.argmax(-1) == targets
             accuracy = correct[mask[scored]].float().mean()
