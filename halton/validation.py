@@ -17,6 +17,8 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from halton.utils.files import reads_as_path
+
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "conf"
 # halton.sampling.schedules.SCHEDULES, halton.training.module.LOSS_ON and halton.training.masking's MASKINGS,
 # LOSS_WEIGHTS and T_PER (tests keep them equal): importing those modules would import torch
@@ -312,7 +314,7 @@ def local_path(c: Checks, key: str) -> None:
     if value in (None, ""):
         return
     text = str(value)
-    if text.startswith(("/", ".", "~")) and not Path(text).expanduser().is_dir():
+    if reads_as_path(text) and not Path(text).expanduser().is_dir():
         raise Invalid(f"{key}={text}: no such folder; allowed: a local model folder or a hub name (org/name)")
 
 

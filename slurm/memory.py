@@ -37,7 +37,7 @@ def saved_bytes(module: MaskGITModule, batch: int, seed: int = 0) -> tuple[int, 
     masked = round(num_tokens * 2 / math.pi)  # E[arccos(u) / (pi / 2)] = 2 / pi of the tokens
     mask = torch.zeros(batch, num_tokens, dtype=torch.bool)
     mask[:, torch.randperm(num_tokens, generator=generator)[:masked]] = True
-    module.mask_codes = lambda c: mask
+    module.mask_codes = lambda c: (mask, None)
     module.log = lambda *args, **kwargs: None
     parameters = {p.untyped_storage().data_ptr() for p in module.parameters()}
     storages: dict[int, int] = {}

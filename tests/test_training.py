@@ -21,7 +21,8 @@ def tiny_module(**kwargs):
 def test_mask_codes_masks_at_least_one_token_with_the_arccos_ratio():
     torch.manual_seed(0)
     module = tiny_module()
-    mask = module.mask_codes(torch.zeros(4000, 8, 8, dtype=torch.long))
+    mask, weights = module.mask_codes(torch.zeros(4000, 8, 8, dtype=torch.long))
+    assert weights is None
     assert mask.any(dim=1).all()
     assert abs(mask.float().mean().item() - 2 / math.pi) < 0.02  # E[arccos(u) / (pi / 2)] = 2 / pi
 
@@ -33,7 +34,7 @@ def test_loss_is_cross_entropy_on_the_scored_tokens(loss_on, monkeypatch):
     codes = torch.randint(0, 17, (3, 8, 8))
     labels = torch.tensor([1, 2, 3])
     mask = torch.rand(3, 64) < 0.5
-    monkeypatch.setattr(module, "mask_codes", lambda c: mask)
+    monkeypatch.setattr(module, "mask_codes", lambda c: (mask, None))
     monkeypatch.setattr(module, "log", lambda *a, **k: None)
     loss = module._step({"codes": codes, "labels": labels}, "train")
     logits = module.model(codes.flatten(1).masked_fill(mask, 17), labels, torch.zeros(3, dtype=torch.bool))

@@ -130,14 +130,14 @@ class DigitsShardsDataModule(CodeShardsDataModule):
             self.prepare_data()  # used outside a Trainer (tests, notebooks): nobody called prepare_data
         super().setup(stage)
 
-    def _classifier(self) -> DigitsDataModule:
+    def _in_memory(self) -> DigitsDataModule:
         """The in-memory digits module's classifier (trained on the same training split)."""
         if self._reference is None:
             self._reference = DigitsDataModule(val_fraction=self.val_fraction, seed=self.seed)
         return self._reference
 
     def recognition_accuracy(self, images: torch.Tensor, requested) -> float:
-        return self._classifier().recognition_accuracy(images, requested)
+        return self._in_memory().recognition_accuracy(images, requested)
 
     def recognised(self, images: torch.Tensor, requested) -> torch.Tensor:
-        return self._classifier().recognised(images, requested)
+        return self._in_memory().recognised(images, requested)

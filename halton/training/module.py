@@ -65,19 +65,17 @@ class MaskGITModule(pl.LightningModule):
             self.model.compile()
 
     # ---------------------------------------------------------------- training
-    def mask_codes(self, codes: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """Boolean mask [B, N]: True where the token is hidden from the model (at least one per sample); with
-        ``loss_weight: schedule`` also each sample's loss weight: (mask, weights [B]). Tools and tests replace it
-        with a function returning a fixed mask."""
-        mask, weights = self.training_mask(codes)
-        return mask if weights is None else (mask, weights)
+    def mask_codes(self, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Boolean mask [B, N], True where the token is hidden from the model (at least one per sample), and each
+        sample's loss weight [B] with ``loss_weight: schedule`` (None otherwise). Tools and tests replace it with a
+        function returning a fixed mask."""
+        return self.training_mask(codes)
 
     def _step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
         codes = batch["codes"]
         condition = self.condition.from_batch(batch)
         flat = codes.reshape(codes.shape[0], -1)
-        drawn = self.mask_codes(codes)
-        mask, weights = drawn if isinstance(drawn, tuple) else (drawn, None)
+        mask, weights = self.mask_codes(codes)
         drop = torch.rand(codes.shape[0], device=codes.device) < self.hparams.label_dropout
         hidden = condition.trunk(self.model, flat.masked_fill(mask, self.model.mask_id), drop)
         scored = mask if self.hparams.loss_on == "masked" else torch.ones_like(mask)

@@ -66,3 +66,9 @@ def file_sha256(path: str | Path, block: int = 1 << 20) -> str:
         while data := handle.read(block):
             digest.update(data)
     return digest.hexdigest()
+
+
+def reads_as_path(name: str) -> bool:
+    """Whether a model name is written as a path (absolute, ./ ../ ~, backslashes, or more than one folder deep)
+    rather than a Hugging Face hub name (``name`` or ``org/name``): such a name must exist here."""
+    return name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name
