@@ -34,6 +34,7 @@ def main(cfg: DictConfig) -> None:
     from halton.evaluation.reference import reference_statistics
     from halton.evaluation.results import ResultsFile, interval_text, options_text
     from halton.sampling.base import check_cfg_interval
+    from halton.sampling.schedules import schedule_label
     from halton.evaluation.prompts import evaluation_values
     from halton.evaluation.runner import gather, generate_and_extract, metric_rows, save_artifacts, timed
 
@@ -46,7 +47,7 @@ def main(cfg: DictConfig) -> None:
             "cfg_interval": interval_text(cfg_interval),
             "temp_min": float(cfg.temp_min), "temp_max": float(cfg.temp_max), "temp_pow": float(cfg.temp_pow),
             "temp_warmup": cfg.temp_warmup, "top_k": cfg.top_k,
-            "schedule": cfg.schedule, "seed": cfg.seed, "num_images": cfg.num_images, "extractor": cfg.extractor,
+            "schedule": schedule_label(cfg.schedule, cfg.schedule_power, cfg.schedule_rate), "seed": cfg.seed, "num_images": cfg.num_images, "extractor": cfg.extractor,
             "prompts": ""}
     kind = condition_kind(cfg)
     values, cell["prompts"] = evaluation_values(kind, cfg.data.num_classes, cfg.num_images, cfg.prompt_set)
@@ -84,7 +85,7 @@ def main(cfg: DictConfig) -> None:
                                          captions=cfg.reference.captions, seed=cfg.prompt_set.seed)
     sampling = {"steps": cfg.steps, "cfg_weight": cfg.cfg_weight, "temp_min": cfg.temp_min, "temp_max": cfg.temp_max,
                 "temp_pow": cfg.temp_pow, "temp_warmup": cfg.temp_warmup, "top_k": cfg.top_k, "schedule": cfg.schedule,
-                "cfg_interval": cfg_interval, "autocast_dtype": autocast}
+                "schedule_power": cfg.schedule_power, "schedule_rate": cfg.schedule_rate, "cfg_interval": cfg_interval, "autocast_dtype": autocast}
     generated, seconds = timed(generate_and_extract, model, tokenizer, extractor, scheduler, kind, values,
                                cfg.batch_size, cfg.seed, fabric.global_rank, fabric.world_size, eval_steps,
                                cfg.diagnostics, device, sampling, scorers)
@@ -92,7 +93,8 @@ def main(cfg: DictConfig) -> None:
     if fabric.global_rank != 0:
         return
     cell.update(seconds=round(seconds, 2), images_per_s=round(cfg.num_images / seconds, 2))
-    rows = metric_rows(generated, reference, extractor, cell, cfg.steps, model.num_tokens, cfg.schedule, eval_steps)
+    counts = scheduler.counts(model.num_tokens, cfg.steps, cfg.schedule, cfg.schedule_power, cfg.schedule_rate)
+    rows = metric_rows(generated, reference, extractor, cell, counts, eval_steps)
     save_artifacts(generated, results.path.parent, scheduler.label(), cell, kind, cfg.grid_per_class)
     results.write(rows)
     for row in rows:

@@ -80,8 +80,10 @@ def main(cfg: DictConfig) -> None:
     import torch
     from hydra.utils import instantiate
 
+    from halton.evaluation.results import file_stem
     from halton.sampling import sample
     from halton.sampling.editing import composite
+    from halton.sampling.schedules import schedule_label
     from halton.utils.images import class_grid, progression_grid, save_png
 
     device = resolve_device(cfg.device)
@@ -101,12 +103,13 @@ def main(cfg: DictConfig) -> None:
     cfg_interval = plain(cfg.cfg_interval)
     result = sample(net, scheduler, condition, steps=cfg.steps, cfg_weight=cfg.cfg_weight, temp_min=cfg.temp_min,
                     temp_max=cfg.temp_max, temp_pow=cfg.temp_pow, temp_warmup=cfg.temp_warmup, top_k=cfg.top_k,
-                    schedule=cfg.schedule, seed=cfg.seed, cfg_interval=cfg_interval, init_codes=init_codes,
+                    schedule=cfg.schedule, schedule_power=cfg.schedule_power, schedule_rate=cfg.schedule_rate,
+                    seed=cfg.seed, cfg_interval=cfg_interval, init_codes=init_codes,
                     return_history=cfg.progression, autocast_dtype=autocast, progress=True)
     log.info(f"{result.nfe_per_image} network evaluations per image")
     images = tokenizer.decode(result.codes)
-    interval = "" if cfg_interval is None else f"_interval{cfg_interval[0]:g}-{cfg_interval[1]:g}"
-    stem = f"{scheduler.label()}_steps{cfg.steps}_cfg{cfg.cfg_weight:g}{interval}_seed{cfg.seed}"
+    stem = file_stem(scheduler.label(), cfg.steps, cfg.cfg_weight, cfg.seed, cfg_interval,
+                     schedule_label(cfg.schedule, cfg.schedule_power, cfg.schedule_rate))
     out_dir = Path(cfg.out_dir)
     labels = [kind.label(v) for v in values]
     if edit is None:

@@ -201,6 +201,8 @@ def check_sampling(c: Checks) -> None:
     c.integer("temp_warmup", 0, c.get("steps"))
     c.integer("top_k", 0, c.get("data.codebook_size"), optional=True)
     c.choice("schedule", SCHEDULES)
+    c.number("schedule_power", above=0, note=" (the poly exponent)")
+    c.number("schedule_rate", above=0, note=" (the exp and log rate)")
     check_cfg_interval(c)
     check_scheduler(c)
 

@@ -72,6 +72,8 @@ CASES = [
     ("sample.py", ["steps=3.5"], "steps=3.5 is not a whole number; allowed: 1 to 64 (the number of tokens)"),
     ("sample.py", ["classes=abc"], "classes='abc' is not a whole number; allowed: 0 to 9"),
     ("sample.py", ["top_k=-1"], "top_k=-1 is out of range; allowed: 0 to 17"),
+    ("sample.py", ["schedule_power=0"], "schedule_power=0 is out of range; allowed: > 0 (the poly exponent)"),
+    ("evaluate.py", ["schedule_rate=nan"], "schedule_rate=nan is not finite; allowed: > 0 (the exp and log rate)"),
     ("sample.py", ["per_class=0"], "per_class=0 is out of range; allowed: >= 1"),
     ("sample.py", ["device=gpu7"], "device='gpu7' is not a device; allowed: auto, cpu, cuda, cuda:N, mps"),
     ("sample.py", ["progression=maybe"], "progression='maybe' is not a boolean; allowed: true, false"),

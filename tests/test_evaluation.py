@@ -14,7 +14,7 @@ from halton.evaluation.features import DigitsFeatures, InceptionFeatures
 from halton.evaluation.metrics import feature_statistics
 from halton.evaluation.prompts import balanced_labels
 from halton.evaluation.runner import batch_seed
-from halton.sampling import HaltonScheduler, SamplingResult, sample
+from halton.sampling import HaltonScheduler, SamplingResult, sample, tokens_per_step
 
 
 def features(n=400, d=16, seed=0):
@@ -335,3 +335,14 @@ def test_evaluate_rejects_bad_values(tiny_run, args, message):
     result = evaluate(tiny_run, *args, check=False)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[0].startswith(message)
+
+
+def test_evaluate_records_a_parameterised_sampling_schedule(tiny_run):
+    evaluate(tiny_run, "scheduler=halton", "steps=4", "intermediate_steps=[2]", "schedule=poly", "schedule_power=2",
+             "diagnostics=false", "results=${paths.runs_dir}/poly.csv")
+    rows = {r["eval_step"]: r for r in ResultsFile(tiny_run / "poly.csv").rows()}
+    cumulative = tokens_per_step(64, 4, "poly", power=2.0).cumsum(0).tolist()
+    assert cumulative != tokens_per_step(64, 4, "poly").cumsum(0).tolist()
+    assert {r["schedule"] for r in rows.values()} == {"poly-power=2"}
+    assert float(rows["2"]["tokens_fraction"]) == round(cumulative[1] / 64, 4)
+    assert (tiny_run / "grids" / "halton_poly-power=2_steps4_cfg1_seed0.png").is_file()

@@ -163,3 +163,34 @@ def test_schedule_parameters_keep_the_exact_count_rule(schedule, options):
         assert per_step.min() >= 1 and torch.equal(cumulative[:, -1], sizes[steps - 1:]), steps
     counts = tokens_per_step(256, 16, schedule, **options)
     assert counts.sum() == 256 and counts.min() >= 1
+
+
+@pytest.mark.parametrize("schedule,options", [("poly", {"schedule_power": 2.0}), ("exp", {"schedule_rate": 1.5}),
+                                              ("log", {"schedule_rate": 1.0})])
+@pytest.mark.parametrize("scheduler", ["halton", "confidence", "random"])
+def test_sampling_unmasks_the_parameterised_schedule_counts(schedule, options, scheduler):
+    from halton.sampling import build_scheduler, sample
+    from test_sampling import StubModel
+
+    power, rate = options.get("schedule_power", 0.5), options.get("schedule_rate", 5.0)
+    expected = tokens_per_step(16, 6, schedule, power=power, rate=rate).tolist()
+    assert expected != tokens_per_step(16, 6, schedule).tolist()  # the parameter changes the counts
+    result = sample(StubModel(), build_scheduler(scheduler), torch.tensor([0, 1]), steps=6, schedule=schedule,
+                    return_history=True, **options)
+    assert [int(u[0].sum()) for u in result.unmasked_per_step] == expected
+
+
+def test_reference_confidence_counts_take_the_schedule_parameters():
+    from halton.sampling.confidence import reference_tokens_per_step
+
+    # targets max(i + 1, floor(64 g(i / 7))) with g(r) = 1 - (1 - r)^2 (poly, power 2): 1, 16, 31, 43, 52, 58, 62, 64
+    assert reference_tokens_per_step(64, 8, "poly", power=2.0) == [1, 15, 15, 12, 9, 6, 4, 2]
+    assert reference_tokens_per_step(64, 8, "poly", power=2.0) != reference_tokens_per_step(64, 8, "poly")
+
+
+def test_schedule_label_names_a_changed_parameter():
+    from halton.sampling.schedules import schedule_label
+
+    assert [schedule_label("poly"), schedule_label("poly", power=0.7), schedule_label("exp", rate=3.0),
+            schedule_label("log", rate=5.0), schedule_label("arccos", power=2.0, rate=1.0)] == \
+        ["poly", "poly-power=0.7", "exp-rate=3", "log", "arccos"]

@@ -57,6 +57,35 @@ def test_sampling_from_prompts(text_run):
     assert "reads the requested digit in" in result.stdout + result.stderr
 
 
+def test_editing_with_a_prompt_keeps_every_pixel_outside_the_mask(text_run, tmp_path):
+    from halton.utils.images import MIN_CELL, wrap_labels
+
+    digit = (np.random.default_rng(1).integers(0, 17, (8, 8)) * 255 / 16).round().astype(np.uint8)
+    Image.fromarray(digit).save(tmp_path / "digit.png")
+    region = np.zeros((8, 8), dtype=bool)
+    region[4:, 2:7] = True  # white = regenerate
+    Image.fromarray(region.astype(np.uint8) * 255).save(tmp_path / "mask.png")
+    prompts = ["the digit 3", "a handwritten seven"]
+    out = tmp_path / "out"
+    run("sample.py", "experiment=digits_t2i", *TINY_NET, f"paths.root_dir={text_run}", "name=text",
+        f"prompts=[{','.join(prompts)}]", "per_class=2", "steps=4", f"out_dir={out}", "scheduler=random",
+        f"edit.image={tmp_path / 'digit.png'}", f"edit.mask={tmp_path / 'mask.png'}")
+    assert sorted(p.name for p in out.iterdir()) == ["random_steps4_cfg1_seed0_edit-mask.png"]
+    picture = np.asarray(Image.open(out / "random_steps4_cfg1_seed0_edit-mask.png"))
+    scale, pad, left = MIN_CELL // 8, 2, wrap_labels(prompts, MIN_CELL)[1]
+
+    def cell(row, col):  # grey level per pixel of one 8x8 image of the grid (before, masked, after, after)
+        y, x = pad + row * (MIN_CELL + pad), left + pad + col * (MIN_CELL + pad)
+        return picture[y:y + MIN_CELL:scale, x:x + MIN_CELL:scale, 0]
+    assert picture.shape[0] == pad + 2 * (MIN_CELL + pad)  # a row per prompt
+    afters = [cell(row, col) for row in range(2) for col in (2, 3)]
+    for row in range(2):
+        assert np.array_equal(cell(row, 0), digit)
+    for after in afters:
+        assert np.array_equal(after[~region], digit[~region])  # the pixel tokenizer: one token per pixel
+    assert any(not np.array_equal(after[region], digit[region]) for after in afters)
+
+
 def test_evaluation_of_unseen_phrasings_reports_adherence(text_run):
     results = text_run / "eval.csv"
     run("evaluate.py", "experiment=digits_t2i", *TINY_NET, f"paths.root_dir={text_run}", "name=text",

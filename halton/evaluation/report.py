@@ -57,11 +57,13 @@ def scheduler_labels(rows: list[dict]) -> dict[tuple[str, str], str]:
 
 
 def label_of(row: dict, labels: dict) -> str:
-    """The scheduler's label, then the prompts of a text model's cell (``digits:unseen``) and the CFG interval when
-    there are any."""
+    """The scheduler's label, then the prompts of a text model's cell (``digits:unseen``), the CFG interval and a
+    schedule other than the default (``exp-rate=3``) when there are any."""
     prompts, interval = row.get("prompts") or "", row.get("cfg_interval") or ""
+    schedule = row.get("schedule") or "arccos"
     return (labels[row["scheduler"], row.get("scheduler_options", "")] + (f" [{prompts}]" if prompts else "")
-            + (f" cfg in ({interval.replace(',', ', ')}]" if interval else ""))
+            + (f" cfg in ({interval.replace(',', ', ')}]" if interval else "")
+            + (f" {schedule}" if schedule != "arccos" else ""))
 
 
 class Settings:

@@ -42,6 +42,15 @@ def interval_text(cfg_interval) -> str:
     return "" if cfg_interval is None else ",".join(repr(float(t)) for t in cfg_interval)
 
 
+def file_stem(label: str, steps: int, cfg_weight: float, seed: int, cfg_interval=None,
+              schedule: str = "arccos") -> str:
+    """The name of a run's images and diagnostics (sample.py and evaluate.py): the scheduler's label, a schedule
+    other than arccos, steps, CFG weight, CFG interval and seed: ``halton_exp_steps16_cfg1_interval0.1-0.3_seed0``."""
+    interval = interval_text(cfg_interval).replace(",", "-")
+    return (f"{label}{'_' + schedule if schedule != 'arccos' else ''}_steps{steps}_cfg{float(cfg_weight):g}"
+            f"{'_interval' + interval if interval else ''}_seed{seed}")
+
+
 def row_key(row: dict) -> tuple[str, ...]:
     return tuple(_normalise(row.get(column) if row.get(column) not in (None, "") else KEY_DEFAULTS.get(column))
                  for column in KEY_COLUMNS)

@@ -17,9 +17,9 @@ from tqdm.auto import tqdm
 from halton.evaluation.diagnostics import plot_diagnostics, step_diagnostics, summarise
 from halton.evaluation.features import FeatureExtractor
 from halton.evaluation.metrics import generative_metrics
+from halton.evaluation.results import file_stem
 from halton.conditions import ConditionKind
 from halton.sampling import Scheduler, sample
-from halton.sampling.schedules import tokens_per_step
 from halton.utils.files import atomic_write
 from halton.utils.images import class_grid, save_png
 
@@ -95,11 +95,13 @@ def concatenate(generated: Generated, step: int) -> dict[str, torch.Tensor]:
     return {key: torch.cat([o[key] for o in ordered]) for key in ordered[0]}
 
 
-def metric_rows(generated: Generated, reference, extractor: FeatureExtractor, cell: dict, steps: int,
-                num_tokens: int, schedule: str, eval_steps: list[int]) -> list[dict]:
-    cumulative = tokens_per_step(num_tokens, steps, schedule).cumsum(0).tolist()
+def metric_rows(generated: Generated, reference, extractor: FeatureExtractor, cell: dict, counts: list[int],
+                eval_steps: list[int]) -> list[dict]:
+    """One row per evaluated step; ``counts``: the tokens each step unmasked (the scheduler's own counts)."""
+    cumulative = torch.tensor(counts).cumsum(0).tolist()
+    num_tokens = cumulative[-1]
     rows = []
-    for step in sorted(set(eval_steps) | {steps}):
+    for step in sorted(set(eval_steps) | {len(counts)}):
         extracted = concatenate(generated, step - 1)
         metrics = generative_metrics(extracted["features"], extracted["logits"], reference, extractor.metric_prefix)
         for name in extracted.keys() - {"features", "logits"}:  # the scorers' means over images
@@ -114,10 +116,10 @@ def save_artifacts(generated: Generated, out_dir: Path, label: str, cell: dict, 
                    per_row: int) -> dict[str, list[float]] | None:
     """A grid of the first samples (a row per class or prompt, at most 10) and the diagnostics curves: JSON (the
     cell's settings and the curves, which the report averages over seeds) and a plot; files named after the
-    scheduler's label and the cell's steps, CFG weight and seed."""
-    interval = cell.get("cfg_interval") or ""  # "0.1,0.3": its own files, beside the always-guided ones
-    stem = (f"{label}_steps{cell['steps']}_cfg{cell['cfg_weight']:g}"
-            f"{'_interval' + interval.replace(',', '-') if interval else ''}_seed{cell['seed']}")
+    scheduler's label and the cell's schedule, steps, CFG weight, CFG interval and seed (:func:`file_stem`)."""
+    interval = cell.get("cfg_interval") or None  # "0.1,0.3": its own files, beside the always-guided ones
+    stem = file_stem(label, cell["steps"], cell["cfg_weight"], cell["seed"],
+                     interval and interval.split(","), cell.get("schedule") or "arccos")
     if generated.preview is not None and per_row > 0:
         rows: dict = {}
         for position, value in enumerate(generated.preview_values):

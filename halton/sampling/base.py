@@ -62,10 +62,10 @@ class Scheduler(ABC):
         """CFG weight at ``step`` (constant by default)."""
         return weight
 
-    def counts(self, num_tokens: int, steps: int, schedule: str) -> list[int]:
+    def counts(self, num_tokens: int, steps: int, schedule: str, power: float = 0.5, rate: float = 5.0) -> list[int]:
         """Tokens unmasked by each step, summing to ``num_tokens`` (those to generate; default:
-        :func:`tokens_per_step`, each >= 1)."""
-        return tokens_per_step(num_tokens, steps, schedule).tolist()
+        :func:`tokens_per_step`, each >= 1). ``power`` and ``rate``: the poly exponent and the exp/log rate."""
+        return tokens_per_step(num_tokens, steps, schedule, power, rate).tolist()
 
     # True: every position is drawn again at every step and the decoded ones take the new draw (the reference
     # Confidence sampler); the candidates still say where new tokens may be unmasked.
@@ -205,7 +205,8 @@ def sample(model, scheduler: Scheduler, condition: Condition | torch.Tensor, ste
            generator: torch.Generator | None = None, seed: int | None = None, return_history: bool = False,
            fill_steps: tuple[int, ...] = (), autocast_dtype: torch.dtype | None = None,
            progress: bool = False, temp_pow: float = 1.0, temp_warmup: int = 0,
-           cfg_interval: tuple[float, float] | None = None, init_codes: torch.Tensor | None = None) -> SamplingResult:
+           cfg_interval: tuple[float, float] | None = None, init_codes: torch.Tensor | None = None,
+           schedule_power: float = 0.5, schedule_rate: float = 5.0) -> SamplingResult:
     """Generate token grids for ``condition`` (a :class:`halton.conditions.Condition` of any kind, or class labels
     [B]) with ``model`` (any model with ``condition``, ``trunk_conditioned`` and ``logits``).
 
@@ -213,7 +214,9 @@ def sample(model, scheduler: Scheduler, condition: Condition | torch.Tensor, ste
     temperature multiplies the logits: at step i it is ``linspace(temp_min, temp_max, steps)[i] ** temp_pow``,
     halved for the first ``temp_warmup`` steps (the reference Halton sampler's rule; 1 and 0: plain linear).
     ``fill_steps`` (0-based) also returns, after those steps, the codes with the still-masked tokens drawn from
-    that step's predictions (their logits are computed only at those steps).
+    that step's predictions (their logits are computed only at those steps). ``schedule`` sets the tokens unmasked
+    per step (:func:`halton.sampling.schedules.tokens_per_step`); ``schedule_power`` is the ``poly`` exponent and
+    ``schedule_rate`` the ``exp``/``log`` rate (eMIGM's 0.5 and 5 by default).
 
     ``cfg_interval=(t_min, t_max)`` guides only the steps whose time s lies in (t_min, t_max]; the others run the
     conditional pass alone. Time goes from 1 (all masked) to 0: step i runs at s_i = 1 - d_i / M, with d_i the
@@ -222,13 +225,13 @@ def sample(model, scheduler: Scheduler, condition: Condition | torch.Tensor, ste
 
     ``init_codes`` [B, H, W] (editing): the tokens equal to ``model.mask_id`` are generated, every other one is kept
     as it is. The same number M must be masked in every sample; the per-step counts split M
-    (``scheduler.counts(M, steps, schedule)``, so steps <= M), and order schedulers walk their order restricted to
+    (``scheduler.counts(M, steps, schedule, ...)``, so steps <= M), and order schedulers walk their order restricted to
     the masked positions. None: every token is generated.
     """
     height, width = model.grid
     num_tokens, vocab = height * width, model.codebook_size
     check_sampling_args(steps, num_tokens, cfg_weight, temp_min, temp_max, top_k, vocab, temp_pow, temp_warmup)
-    check_schedule(schedule)
+    check_schedule(schedule, schedule_power, schedule_rate)
     cfg_interval = check_cfg_interval(cfg_interval)
     condition = as_condition(condition)
     condition.check(model)
@@ -248,7 +251,7 @@ def sample(model, scheduler: Scheduler, condition: Condition | torch.Tensor, ste
     if generator is None:
         generator = torch.Generator(device=device)
         generator.manual_seed(0 if seed is None else seed)
-    counts = scheduler.counts(to_generate, steps, schedule)
+    counts = scheduler.counts(to_generate, steps, schedule, schedule_power, schedule_rate)
     temperatures = step_temperatures(steps, temp_min, temp_max, temp_pow, temp_warmup)
     # The positions this run generates [B, M]: where a redrawing scheduler draws at every step (all of them without
     # an edit); the known tokens of an edit are never drawn, so never changed.

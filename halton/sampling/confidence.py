@@ -13,12 +13,13 @@ GUIDANCE = ("ramp", "constant")
 MODES = ("keep", "reference")
 
 
-def reference_tokens_per_step(num_tokens: int, steps: int, schedule: str = "arccos") -> list[int]:
+def reference_tokens_per_step(num_tokens: int, steps: int, schedule: str = "arccos", power: float = 0.5,
+                              rate: float = 5.0) -> list[int]:
     """The reference Confidence sampler's counts: after step i it targets t_i = max(i + 1, int(N g(r_i))) decoded
     tokens with r = linspace(0, 1, steps) (float32, as it computes them), so its first step decodes one token and
     a step whose target is already reached decodes none; the last step decodes the rest."""
     ratios = torch.linspace(0, 1, steps)  # float32
-    targets = (unmasked_fraction(ratios, schedule) * num_tokens).long().tolist()
+    targets = (unmasked_fraction(ratios, schedule, power, rate) * num_tokens).long().tolist()
     counts, done = [], 0
     for i, target in enumerate(targets):
         target = num_tokens if i == steps - 1 else min(max(i + 1, target), num_tokens)
@@ -57,10 +58,10 @@ class ConfidenceScheduler(Scheduler):
     def redraws_decoded(self) -> bool:
         return self.mode == "reference"
 
-    def counts(self, num_tokens, steps, schedule):
+    def counts(self, num_tokens, steps, schedule, power=0.5, rate=5.0):
         if self.mode == "reference":
-            return reference_tokens_per_step(num_tokens, steps, schedule)
-        return super().counts(num_tokens, steps, schedule)
+            return reference_tokens_per_step(num_tokens, steps, schedule, power, rate)
+        return super().counts(num_tokens, steps, schedule, power, rate)
 
     def start(self, batch, height, width, generator, device, masked):
         return None

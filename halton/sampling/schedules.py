@@ -27,6 +27,16 @@ def check_schedule(schedule: str, power: float = 0.5, rate: float = 5.0) -> str:
     return schedule
 
 
+def schedule_label(schedule: str, power: float = 0.5, rate: float = 5.0) -> str:
+    """The schedule's name, with its parameter when that differs from eMIGM's default: ``poly-power=0.7``,
+    ``exp-rate=3``; ``exp`` at rate 5 and every schedule without a parameter are their plain name."""
+    if schedule == "poly" and power != 0.5:
+        return f"poly-power={power:g}"
+    if schedule in ("exp", "log") and rate != 5.0:
+        return f"{schedule}-rate={rate:g}"
+    return schedule
+
+
 def _emigm_ratio(p: torch.Tensor, schedule: str, power: float, rate: float) -> torch.Tensor:
     """eMIGM's gamma(p) for the schedules MaskGIT does not have."""
     if schedule == "poly":
