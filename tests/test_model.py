@@ -108,3 +108,24 @@ def test_dropped_label_uses_null_class():
     cond = model.condition(torch.tensor([1, 2]), torch.tensor([True, False]))
     torch.testing.assert_close(cond[0], model.cls_emb.weight[3])
     torch.testing.assert_close(cond[1], model.cls_emb.weight[2])
+
+
+def test_training_logits_pad_the_classes_with_minus_infinity_and_change_no_loss():
+    import torch.nn.functional as F
+
+    from halton.models import TextMaskTransformer
+
+    torch.manual_seed(0)
+    models = [MaskTransformer(17, 8, 32, 1, 2, 64, num_classes=10),
+              TextMaskTransformer(17, 8, c=32, hidden_dim=32, text_dim=16, depth=1, heads=2, mlp_dim=64)]
+    for model in models:
+        hidden = torch.randn(3, 64, 32)
+        targets = torch.randint(0, 18, (3 * 64,))
+        padded, plain = model.training_logits(hidden), model.logits(hidden)
+        assert padded.shape == (3, 64, 64) and torch.equal(padded[..., :18], plain)
+        assert torch.isneginf(padded[..., 18:]).all()
+        losses = [F.cross_entropy(x.flatten(0, 1), targets) for x in (padded, plain)]
+        assert torch.equal(losses[0], losses[1])
+        grads = [torch.autograd.grad(loss, list(model.parameters()), allow_unused=True) for loss in losses]
+        for a, b in zip(*grads):
+            assert (a is None and b is None) or torch.allclose(a, b, atol=1e-7)

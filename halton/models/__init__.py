@@ -5,5 +5,15 @@ from halton.models.official import from_official_checkpoint
 from halton.models.text_transformer import PAPER_T2I, TextMaskTransformer, build_text_transformer
 from halton.models.transformer import SIZES, ClassConditioning, MaskTransformer, build_transformer
 
+
+
+def compile_blocks(model) -> None:
+    """``torch.compile`` each transformer block in place (``nn.Module.compile``): the blocks are the model's FLOPs,
+    every block has the same code, so one graph serves them all; the embeddings, the head and the sampler's
+    variable-shape gathers stay eager, and the state dict keeps its keys."""
+    for block in model.transformer.layers:
+        block.compile()
+
+
 __all__ = ["PAPER_T2I", "SIZES", "ClassConditioning", "MaskTransformer", "TextMaskTransformer", "build_text_transformer",
-           "build_transformer", "from_official_checkpoint"]
+           "build_transformer", "compile_blocks", "from_official_checkpoint"]

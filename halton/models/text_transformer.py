@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from halton.models.layers import init_linears
+from halton.models.layers import init_linears, padded_logits
 from halton.models.transformer import SIZES, grid_of
 
 # The paper's text-to-image model: 32x32 VQ-8 tokens patchified 2x2, width 1024, depth 24, 16 heads, T5-XL text.
@@ -203,6 +203,11 @@ class TextMaskTransformer(nn.Module):
         if num_classes is not None:
             weight, bias = weight[:num_classes], bias[:num_classes]
         return F.linear(hidden, weight, bias)
+
+    def training_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Logits over every class at every position, padded with -inf classes to a matrix width that suits tensor
+        cores (:func:`padded_logits`): what the training loss takes."""
+        return padded_logits(hidden, self.tok_emb.weight, self.bias.view(-1))
 
     def forward(self, codes: torch.Tensor, text: torch.Tensor, drop_label: torch.Tensor | None = None,
                 text_mask: torch.Tensor | None = None) -> torch.Tensor:

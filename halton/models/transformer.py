@@ -12,7 +12,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from halton.models.layers import AdaLNBlock, AdaNorm, init_linears
+from halton.models.layers import AdaLNBlock, AdaNorm, init_linears, padded_logits
 
 # (hidden_dim, depth, heads) of the released sizes and of the paper's 705M class-to-image model.
 SIZES: dict[str, tuple[int, int, int]] = {
@@ -142,6 +142,11 @@ class MaskTransformer(nn.Module):
         if num_classes is None:
             return self.head(hidden)
         return nn.functional.linear(hidden, self.head.weight[:num_classes], self.head.bias[:num_classes])
+
+    def training_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Logits over every class at every position, padded with -inf classes to a matrix width that suits tensor
+        cores (:func:`padded_logits`): what the training loss takes."""
+        return padded_logits(hidden, self.head.weight, self.head.bias)
 
     def forward(self, codes: torch.Tensor, labels: torch.Tensor, drop_label: torch.Tensor) -> torch.Tensor:
         return self.logits(self.trunk(codes, labels, drop_label))

@@ -44,9 +44,10 @@ class Scheduler(ABC):
 
     @abstractmethod
     def start(self, batch: int, height: int, width: int, generator: torch.Generator, device: torch.device,
-              masked: torch.Tensor) -> torch.Tensor | None:
+              masked: torch.Tensor, num_masked: int | None = None) -> Any:
         """Called once before the first step with the tokens to generate (``masked`` [B, N], True where masked:
-        everywhere, or the region of an edit); returns per-run state (an order for order-based schedulers)."""
+        everywhere, or the region of an edit; ``num_masked`` of them in every sample, a host value); returns
+        per-run state (an order for order-based schedulers)."""
 
     @abstractmethod
     def candidates(self, state: torch.Tensor | None, masked: torch.Tensor, done: int, count: int) -> torch.Tensor:
@@ -80,7 +81,7 @@ class OrderScheduler(Scheduler):
               device: torch.device) -> torch.Tensor:
         """Flat positions [B, H*W] in unmasking order."""
 
-    def start(self, batch, height, width, generator, device, masked):
+    def start(self, batch, height, width, generator, device, masked, num_masked=None):
         order = self.order(batch, height, width, generator, device)  # drawn whatever the mask: same random stream
         # The masked positions first, in their relative order within the full order (a stable sort on "known"),
         # so an edit walks the same order restricted to its region; the known positions, after them, are never
@@ -165,6 +166,13 @@ def check_init_codes(init_codes: torch.Tensor, batch: int, height: int, width: i
     if low == 0:
         raise ValueError(f"init_codes hold no mask id ({mask_id}); allowed: codes with at least one token to generate")
     return masked, low
+
+
+def masked_positions(masked: torch.Tensor, count: int) -> torch.Tensor:
+    """The ``count`` masked positions [B, count] of each row of ``masked`` [B, N] in increasing order, where every row
+    has exactly ``count`` masked: a stable sort puts them first, and ``count`` is known on the host, so unlike
+    ``masked.nonzero()`` this never waits for the device."""
+    return torch.argsort((~masked).to(torch.uint8), dim=1, stable=True)[:, :count]
 
 
 def _sample_tokens(logits: torch.Tensor, top_k: int | None, generator: torch.Generator, entropy: bool = False):
@@ -259,7 +267,7 @@ def sample(model, scheduler: Scheduler, condition: Condition | torch.Tensor, ste
     everywhere = None
     if scheduler.redraws_decoded:
         everywhere = (torch.arange(num_tokens, device=device).expand(batch, num_tokens) if init_codes is None
-                      else masked.nonzero()[:, 1].view(batch, to_generate))
+                      else masked_positions(masked, to_generate))
     autocast = (torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None
                 else contextlib.nullcontext())
     # What the trunk takes for the condition (for text: every block's keys and values), computed once per run:
@@ -272,7 +280,7 @@ def sample(model, scheduler: Scheduler, condition: Condition | torch.Tensor, ste
             with autocast:
                 prepared[guided] = (condition.concat(condition) if guided else condition).prepare(model, drop)
         return prepared[guided]
-    state = scheduler.start(batch, height, width, generator, device, masked.clone())
+    state = scheduler.start(batch, height, width, generator, device, masked.clone(), num_masked=to_generate)
     result = SamplingResult(codes=codes)
     done = 0
     was_training = model.training
@@ -319,7 +327,7 @@ def sample(model, scheduler: Scheduler, condition: Condition | torch.Tensor, ste
         if step in fill_steps:
             filled = codes.clone()
             if done < to_generate:
-                rest = masked.nonzero()[:, 1].view(batch, -1)
+                rest = masked_positions(masked, to_generate - done)
                 rest_logits = guided_logits(hidden, rest, weight, temperatures[step])
                 filled.scatter_(1, rest, _sample_tokens(rest_logits, top_k, generator)[0])
             result.filled[step] = filled.view(batch, height, width)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from halton.sampling.base import Scheduler
+from halton.sampling.base import Scheduler, masked_positions
 from halton.sampling.schedules import unmasked_fraction
 
 GUIDANCE = ("ramp", "constant")
@@ -63,13 +63,13 @@ class ConfidenceScheduler(Scheduler):
             return reference_tokens_per_step(num_tokens, steps, schedule, power, rate)
         return super().counts(num_tokens, steps, schedule, power, rate)
 
-    def start(self, batch, height, width, generator, device, masked):
-        return None
+    def start(self, batch, height, width, generator, device, masked, num_masked=None):
+        return masked.shape[1] if num_masked is None else num_masked  # the state: tokens this run generates
 
     def candidates(self, state, masked, done, count):
         # Every sample has the same number of masked tokens, so the positions form a [B, M - done] block. Only
         # masked positions are candidates: a known token (decoded, or kept by an edit) is never re-masked.
-        return masked.nonzero()[:, 1].view(masked.shape[0], -1)
+        return masked_positions(masked, state - done)
 
     @staticmethod
     def _progress(step: int, steps: int) -> float:

@@ -56,6 +56,14 @@ class TrainingMask:
         self.schedule, self.masking, self.loss_weight, self.t_per = schedule, masking, loss_weight, t_per
         self.t_min = float(t_min)
         self.options = {"power": float(schedule_power), "rate": float(schedule_rate)}
+        self._orders: dict[tuple, torch.Tensor] = {}
+
+    def _order(self, height: int, width: int, device: torch.device) -> torch.Tensor:
+        """The Halton order of the grid, kept on the device (no copy from the host at every step)."""
+        key = (height, width, str(device))
+        if key not in self._orders:
+            self._orders[key] = halton_order(height, width).to(device)
+        return self._orders[key]
 
     def positions(self, batch: int, device: torch.device | str = "cpu",
                   generator: torch.Generator | None = None) -> torch.Tensor:
@@ -80,8 +88,9 @@ class TrainingMask:
             mask = torch.rand(batch, num_tokens, device=device, generator=generator) < ratio[:, None]
             # A sample with nothing masked would have nothing to learn from: mask one random token instead.
             empty = ~mask.any(dim=1)
-            one = F.one_hot(torch.randint(num_tokens, (batch,), device=device, generator=generator), num_tokens)
-            return mask | (empty[:, None] & one.bool()), weights
+            pick = torch.randint(num_tokens, (batch, 1), device=device, generator=generator)
+            one = torch.zeros_like(mask).scatter_(1, pick, True)  # not F.one_hot: on a GPU it checks its input
+            return mask | (empty[:, None] & one), weights
         # The float32 ratio can exceed 1 by an ulp (arccos(0) / (pi/2)): clamp the count to [1, N].
         count = torch.ceil(num_tokens * ratio).long().clamp(1, num_tokens)
         if self.masking == "exact":  # a uniformly random order per sample; its first k tokens are masked
@@ -90,7 +99,7 @@ class TrainingMask:
         else:  # the sampler decodes its order front to back: the last k tokens are the ones still masked
             offsets = torch.randint(0, num_tokens, (batch, 1), device=device, generator=generator)
             # The Halton scheduler's roll: torch.roll(order, k)[j] = order[(j - k) mod N], every sample at once.
-            order = halton_order(*codes.shape[1:]).to(device)[(torch.arange(num_tokens, device=device) - offsets)
-                                                              % num_tokens]
+            order = self._order(codes.shape[1], codes.shape[2], device)[
+                (torch.arange(num_tokens, device=device) - offsets) % num_tokens]
             hidden = torch.arange(num_tokens, device=device) >= num_tokens - count[:, None]
         return torch.zeros_like(hidden).scatter_(1, order, hidden), weights
