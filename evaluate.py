@@ -47,8 +47,8 @@ def main(cfg: DictConfig) -> None:
             "cfg_interval": interval_text(cfg_interval),
             "temp_min": float(cfg.temp_min), "temp_max": float(cfg.temp_max), "temp_pow": float(cfg.temp_pow),
             "temp_warmup": cfg.temp_warmup, "top_k": cfg.top_k,
-            "schedule": schedule_label(cfg.schedule, cfg.schedule_power, cfg.schedule_rate), "seed": cfg.seed, "num_images": cfg.num_images, "extractor": cfg.extractor,
-            "prompts": ""}
+            "schedule": schedule_label(cfg.schedule, cfg.schedule_power, cfg.schedule_rate), "seed": cfg.seed,
+            "num_images": cfg.num_images, "extractor": cfg.extractor, "prompts": ""}
     kind = condition_kind(cfg)
     values, cell["prompts"] = evaluation_values(kind, cfg.data.num_classes, cfg.num_images, cfg.prompt_set)
     results = ResultsFile(cfg.results)
@@ -85,7 +85,8 @@ def main(cfg: DictConfig) -> None:
                                          captions=cfg.reference.captions, seed=cfg.prompt_set.seed)
     sampling = {"steps": cfg.steps, "cfg_weight": cfg.cfg_weight, "temp_min": cfg.temp_min, "temp_max": cfg.temp_max,
                 "temp_pow": cfg.temp_pow, "temp_warmup": cfg.temp_warmup, "top_k": cfg.top_k, "schedule": cfg.schedule,
-                "schedule_power": cfg.schedule_power, "schedule_rate": cfg.schedule_rate, "cfg_interval": cfg_interval, "autocast_dtype": autocast}
+                "schedule_power": cfg.schedule_power, "schedule_rate": cfg.schedule_rate, "cfg_interval": cfg_interval,
+                "autocast_dtype": autocast}
     generated, seconds = timed(generate_and_extract, model, tokenizer, extractor, scheduler, kind, values,
                                cfg.batch_size, cfg.seed, fabric.global_rank, fabric.world_size, eval_steps,
                                cfg.diagnostics, device, sampling, scorers)

@@ -80,7 +80,7 @@ def main(cfg: DictConfig) -> None:
     import torch
     from hydra.utils import instantiate
 
-    from halton.evaluation.results import file_stem
+    from halton.evaluation.results import file_stem, interval_text
     from halton.sampling import sample
     from halton.sampling.editing import composite
     from halton.sampling.schedules import schedule_label
@@ -108,7 +108,7 @@ def main(cfg: DictConfig) -> None:
                     return_history=cfg.progression, autocast_dtype=autocast, progress=True)
     log.info(f"{result.nfe_per_image} network evaluations per image")
     images = tokenizer.decode(result.codes)
-    stem = file_stem(scheduler.label(), cfg.steps, cfg.cfg_weight, cfg.seed, cfg_interval,
+    stem = file_stem(scheduler.label(), cfg.steps, cfg.cfg_weight, cfg.seed, interval_text(cfg_interval),
                      schedule_label(cfg.schedule, cfg.schedule_power, cfg.schedule_rate))
     out_dir = Path(cfg.out_dir)
     labels = [kind.label(v) for v in values]

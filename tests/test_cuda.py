@@ -35,7 +35,8 @@ def test_training_steps_never_synchronise(masking, kind):
         net, condition = MaskTransformer(64, 8, 64, 2, 4, 128, num_classes=10), None
         batch = {"labels": torch.randint(0, 10, (8,), device=device)}
     else:
-        net, condition = TextMaskTransformer(64, 8, c=64, hidden_dim=64, text_dim=32, depth=2, heads=4, mlp_dim=128), TextKind(max_length=6)
+        net = TextMaskTransformer(64, 8, c=64, hidden_dim=64, text_dim=32, depth=2, heads=4, mlp_dim=128)
+        condition = TextKind(max_length=6)
         batch = {"text_emb": torch.randn(8, 6, 32, device=device).bfloat16(),
                  "text_mask": torch.arange(6, device=device) < torch.randint(1, 7, (8, 1), device=device)}
     module = MaskGITModule(net, condition=condition, masking=masking).to(device)

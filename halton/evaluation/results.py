@@ -42,11 +42,12 @@ def interval_text(cfg_interval) -> str:
     return "" if cfg_interval is None else ",".join(repr(float(t)) for t in cfg_interval)
 
 
-def file_stem(label: str, steps: int, cfg_weight: float, seed: int, cfg_interval=None,
+def file_stem(label: str, steps: int, cfg_weight: float, seed: int, interval: str = "",
               schedule: str = "arccos") -> str:
     """The name of a run's images and diagnostics (sample.py and evaluate.py): the scheduler's label, a schedule
-    other than arccos, steps, CFG weight, CFG interval and seed: ``halton_exp_steps16_cfg1_interval0.1-0.3_seed0``."""
-    interval = interval_text(cfg_interval).replace(",", "-")
+    other than arccos, steps, CFG weight, CFG interval (as :func:`interval_text` writes it) and seed:
+    ``halton_exp_steps16_cfg1_interval0.1-0.3_seed0``."""
+    interval = interval.replace(",", "-")
     return (f"{label}{'_' + schedule if schedule != 'arccos' else ''}_steps{steps}_cfg{float(cfg_weight):g}"
             f"{'_interval' + interval if interval else ''}_seed{seed}")
 

@@ -117,9 +117,9 @@ def save_artifacts(generated: Generated, out_dir: Path, label: str, cell: dict, 
     """A grid of the first samples (a row per class or prompt, at most 10) and the diagnostics curves: JSON (the
     cell's settings and the curves, which the report averages over seeds) and a plot; files named after the
     scheduler's label and the cell's schedule, steps, CFG weight, CFG interval and seed (:func:`file_stem`)."""
-    interval = cell.get("cfg_interval") or None  # "0.1,0.3": its own files, beside the always-guided ones
-    stem = file_stem(label, cell["steps"], cell["cfg_weight"], cell["seed"],
-                     interval and interval.split(","), cell.get("schedule") or "arccos")
+    # a CFG interval ("0.1,0.3") gets its own files, beside the always-guided ones
+    stem = file_stem(label, cell["steps"], cell["cfg_weight"], cell["seed"], cell.get("cfg_interval") or "",
+                     cell.get("schedule") or "arccos")
     if generated.preview is not None and per_row > 0:
         rows: dict = {}
         for position, value in enumerate(generated.preview_values):

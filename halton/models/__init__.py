@@ -6,7 +6,6 @@ from halton.models.text_transformer import PAPER_T2I, TextMaskTransformer, build
 from halton.models.transformer import SIZES, ClassConditioning, MaskTransformer, build_transformer
 
 
-
 def compile_blocks(model) -> None:
     """``torch.compile`` each transformer block in place (``nn.Module.compile``): the blocks are the model's FLOPs,
     every block has the same code, so one graph serves them all; the embeddings, the head and the sampler's
