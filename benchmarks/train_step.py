@@ -5,10 +5,10 @@
 
 One step = forward, loss, backward, gradient clipping, fused AdamW (on a GPU), the LR schedule and an EMA update
 of the weights: ``MaskGITModule.loss`` on random codes (and random text embeddings for ``t2i``), the same in both
-loops. Lightning runs it through ``Trainer.fit`` (``precision=bf16-mixed``, the ``EMAWeightAveraging`` callback,
-no logger, no checkpoints); the bare loop is the same code in plain PyTorch (``torch.autocast`` to bf16 with fp32
-master weights, ``torch.optim.swa_utils.AveragedModel`` for the EMA). Timed steps follow warm-up steps (which
-also absorb ``--compile``'s compilation), with the device synchronised before each clock reading.
+loops. Lightning runs it through ``Trainer.fit`` (``precision=bf16-mixed``, the EMA callback of the training
+config, ``halton.training.EMA``, no logger, no checkpoints); the bare loop is the same code in plain PyTorch
+(``torch.autocast`` to bf16 with fp32 master weights, the EMA as one ``torch._foreach_lerp_``). Timed steps follow
+warm-up steps (which also absorb ``--compile``'s compilation), with the device synchronised before each clock reading.
 
 FLOPs per image (``torch.utils.flop_counter.FlopCounterMode`` on one forward and backward at batch 1, i.e. every
 matmul and attention call with their real shapes: the blocks' linear layers on every token of the sequence, the
@@ -101,13 +101,12 @@ class Timer:
 
 
 def bare_loop(args, device, batches) -> float:
-    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-
     module = make_module(args, device)
     optimizer = module.configure_optimizers()
     schedule_lr = optimizer["lr_scheduler"]["scheduler"]
     optimizer = optimizer["optimizer"]
-    ema = AveragedModel(module.model, multi_avg_fn=get_ema_multi_avg_fn(0.999), use_buffers=True)
+    weights = [p.detach() for p in module.model.parameters()]
+    ema = ([w.clone() for w in weights], weights)  # (average, current)
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if args.precision == "bf16"
                 else contextlib.nullcontext())
     timer = Timer(device)
@@ -136,7 +135,7 @@ def _bare_steps(args, batches, module, optimizer, schedule, ema, autocast, timer
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         schedule.step()
-        ema.update_parameters(module.model)
+        torch._foreach_lerp_(*ema, 1 - 0.999)
         if prof is not None:
             prof.step()
     return timer.now() - timer.start
@@ -144,7 +143,8 @@ def _bare_steps(args, batches, module, optimizer, schedule, ema, autocast, timer
 
 def lightning_loop(args, device, batches) -> float:
     import lightning.pytorch as pl
-    from lightning.pytorch.callbacks import EMAWeightAveraging
+
+    from halton.training import EMA
 
     module = make_module(args, device)
     timer = Timer(device)
@@ -160,7 +160,7 @@ def lightning_loop(args, device, batches) -> float:
     trainer = pl.Trainer(accelerator=device.type, devices=1, max_steps=len(batches), logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                          precision="bf16-mixed" if args.precision == "bf16" else "32-true", gradient_clip_val=1.0,
-                         callbacks=[EMAWeightAveraging(decay=0.999), Timing()], num_sanity_val_steps=0)
+                         callbacks=[EMA(decay=0.999), Timing()], num_sanity_val_steps=0)
     loader = torch.utils.data.DataLoader(batches, batch_size=None, shuffle=False)
     trainer.fit(module, train_dataloaders=loader)
     return timer.end - timer.start

@@ -74,3 +74,18 @@ def test_the_flash_kernel_serves_the_models_attention():
     with torch.autocast("cuda", dtype=torch.bfloat16), sdpa_kernel(SDPBackend.FLASH_ATTENTION):
         out = model(codes, labels, torch.zeros(2, dtype=torch.bool, device="cuda"))  # raises if flash cannot run
     assert out.shape == (2, 256, 65) and torch.isfinite(out).all()
+
+
+def test_the_ema_averages_on_the_gpu_without_synchronising():
+    import lightning.pytorch as pl
+
+    from halton.data import DigitsDataModule
+    from halton.training import EMA
+
+    module = MaskGITModule(MaskTransformer(17, 8, 32, 1, 2, num_classes=10))  # on the CPU, as train.py hands it over
+    ema = EMA(decay=0.9)
+    trainer = pl.Trainer(accelerator="cuda", devices=1, max_steps=2, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, callbacks=[ema])
+    trainer.fit(module, datamodule=DigitsDataModule(batch_size=16))
+    assert {p.device.type for p in ema._average_model.parameters()} == {"cuda"}
+    assert syncs(lambda: ema._update(module)) == []

@@ -8,7 +8,7 @@ from lightning.pytorch.callbacks import EMAWeightAveraging, ModelCheckpoint
 
 from halton.data import DigitsDataModule
 from halton.models import MaskTransformer
-from halton.training import AtomicCheckpointIO, MaskGITModule
+from halton.training import EMA, AtomicCheckpointIO, MaskGITModule
 
 
 def tiny_module(**kwargs):
@@ -64,11 +64,42 @@ def test_warmup_then_cosine():
     assert optimizer.param_groups[0]["betas"] == (0.9, 0.96)
 
 
-def _trainer(tmp_path, max_steps):
+def _trainer(tmp_path, max_steps, ema=EMA):
     checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, every_n_train_steps=3, save_top_k=-1)
     return pl.Trainer(accelerator="cpu", devices=1, max_steps=max_steps, logger=False, enable_progress_bar=False,
                       enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0,
-                      callbacks=[checkpoint, EMAWeightAveraging(decay=0.9)], plugins=[AtomicCheckpointIO()])
+                      callbacks=[checkpoint, ema(decay=0.9)], plugins=[AtomicCheckpointIO()])
+
+
+def _fit(tmp_path, max_steps, ema, ckpt_path=None):
+    pl.seed_everything(0)
+    module = tiny_module()
+    trainer = _trainer(tmp_path, max_steps, ema)
+    trainer.fit(module, datamodule=DigitsDataModule(batch_size=16), ckpt_path=ckpt_path)
+    return torch.load(tmp_path / "ckpt" / "last.ckpt", map_location="cpu", weights_only=True)
+
+
+def test_fused_ema_matches_lightnings_and_resumes_its_checkpoints(tmp_path):
+    """halton.training.EMA (one foreach lerp, no host sync) averages as Lightning's EMAWeightAveraging does, under the
+    same checkpoint keys, so a run started with either resumes with the other."""
+    ours = _fit(tmp_path / "ours", 6, EMA)
+    lightnings = _fit(tmp_path / "lightning", 6, EMAWeightAveraging)
+    assert ours["callbacks"].keys() == lightnings["callbacks"].keys()
+    assert ours["callbacks"]["EMAWeightAveraging"] == {"latest_update_step": 6}
+    assert int(ours["averaging_state"]["n_averaged"]) == int(lightnings["averaging_state"]["n_averaged"]) == 6
+    for key in ("state_dict", "current_model_state"):
+        assert ours[key].keys() == lightnings[key].keys()
+        for name, value in ours[key].items():
+            torch.testing.assert_close(value, lightnings[key][name], rtol=1e-5, atol=1e-6)
+    assert not torch.equal(ours["state_dict"]["model.tok_emb.weight"],
+                           ours["current_model_state"]["model.tok_emb.weight"])
+    # Lightning's checkpoint resumed for 3 more steps by ours and by Lightning's callback: the same averages.
+    lightnings_last = tmp_path / "lightning" / "ckpt" / "last.ckpt"
+    resumed = {ema: _fit(tmp_path / ema.__name__, 9, ema, ckpt_path=str(lightnings_last))
+               for ema in (EMA, EMAWeightAveraging)}
+    assert int(resumed[EMA]["averaging_state"]["n_averaged"]) == 9
+    for name, value in resumed[EMAWeightAveraging]["state_dict"].items():
+        torch.testing.assert_close(resumed[EMA]["state_dict"][name], value, rtol=1e-5, atol=1e-6)
 
 
 def test_training_checkpoint_and_resume(tmp_path):

@@ -18,7 +18,6 @@ Per sample (or once per batch) a point u ~ U(0, 1) of the schedule gives the mas
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from halton.sampling.order import halton_order
 from halton.sampling.schedules import check_schedule, loss_weight, mask_ratio
