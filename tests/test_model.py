@@ -129,3 +129,25 @@ def test_training_logits_pad_the_classes_with_minus_infinity_and_change_no_loss(
         grads = [torch.autograd.grad(loss, list(model.parameters()), allow_unused=True) for loss in losses]
         for a, b in zip(*grads):
             assert (a is None and b is None) or torch.allclose(a, b, atol=1e-7)
+
+
+@pytest.mark.parametrize("kind", ["class", "text"])
+def test_a_compiled_block_is_one_graph_without_breaks(kind):
+    """What model.compile=true compiles (halton.models.compile_blocks): each block, traced by TorchDynamo on the
+    inputs the model gives it, must be one graph (a graph break falls back to Python mid-block on every call)."""
+    from halton.models import TextMaskTransformer
+
+    codes, drop = torch.randint(0, 64, (2, 8, 8)), torch.tensor([False, True])
+    if kind == "class":
+        model = MaskTransformer(64, 8, 64, 2, 4, 128, num_classes=10, patch_size=2)
+        run = lambda: model(codes, torch.arange(2), drop)  # noqa: E731
+    else:
+        model = TextMaskTransformer(64, 8, c=64, hidden_dim=64, text_dim=32, depth=2, heads=4, mlp_dim=128)
+        run = lambda: model(codes, torch.randn(2, 6, 32), drop, torch.arange(6) < torch.tensor([[3], [6]]))  # noqa: E731
+    seen = {}
+    hook = model.transformer.layers[0].register_forward_pre_hook(
+        lambda module, args, kwargs: seen.update(args=args, kwargs=kwargs), with_kwargs=True)
+    run()
+    hook.remove()
+    explained = torch._dynamo.explain(model.transformer.layers[0])(*seen["args"], **seen["kwargs"])
+    assert (explained.graph_count, explained.graph_break_count, explained.break_reasons) == (1, 0, [])
