@@ -9,13 +9,14 @@ import hydra
 from omegaconf import DictConfig
 
 from halton.cli import entry_point, resume_candidate, run
+from halton.utils.files import require_file
 
 log = logging.getLogger("halton.train")
 
 
 def resume_from(cfg: DictConfig) -> str | None:
-    if cfg.ckpt_path:
-        return str(cfg.ckpt_path)
+    if cfg.ckpt_path:  # a local path, or hf://owner/repo/file (its copy in the Hugging Face cache)
+        return str(require_file(cfg.ckpt_path, "ckpt_path"))
     if not cfg.resume:
         return None
     path, _ = resume_candidate(cfg)

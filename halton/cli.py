@@ -159,12 +159,12 @@ def check_inputs(cfg: DictConfig, entry: str) -> None:
     if key and OmegaConf.select(cfg, key) in ("gpu", "cuda") and not torch.cuda.is_available():
         raise Invalid(f"{key}={OmegaConf.select(cfg, key)} but no CUDA GPU is visible here; allowed: "
                       f"{key}=cpu or auto" + (" (trainer=default or trainer=cpu)" if entry == "train" else ""))
-    if entry == "sample":
+    if entry in ("sample", "app"):
         resolve_device(cfg.device)
-    if entry in ("sample", "evaluate"):
+    if entry in ("sample", "evaluate", "app"):
         instantiate(cfg.scheduler)
-        state = read_checkpoint(cfg.checkpoint, "checkpoint")
-        check_fits(state, cfg, cfg.checkpoint)
+    if entry in ("sample", "evaluate", "export", "app"):
+        check_fits(read_model(cfg.checkpoint), cfg, cfg.checkpoint)
     if entry == "train":
         if isinstance(OmegaConf.select(cfg, "model.sample_grid.scheduler"), DictConfig):
             instantiate(cfg.model.sample_grid.scheduler)
@@ -179,30 +179,54 @@ def check_inputs(cfg: DictConfig, entry: str) -> None:
             read_checkpoint(OmegaConf.select(cfg, key), key)
 
 
+def read_model(path):
+    """What a checkpoint path holds, read without building the model: a Hugging Face format folder's config
+    (``{"pretrained": config}``) or the checkpoint's dict."""
+    from halton.models.hub import is_pretrained, pretrained_config
+    from halton.utils.checkpoint import read_checkpoint
+
+    if is_pretrained(path):
+        return {"pretrained": pretrained_config(str(path))}
+    return read_checkpoint(path, "checkpoint")
+
+
+def self_described_shapes(state: dict) -> dict:
+    """The token grid, codebook and classes or text width of a checkpoint that carries its own model shapes: a
+    Hugging Face format config (``{"pretrained": config}``) or a released checkpoint's weights."""
+    from halton.models.official import strip_prefixes
+
+    if "pretrained" in state:
+        config = state["pretrained"]
+        size = config.get("input_size", 16)
+        size = [size, size] if isinstance(size, int) else size
+        found = {"grid tokens": size[0] * size[1], "codebook_size": config["codebook_size"]}
+        if "text_dim" in config:
+            return found | {"text width": config["text_dim"]}
+        return found | {"num_classes": config.get("num_classes", 1000)}
+    weights = strip_prefixes(state["model_state_dict"])
+    found = {"grid tokens": weights["pos_emb.weight"].shape[0], "codebook_size": weights["tok_emb.weight"].shape[0] - 1}
+    if "transformer.layers.0.cross_attn.mha.in_proj_weight" in weights:  # the text-to-image format
+        return found | {"text width": weights["transformer.layers.0.mlp.0.weight"].shape[1]}
+    return found | {"num_classes": weights["cls_emb.weight"].shape[0] - 1}
+
+
 def check_fits(state, cfg: DictConfig, path) -> None:
-    """A train.py checkpoint whose weights have the shapes of the config's model, or a released one whose token
-    grid, codebook and classes are the data config's."""
+    """A train.py checkpoint whose weights have the shapes of the config's model, or a released checkpoint or
+    Hugging Face format folder (which carry their own model shapes) whose token grid, codebook and classes or
+    text width are the data config's."""
     import torch
     from hydra.utils import instantiate
 
-    from halton.models.official import strip_prefixes
-
-    if isinstance(state, dict) and "model_state_dict" in state:
-        weights = strip_prefixes(state["model_state_dict"])
-        grid = cfg.data.grid
-        found = {"grid tokens": weights["pos_emb.weight"].shape[0],
-                 "codebook_size": weights["tok_emb.weight"].shape[0] - 1}
-        wanted = {"grid tokens": grid[0] * grid[1], "codebook_size": cfg.data.codebook_size}
-        if "transformer.layers.0.cross_attn.mha.in_proj_weight" in weights:  # the text-to-image format
-            found["text width"] = weights["transformer.layers.0.mlp.0.weight"].shape[1]
-            wanted["text width"] = OmegaConf.select(cfg, "data.text_dim")
-        else:
-            found["num_classes"] = weights["cls_emb.weight"].shape[0] - 1
-            wanted["num_classes"] = cfg.data.num_classes
+    if isinstance(state, dict) and ("pretrained" in state or "model_state_dict" in state):
+        found, wanted = self_described_shapes(state), {"grid tokens": cfg.data.grid[0] * cfg.data.grid[1],
+                                                       "codebook_size": cfg.data.codebook_size}
+        for key in ("text width", "num_classes"):
+            if key in found:
+                wanted[key] = OmegaConf.select(cfg, "data.text_dim" if key == "text width" else "data.num_classes")
         if found != wanted:
             raise Invalid(f"checkpoint {path} is of another configuration: it has {found}, the experiment's data "
                           f"config {wanted}")
-        if OmegaConf.select(cfg, "official_heads") is None:
+        if "model_state_dict" in state and OmegaConf.select(cfg, "official_heads") is None:
             raise Invalid(f"checkpoint {path} is a released Halton-MaskGIT checkpoint; give its heads with "
                           "official_heads=N (tiny 6, small 6, base 12, large 16; text-to-image 16)")
         return
@@ -390,12 +414,17 @@ def read_prompts(cfg: DictConfig) -> list[str]:
 
 def load_network(net_config, checkpoint: str | None, official_heads: int | None = None):
     """The transformer of a train.py checkpoint (its ``state_dict``: the EMA weights when EMA was on), built from
-    ``net_config``, or a released Halton-MaskGIT ``.pth`` (then ``official_heads`` is needed)."""
+    ``net_config``, a released Halton-MaskGIT ``.pth`` (then ``official_heads`` is needed), or a model in the Hugging
+    Face format (a folder with config.json and model.safetensors, or ``hf://owner/repo``: built from its own
+    config). Files may be named ``hf://owner/repo/file``."""
     from hydra.utils import instantiate
 
+    from halton.models.hub import is_pretrained, load_pretrained
     from halton.models.official import from_official_checkpoint
     from halton.utils.checkpoint import read_checkpoint
 
+    if is_pretrained(checkpoint):  # a folder of save_pretrained / python -m halton.export, or hf://owner/repo
+        return load_pretrained(checkpoint)
     state = read_checkpoint(checkpoint, "checkpoint",
                             "; train.py writes runs/<name>/checkpoints/last.ckpt, or pass checkpoint=PATH")
     if isinstance(state, dict) and "model_state_dict" in state:

@@ -102,13 +102,25 @@ class Checks:
             raise Invalid(f"{key}={value!r} is not one of the choices; allowed: {', '.join(allowed)}")
         return value
 
-    def input_file(self, key: str, optional: bool = False, hint: str = "") -> Path | None:
+    def input_file(self, key: str, optional: bool = False, hint: str = "", hub: bool = False,
+                   model_folder: bool = False) -> Path | None:
+        """A readable file; with ``hub``, also ``hf://owner/repo/file`` (then None: fetched by the checks that
+        need the network or the cache); with ``model_folder``, also a Hugging Face format model (a folder with
+        config.json, or ``hf://owner/repo``)."""
         value = self.get(key)
         if value in (None, "") and optional:
             return None
         if value in (None, ""):
             raise Invalid(f"no {key} given; pass {key}=PATH")
+        if (hub or model_folder) and str(value).startswith("hf://"):
+            parts = str(value)[len("hf://"):].split("/")
+            if len(parts) < 2 + (not model_folder) or not all(parts):
+                raise Invalid(f"{key}={value} is not a hub name; allowed: hf://<owner>/<repo>/<file>"
+                              + (" or hf://<owner>/<repo> (a model folder)" if model_folder else ""))
+            return None
         path = Path(str(value)).expanduser()
+        if model_folder and (path / "config.json").is_file():
+            return path
         if not path.is_file():
             raise Invalid(f"{key} not found: {value}" + (" (a folder; allowed: a file)" if path.is_dir() else hint))
         if not os.access(path, os.R_OK):
@@ -252,7 +264,8 @@ def check_edit(c: Checks) -> None:
 def check_checkpoint(c: Checks) -> None:
     """What sample.py and evaluate.py load: the checkpoint and, for a released .pth, its heads."""
     c.integer("official_heads", 1, optional=True)
-    c.input_file("checkpoint", hint="; train.py writes runs/<name>/checkpoints/last.ckpt, or pass checkpoint=PATH")
+    c.input_file("checkpoint", hint="; train.py writes runs/<name>/checkpoints/last.ckpt, or pass checkpoint=PATH",
+                 hub=True, model_folder=True)
 
 
 def check_classes(c: Checks) -> None:
@@ -320,22 +333,28 @@ def local_path(c: Checks, key: str) -> None:
         raise Invalid(f"{key}={text}: no such folder; allowed: a local model folder or a hub name (org/name)")
 
 
-def check_sample(c: Checks) -> None:
+def check_drawing(c: Checks) -> None:
+    """What sample.py and the app share: the sampling options, the classes or prompts, the device, precision and
+    checkpoint."""
     check_common(c)
     check_sampling(c)
     check_prompts(c)
     check_classes(c)
-    check_edit(c)
     c.choice("precision", PRECISIONS)
     c.integer("per_class", 1)
-    c.boolean("progression")
-    c.integer("progression_samples", 1)
-    c.boolean("report_accuracy")
     device = str(c.get("device"))
     if not DEVICE.fullmatch(device):
         raise Invalid(f"device={device!r} is not a device; allowed: auto, cpu, cuda, cuda:N, mps")
-    c.writable("out_dir")
     check_checkpoint(c)
+
+
+def check_sample(c: Checks) -> None:
+    check_drawing(c)
+    check_edit(c)
+    c.boolean("progression")
+    c.integer("progression_samples", 1)
+    c.boolean("report_accuracy")
+    c.writable("out_dir")
 
 
 def check_evaluate(c: Checks) -> None:
@@ -352,7 +371,7 @@ def check_evaluate(c: Checks) -> None:
                           f"allowed: {classes * max(1, images // classes)}, {classes * (images // classes + 1)}, ...")
     c.integer("batch_size", 1)
     if c.choice("extractor", EXTRACTORS) == "inception":
-        c.input_file("inception_weights", optional=True)
+        c.input_file("inception_weights", optional=True, hub=True)
     kind = c.choice("reference.kind", REFERENCE_KINDS)
     if kind == "file":
         c.input_file("reference.path")
@@ -377,7 +396,7 @@ def check_evaluate(c: Checks) -> None:
     c.choice("accelerator", ACCELERATORS)
     c.integer("devices", 1)
     c.integer("num_nodes", 1)
-    c.input_file("vq_checkpoint", optional=True)
+    c.input_file("vq_checkpoint", optional=True, hub=True)
     check_checkpoint(c)
 
 
@@ -397,7 +416,7 @@ def check_trainer_devices(c: Checks, prefix: str = "trainer.") -> None:
 def check_train(c: Checks) -> None:
     check_common(c)
     c.boolean("resume")
-    c.input_file("ckpt_path", optional=True)
+    c.input_file("ckpt_path", optional=True, hub=True)
     c.integer("trainer.max_steps", 1)
     c.integer("trainer.max_epochs", -1)
     c.choice("trainer.accelerator", ACCELERATORS + ("tpu",))
@@ -531,17 +550,34 @@ def check_extract(c: Checks) -> None:
             raise Invalid(f"text.embeddings=precompute encodes captions, but source.format={kind} has none; allowed: "
                           "a source with captions (webdataset .txt or a json caption; source.captions=true for the "
                           "digits), or text.embeddings=online")
-    c.input_file("vq_checkpoint", optional=True)
+    c.input_file("vq_checkpoint", optional=True, hub=True)
     c.choice("trainer.accelerator", ACCELERATORS)
     check_trainer_devices(c)
     c.integer("trainer.num_nodes", 1)
     c.writable("out_dir")
 
 
-RULES = {"train": check_train, "sample": check_sample, "evaluate": check_evaluate, "extract": check_extract}
+def check_export(c: Checks) -> None:
+    check_checkpoint(c)
+    c.writable("out")
+
+
+def check_app(c: Checks) -> None:
+    """python -m halton.app: sample.py's checks of the page's first values, and where to serve it."""
+    check_drawing(c)
+    host = c.get("host")
+    if not isinstance(host, str) or not host.strip():
+        raise Invalid(f"host={host!r} is not a host name; allowed: e.g. 127.0.0.1 (this machine), 0.0.0.0 (every "
+                      "interface)")
+    c.integer("port", 0, 65535, optional=True, note=" (0 or null: a free port)")
+    c.boolean("share")
+
+
+RULES = {"train": check_train, "sample": check_sample, "evaluate": check_evaluate, "extract": check_extract,
+         "export": check_export, "app": check_app}
 
 
 def validate(cfg: DictConfig, entry: str) -> None:
-    """Raise :class:`Invalid` for the first value of ``cfg`` that ``entry`` (train, sample, evaluate, extract)
-    cannot use."""
+    """Raise :class:`Invalid` for the first value of ``cfg`` that ``entry`` (train, sample, evaluate, extract,
+    export, app) cannot use."""
     RULES[entry](Checks(cfg))

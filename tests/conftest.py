@@ -1,3 +1,4 @@
+import os
 import re
 import subprocess
 import sys
@@ -21,12 +22,12 @@ TINY = ["experiment=digits", "trainer.max_steps=4", "model.net.depth=1", "model.
 TINY_NET = ["model.net.depth=1", "model.net.hidden_dim=32", "model.net.heads=2"]
 
 
-def run(script, *args, check=True, timeout=600):
-    """Run an entry point as a user would (``train.py``, or ``-m halton.data.extract``); fail with its output when
-    it fails and ``check``."""
+def run(script, *args, check=True, timeout=600, env=None):
+    """Run an entry point as a user would (``train.py``, or ``-m halton.data.extract``), with ``env`` added to the
+    environment; fail with its output when it fails and ``check``."""
     command = ["-m", script[3:]] if script.startswith("-m ") else [str(ROOT / script)]
     result = subprocess.run([sys.executable, *command, *args], cwd=ROOT, capture_output=True, text=True,
-                            timeout=timeout)
+                            timeout=timeout, env={**os.environ, **(env or {})})
     if check and result.returncode != 0:
         raise AssertionError(f"{script} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
     return result

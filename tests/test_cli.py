@@ -1,5 +1,7 @@
 """End to end through the entry points: train a tiny digits model, sample it, and refuse bad values."""
 
+import shutil
+
 import pytest
 
 from conftest import TINY, assert_logged, run
@@ -19,7 +21,9 @@ def test_train_writes_checkpoints_logs_and_sample_grids(trained):
     assert grids, "no sample grid was logged"
 
 
-def test_resume_continues_from_last_checkpoint(trained):
+def test_resume_continues_from_last_checkpoint(trained, tmp_path):
+    shutil.copytree(trained / "tiny", tmp_path / "tiny")  # the shared run stays at step 4 for the other tests
+    trained = tmp_path
     result = run("train.py", *TINY, f"paths.runs_dir={trained}", "trainer.max_steps=6")
     assert "resuming from" in result.stdout
     assert (trained / "tiny" / "checkpoints" / "step_0000006.ckpt").is_file()
@@ -79,7 +83,8 @@ def test_missing_checkpoint(tmp_path):
     assert result.stderr.strip().splitlines() == [
         f"error: checkpoint not found: {tmp_path}/digits/checkpoints/last.ckpt; train.py writes "
         "runs/<name>/checkpoints/last.ckpt, or pass checkpoint=PATH"]
-    result = run("sample.py", "experiment=hmaskgit_t_256", f"paths.runs_dir={tmp_path}", check=False)
+    result = run("sample.py", "experiment=hmaskgit_t_256", "checkpoint=null", f"paths.runs_dir={tmp_path}",
+                 check=False)
     assert result.stderr.strip().splitlines() == ["error: no checkpoint given; pass checkpoint=PATH"]
 
 

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from halton.evaluation.features import to_uint8_rgb
-from halton.utils.files import reads_as_path
+from halton.utils.files import hub_model_name, reads_as_path
 
 DEFAULT_CLIP = "openai/clip-vit-large-patch14"
 
@@ -48,7 +48,7 @@ def load_clip(model_name_or_path: str | Path = DEFAULT_CLIP) -> tuple[nn.Module,
     name. A name that is a path (absolute, relative with ./ or ~, or more than one folder deep) must be a folder."""
     from transformers import CLIPModel, CLIPProcessor
 
-    name = str(model_name_or_path)
+    name = hub_model_name(str(model_name_or_path))
     path = Path(name).expanduser()
     local = path.exists() or reads_as_path(name)
     allowed = (f"allowed: a local folder saved with CLIPModel/CLIPProcessor.save_pretrained, or a Hugging Face hub "

@@ -14,6 +14,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from halton.utils.files import require_file
+
 
 class FeatureExtractor(nn.Module, ABC):
     name: str            # identifies the network and its weights (part of the reference-statistics fingerprint)
@@ -47,8 +49,8 @@ class InceptionFeatures(FeatureExtractor):
         super().__init__()
         from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
-        if weights_path is not None and not Path(weights_path).is_file():
-            raise FileNotFoundError(f"Inception weights not found: {weights_path}")
+        if weights_path is not None:
+            weights_path = str(require_file(weights_path, "Inception weights"))  # hf://owner/repo/file too
         self.name = "inception-v3-compat"
         try:
             self.net = FeatureExtractorInceptionV3(self.name, ["2048", "logits_unbiased"],

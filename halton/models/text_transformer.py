@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from halton.models.hub import HubModel
 from halton.models.layers import init_linears, padded_logits
 from halton.models.transformer import SIZES, grid_of
 
@@ -106,7 +107,7 @@ class CrossAttentionBlock(nn.Module):
         return x + self.ff(self.ln3(x))
 
 
-class TextMaskTransformer(nn.Module):
+class TextMaskTransformer(nn.Module, HubModel):
     """Bidirectional transformer over a grid of VQ codes, conditioned on text-token embeddings by cross-attention.
 
     ``forward(codes, text, drop_label, text_mask=None)``: codes [B, H, W] (mask id = ``codebook_size``), text
@@ -119,6 +120,7 @@ class TextMaskTransformer(nn.Module):
                  hidden_dim: int = 768, text_dim: int = 768, depth: int = 12, heads: int = 16,
                  mlp_dim: int | None = None, patch_size: int = 1, dropout: float = 0.0, null_condition: str = "zeros"):
         super().__init__()
+        self.record_config(locals())  # config.json of save_pretrained
         if null_condition not in NULL_TEXTS:
             raise ValueError(f"null_condition={null_condition!r} is not allowed; allowed: {', '.join(NULL_TEXTS)}")
         if null_condition == "mask_token" and c != hidden_dim:

@@ -12,6 +12,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
+from halton.models.hub import HubModel
 from halton.models.layers import AdaLNBlock, AdaNorm, init_linears, padded_logits
 
 # (hidden_dim, depth, heads) of the released sizes and of the paper's 705M class-to-image model.
@@ -49,7 +50,7 @@ class ClassConditioning(nn.Embedding):
         return super().forward(labels)
 
 
-class MaskTransformer(nn.Module):
+class MaskTransformer(nn.Module, HubModel):
     """Bidirectional transformer over a grid of VQ codes, conditioned on a class through AdaLN.
 
     ``forward(codes, labels, drop_label)`` takes codes [B, H, W] (mask id = ``codebook_size``), labels [B] and
@@ -60,6 +61,7 @@ class MaskTransformer(nn.Module):
                  depth: int = 12, heads: int = 12, mlp_dim: int | None = None, num_classes: int = 1000,
                  registers: int = 1, patch_size: int = 1, dropout: float = 0.0, null_condition: str = "null_class"):
         super().__init__()
+        self.record_config(locals())  # config.json of save_pretrained
         if null_condition not in NULL_CONDITIONS:
             raise ValueError(f"null_condition={null_condition!r} is not allowed; allowed: {', '.join(NULL_CONDITIONS)}")
         self.null_condition = null_condition

@@ -5,16 +5,24 @@ at the sides), and the pixel-side helpers around them. The masks are [h, w] bool
 Pixel coordinates are those of the image as the model sees it (``image_size`` = token grid x the tokenizer's cell),
 x to the right, y down. A token is regenerated when its cell overlaps the region; ``dilate`` adds that many tokens
 of margin around it (a square neighbourhood), so the model may also redraw the seam.
+
+:func:`prepare_edit` turns an image and one region into an :class:`Edit` (what sample.py's ``edit.*`` options and
+the web app both use), and :func:`edit_grid` draws its before / masked / after picture.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
 
 
 def cell_size(image_size: tuple[int, int], grid: tuple[int, int]) -> tuple[int, int]:
@@ -126,6 +134,17 @@ def pixel_mask(mask: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
     return mask.repeat_interleave(cell_y, dim=-2).repeat_interleave(cell_x, dim=-1)
 
 
+def paint_tokens(images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``images`` [B, C, H, W] in [-1, 1] as RGB with the cells of the tokens of ``mask`` ([h, w], or [B, h, w]
+    per image) in MASK_COLOUR: regions to regenerate, tokens still masked."""
+    from halton.utils.images import MASK_COLOUR
+
+    inside = pixel_mask(mask, tuple(images.shape[-2:])).to(images.device)
+    inside = inside[:, None] if inside.dim() == 3 else inside
+    colour = (torch.tensor(MASK_COLOUR, device=images.device) * 2 - 1).view(1, 3, 1, 1)
+    return torch.where(inside, colour, images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images)
+
+
 def composite(generated: torch.Tensor, original: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """The generated images [B, C, H, W] inside the regenerated cells of ``mask`` [h, w], the original pixels
     elsewhere: a VQ decoder's receptive field lets tokens change pixels beyond their cell, and this undoes that."""
@@ -133,17 +152,22 @@ def composite(generated: torch.Tensor, original: torch.Tensor, mask: torch.Tenso
     return torch.where(inside, generated, original.to(generated.device))
 
 
-def read_image(path: str | Path, image_size: tuple[int, int], channels: int, mask: bool = False) -> torch.Tensor:
-    """An image file as the model sees it: scaled (bicubic; nearest for a mask) so that it covers ``image_size``,
-    keeping its aspect ratio, then center-cropped; an image of exactly that size is taken as it is. Returns
-    [C, H, W] in [-1, 1] (grey when ``channels`` is 1), or for a mask [H, W] bool, True where at least 50% white."""
+def read_image(path: str | Path | Image, image_size: tuple[int, int], channels: int, mask: bool = False
+               ) -> torch.Tensor:
+    """An image file (or a PIL image) as the model sees it: scaled (bicubic; nearest for a mask) so that it covers
+    ``image_size``, keeping its aspect ratio, then center-cropped; an image of exactly that size is taken as it is.
+    Returns [C, H, W] in [-1, 1] (grey when ``channels`` is 1), or for a mask [H, W] bool, True where at least 50%
+    white."""
     from PIL import Image, UnidentifiedImageError
 
-    try:
-        image = Image.open(path)
-        image.load()
-    except (UnidentifiedImageError, OSError, SyntaxError) as error:
-        raise ValueError(f"{path} cannot be read as an image: {str(error).splitlines()[0]}") from None
+    if isinstance(path, Image.Image):
+        image = path
+    else:
+        try:
+            image = Image.open(path)
+            image.load()
+        except (UnidentifiedImageError, OSError, SyntaxError) as error:
+            raise ValueError(f"{path} cannot be read as an image: {str(error).splitlines()[0]}") from None
     image = image.convert("L" if mask or channels == 1 else "RGB")
     height, width = image_size
     if (image.height, image.width) != (height, width):
@@ -157,3 +181,67 @@ def read_image(path: str | Path, image_size: tuple[int, int], channels: int, mas
     if mask:
         return pixels[0] >= 128
     return pixels.float() / 127.5 - 1
+
+
+EDIT_REGIONS = ("box", "mask", "outpaint")
+
+
+@dataclass
+class Edit:
+    """An image to edit, as :func:`prepare_edit` readies it for ``sample(..., init_codes=edit.init_codes)``."""
+
+    original: torch.Tensor    # [1, C, H, W] the input image as the model sees it, in [-1, 1]
+    start: torch.Tensor       # [1, C, H, W] the image the edit starts from (outpainting: shifted away from the bands)
+    init_codes: torch.Tensor  # [1, h, w] its codes with the region set to the model's mask id
+    mask: torch.Tensor        # [h, w] bool, True = regenerated
+    region: str               # box, mask or outpaint
+
+    def finish(self, generated: torch.Tensor, paste_back: bool = False) -> torch.Tensor:
+        """The decoded results [B, C, H, W], with the original pixels pasted back outside the regenerated tokens
+        when ``paste_back`` (see :func:`composite`)."""
+        return composite(generated, self.start, self.mask) if paste_back else generated
+
+
+def prepare_edit(model, tokenizer, image: str | Path | Image, box: Sequence[float] | None = None,
+                 mask: str | Path | Image | torch.Tensor | None = None, outpaint: Sequence[int] | None = None,
+                 dilate: int = 0, device: torch.device | str = "cpu") -> Edit:
+    """Ready ``image`` (a path or a PIL image; resized to cover the model's image size, center-cropped) for an edit
+    of exactly one region: ``box`` [x0, y0, x1, y1] pixels, ``mask`` (an image path, a PIL image or a [H, W] bool
+    tensor at the model's image size; white / True = regenerate) or ``outpaint`` [top, right, bottom, left] pixels.
+    ``model`` gives the token grid and mask id, ``tokenizer`` (on ``device``) encodes the image."""
+    given = [name for name, value in zip(EDIT_REGIONS, (box, mask, outpaint)) if value is not None]
+    if len(given) != 1:
+        raise ValueError(f"an edit needs exactly one region, got {len(given)} ({', '.join(given) or 'none'}); "
+                         "allowed: box=[x0,y0,x1,y1], mask=an image (white = regenerate) or "
+                         "outpaint=[top,right,bottom,left]")
+    region, dilate = given[0], check_dilate(dilate)
+    grid = tuple(model.grid)
+    image_size = (grid[0] * tokenizer.downsample, grid[1] * tokenizer.downsample)
+    original = read_image(image, image_size, tokenizer.channels)[None].to(device)
+    start = original
+    codes = tokenizer.encode(original)
+    if region == "box":
+        token_mask = box_mask(box, image_size, grid, dilate)
+    elif region == "mask":
+        pixels = mask if isinstance(mask, torch.Tensor) else read_image(mask, image_size, 1, mask=True)
+        token_mask = image_mask(pixels.cpu(), grid, dilate)
+    else:  # shift the codes (exact tokens), and the pixels alike for the pictures and compositing
+        sides = outpaint_tokens(outpaint, image_size, grid)
+        codes = shift(codes, sides, model.mask_id)
+        start = shift(original, list(outpaint), -1.0)
+        token_mask = dilate_mask(outpaint_mask(sides, grid), dilate)
+    return Edit(original, start, apply_mask(codes, token_mask, model.mask_id), token_mask.to(device), region)
+
+
+def edit_grid(edit: Edit, after: torch.Tensor, labels: list[str], per_row: int) -> torch.Tensor:
+    """A row per condition: the input, the image the edit starts from with its region painted, then the
+    ``per_row`` results of that condition (``after`` [rows * per_row, C, H, W], row by row). [3, H, W] uint8."""
+    from halton.utils.images import class_grid
+
+    def rgb(images):
+        return images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
+    masked = paint_tokens(edit.start, edit.mask)
+    rows = len(labels)
+    shown = [rgb(edit.original).expand(rows, 1, -1, -1, -1), masked.expand(rows, 1, -1, -1, -1),
+             rgb(after).reshape(rows, per_row, 3, *after.shape[-2:])]
+    return class_grid(torch.cat(shown, dim=1).flatten(0, 1), rows, per_row + 2, labels)

@@ -49,9 +49,14 @@ def remove_stale_temporaries(folder: str | Path, name: str = "*") -> list[Path]:
 
 
 def require_file(path: str | Path | None, what: str = "file", hint: str = "") -> Path:
-    """The path as a Path, or a one-line FileNotFoundError naming it (followed by ``hint``)."""
+    """The path as a Path (``hf://owner/repo/file``: its copy in the Hugging Face cache, fetched when missing), or
+    a one-line FileNotFoundError naming it (followed by ``hint``)."""
     if path is None or str(path) in ("", "None", "null"):
         raise FileNotFoundError(f"no {what} given; pass {what}=PATH")
+    if str(path).startswith("hf://"):
+        from halton.utils.hub import hub_file
+
+        return hub_file(str(path), what)
     path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"{what} not found: {path}{hint}")
@@ -70,5 +75,12 @@ def file_sha256(path: str | Path, block: int = 1 << 20) -> str:
 
 def reads_as_path(name: str) -> bool:
     """Whether a model name is written as a path (absolute, ./ ../ ~, backslashes, or more than one folder deep)
-    rather than a Hugging Face hub name (``name`` or ``org/name``): such a name must exist here."""
+    rather than a Hugging Face hub name (``name``, ``org/name`` or ``hf://org/name``): such a name must exist here."""
+    if name.startswith("hf://"):
+        return False
     return name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name
+
+
+def hub_model_name(name: str) -> str:
+    """The name transformers' ``from_pretrained`` takes for ``hf://org/name`` (``org/name``); other names as given."""
+    return name[len("hf://"):].strip("/") if name.startswith("hf://") else name

@@ -1,0 +1,528 @@
+"""A web page to try a trained model: python -m halton.app experiment=digits (checkpoint=PATH, host, port, share:
+conf/app.yaml), then open http://127.0.0.1:7860.
+
+The page draws a sample grid for the classes or prompts given, with the scheduler, steps, guidance, temperatures,
+top-k, seed and samples per condition chosen there; a slider walks through the steps (still-masked tokens in red,
+as in sample.py's progression image). "Compare schedulers" draws the same request with two or three schedulers and
+the same seed side by side; "Edit" regenerates a region (a typed box and/or painted strokes) of an uploaded image.
+
+The model and tokenizer load once, at start-up. Gradio is an optional extra: pip install -e '.[app]'.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import logging
+import math
+import os
+import re
+import socket
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import hydra
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from halton.cli import condition_kind, entry_point, fail, load_network, resolve_autocast, resolve_device, run
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+    from PIL.Image import Image
+
+os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # before gradio is imported: no calls home, no update check
+log = logging.getLogger("halton.app")
+MAX_IMAGES = 256        # per request: conditions x samples per condition
+MAX_PER_CONDITION = 16
+MAX_CHECKBOXES = 32     # class models with more classes take typed ids
+EDIT_VIEW = 256         # a generated sample goes to the editor at least this large, so that strokes are easy to paint
+
+
+def one_line(error: BaseException) -> str:
+    """An error's first line: what the page shows."""
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
+def whole(value, name: str, low: int, high: int | None = None, note: str = "") -> int:
+    """A number field's value as a whole number in [low, high] (a page sends floats, or None for an empty field)."""
+    allowed = f"{low} to {high}{note}" if high is not None else f">= {low}{note}"
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value % 1:
+        raise ValueError(f"{name}={value!r} is not a whole number; allowed: {allowed}")
+    if value < low or (high is not None and value > high):
+        raise ValueError(f"{name}={int(value)} is out of range; allowed: {allowed}")
+    return int(value)
+
+
+def number(value, name: str, low: float | None = None, above: float | None = None) -> float:
+    """A number field's value as a finite number >= low (or > above)."""
+    allowed = f">= {low:g}" if low is not None else f"> {above:g}"
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name}={value!r} is not a number; allowed: {allowed}")
+    if (low is not None and value < low) or (above is not None and value <= above):
+        raise ValueError(f"{name}={value:g} is out of range; allowed: {allowed}")
+    return float(value)
+
+
+def parse_classes(value, num_classes: int) -> list[int]:
+    """Class ids from a checkbox group (a list of strings) or a text field ("1, 207 360")."""
+    items = [str(v) for v in value] if isinstance(value, (list, tuple)) else re.split(r"[\s,;]+", str(value or ""))
+    items = [item for item in items if item]
+    if not items:
+        raise ValueError(f"no class picked; allowed: class ids 0 to {num_classes - 1}")
+    classes = []
+    for item in items:
+        if not re.fullmatch(r"\d+", item):
+            raise ValueError(f"{item!r} is not a class id; allowed: whole numbers 0 to {num_classes - 1}, separated "
+                             "by commas")
+        if int(item) >= num_classes:
+            raise ValueError(f"class id {item} is out of range; allowed: 0 to {num_classes - 1}")
+        classes.append(int(item))
+    return classes
+
+
+def parse_prompts(text) -> list[str]:
+    """One prompt per line; blank lines skipped."""
+    prompts = [line.strip() for line in str(text or "").splitlines() if line.strip()]
+    if not prompts:
+        raise ValueError("no prompt given; type one prompt per line, e.g. the digit 7")
+    return prompts
+
+
+def parse_top_k(text, codebook_size: int) -> int | None:
+    """Empty: no top-k."""
+    text = str(text if text is not None else "").strip()
+    if not text:
+        return None
+    if not re.fullmatch(r"\d+", text) or not 1 <= int(text) <= codebook_size:
+        raise ValueError(f"top-k={text!r} is out of range; allowed: empty (none) or a whole number 1 to "
+                         f"{codebook_size} (the codebook size)")
+    return int(text)
+
+
+def parse_box(text, image_size: tuple[int, int]) -> list[float] | None:
+    """A typed box "x0,y0,x1,y1" in pixels of the model's image (its bounds are checked by ``box_mask``); empty:
+    none."""
+    text = str(text or "").strip().strip("[]()")
+    if not text:
+        return None
+    items = [item for item in re.split(r"[\s,;]+", text) if item]
+    try:
+        values = [float(item) for item in items]
+    except ValueError:
+        values = []
+    if len(values) != 4:
+        height, width = image_size
+        raise ValueError(f"box {text!r} is not four numbers; allowed: x0,y0,x1,y1 in pixels of the {width}x{height} "
+                         f"image, e.g. 0,0,{width // 2},{height // 2}")
+    return [int(v) if v.is_integer() else v for v in values]
+
+
+@dataclass
+class Settings:
+    """One request of the page, checked."""
+
+    values: list          # class ids or prompts: one grid row each
+    scheduler: str
+    steps: int
+    cfg_weight: float
+    temp_min: float
+    temp_max: float
+    top_k: int | None
+    seed: int
+    per_condition: int
+
+
+@dataclass
+class Drawn:
+    """What the step slider and the editor need of the last grid: the codes after each step (CPU) and its rows."""
+
+    codes_per_step: torch.Tensor  # [steps, B, h, w]
+    labels: list[str]
+    per_condition: int
+
+
+class Studio:
+    """The loaded model with its tokenizer and kind of condition, and the sampling options the page does not show
+    (``options``: sample()'s schedule, temp_pow, cfg_interval, ...). Every method takes the page's raw values and
+    raises ValueError in one line for a bad one."""
+
+    def __init__(self, net, tokenizer, kind, device, schedulers: dict, options: dict | None = None,
+                 default_scheduler: str | None = None):
+        self.net, self.tokenizer, self.kind, self.device = net, tokenizer, kind, device
+        self.schedulers, self.options = schedulers, dict(options or {})
+        self.default_scheduler = default_scheduler or next(iter(schedulers))
+        self.is_text = kind.name == "text"
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig) -> Studio:
+        from hydra.utils import instantiate
+
+        from halton.sampling import SCHEDULERS, build_scheduler
+
+        device = resolve_device(cfg.device)
+        net = load_network(cfg.model.net, cfg.checkpoint, cfg.official_heads).to(device)
+        kind = condition_kind(cfg)
+        kind.check_model(net)  # loads a text model's encoder now rather than at the first request
+        tokenizer = instantiate(cfg.data).tokenizer.to(device)
+        chosen = instantiate(cfg.scheduler)  # with the command line's options (scheduler.r_temp=3, ...)
+        schedulers = {name: chosen if name == chosen.name else build_scheduler(name) for name in SCHEDULERS}
+        interval = cfg.cfg_interval
+        options = {"temp_pow": cfg.temp_pow, "temp_warmup": cfg.temp_warmup, "schedule": cfg.schedule,
+                   "schedule_power": cfg.schedule_power, "schedule_rate": cfg.schedule_rate,
+                   "cfg_interval": OmegaConf.to_container(interval) if isinstance(interval, ListConfig) else interval,
+                   "autocast_dtype": resolve_autocast(cfg.precision, device)}
+        return cls(net, tokenizer, kind, device, schedulers, options, default_scheduler=chosen.name)
+
+    @property
+    def num_tokens(self) -> int:
+        return self.net.grid[0] * self.net.grid[1]
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return self.net.grid[0] * self.tokenizer.downsample, self.net.grid[1] * self.tokenizer.downsample
+
+    def settings(self, conditions, scheduler, steps, cfg_weight, temp_min, temp_max, top_k, seed,
+                 per_condition) -> Settings:
+        values = parse_prompts(conditions) if self.is_text else parse_classes(conditions, self.net.num_classes)
+        if scheduler not in self.schedulers:
+            raise ValueError(f"unknown scheduler {scheduler!r}; allowed: {', '.join(self.schedulers)}")
+        per_condition = whole(per_condition, "samples per condition", 1, MAX_PER_CONDITION)
+        if len(values) * per_condition > MAX_IMAGES:
+            raise ValueError(f"{len(values)} conditions x {per_condition} samples = {len(values) * per_condition} "
+                             f"images; allowed: at most {MAX_IMAGES} per request")
+        return Settings(values, scheduler, whole(steps, "steps", 1, self.num_tokens, " (the number of tokens)"),
+                        number(cfg_weight, "CFG weight", low=0), number(temp_min, "temp_min", above=0),
+                        number(temp_max, "temp_max", above=0), parse_top_k(top_k, self.net.codebook_size),
+                        whole(seed, "seed", 0, 2**32 - 1), per_condition)
+
+    def sample(self, settings: Settings, scheduler: str | None = None, init_codes=None, history: bool = False):
+        """sample() for every condition x samples per condition, row by row; the decoded images and the result."""
+        import torch
+
+        from halton.sampling import sample
+
+        rows = torch.arange(len(settings.values), device=self.device).repeat_interleave(settings.per_condition)
+        condition = self.kind.make(settings.values, self.device).index(rows)
+        if init_codes is not None:
+            init_codes = init_codes.expand(len(rows), -1, -1)
+        with torch.inference_mode():
+            result = sample(self.net, self.schedulers[scheduler or settings.scheduler], condition, steps=settings.steps,
+                            cfg_weight=settings.cfg_weight, temp_min=settings.temp_min, temp_max=settings.temp_max,
+                            top_k=settings.top_k, seed=settings.seed, init_codes=init_codes, return_history=history,
+                            progress=True, **self.options)
+            return self.decode(result.codes), result
+
+    def decode(self, codes):
+        """Images [B, C, H, W] in [-1, 1], decoded a few at a time (a VQ decoder's activations are large)."""
+        import torch
+
+        with torch.inference_mode():
+            return torch.cat([self.tokenizer.decode(chunk) for chunk in codes.split(16)])
+
+    def labels(self, settings: Settings) -> list[str]:
+        return [self.kind.label(value) for value in settings.values]
+
+    def generate(self, settings: Settings) -> tuple[np.ndarray, Drawn, str]:
+        """The labelled grid (uint8 [H, W, 3]), what the step slider needs, and a line on what was done."""
+        import torch
+
+        from halton.utils.images import class_grid
+
+        began = time.perf_counter()
+        images, result = self.sample(settings, history=True)
+        labels = self.labels(settings)
+        grid = class_grid(images, len(labels), settings.per_condition, labels)
+        drawn = Drawn(torch.stack(result.codes_per_step).cpu(), labels, settings.per_condition)
+        return as_array(grid), drawn, self.summary(settings, settings.scheduler, result, began)
+
+    def summary(self, settings: Settings, scheduler: str, result, began: float) -> str:
+        return (f"{len(settings.values)} x {settings.per_condition} samples, {self.schedulers[scheduler].label()}, "
+                f"{settings.steps} steps, {result.nfe_per_image} network evaluations per image, "
+                f"{time.perf_counter() - began:.1f} s on {self.device}")
+
+    def step_picture(self, drawn: Drawn, step) -> np.ndarray:
+        """The grid after ``step`` (1-based) with the still-masked tokens painted as progression_grid paints them."""
+        from halton.sampling.editing import paint_tokens
+        from halton.utils.images import class_grid
+
+        step = whole(step, "step", 1, len(drawn.codes_per_step))
+        codes = drawn.codes_per_step[step - 1].to(self.device)
+        images = paint_tokens(self.decode(codes), codes == self.net.mask_id)
+        return as_array(class_grid(images, len(drawn.labels), drawn.per_condition, drawn.labels))
+
+    def compare(self, settings: Settings, names) -> list[tuple[str, np.ndarray]]:
+        """The same request (and seed) drawn by each scheduler of ``names``: [(label, grid)]."""
+        from halton.utils.images import class_grid
+
+        names = list(names or [])
+        if not 2 <= len(names) <= 3 or any(name not in self.schedulers for name in names):
+            raise ValueError(f"pick two or three schedulers to compare, got {len(names)} ({', '.join(names) or 'none'}"
+                             f"); allowed: {', '.join(self.schedulers)}")
+        labels, grids = self.labels(settings), []
+        for name in names:
+            images, _ = self.sample(settings, scheduler=name)
+            grids.append((self.schedulers[name].label(), as_array(class_grid(images, len(labels),
+                                                                               settings.per_condition, labels))))
+        return grids
+
+    def edit(self, settings: Settings, image: Image | None, painted: Image | None, box_text, margin,
+             paste_back: bool) -> tuple[np.ndarray, str]:
+        """Regenerate the region of ``image`` given by the typed box, the painted strokes (``painted``: a mask at
+        the image's size, white = painted) or both, ``margin`` tokens around it: a row per condition, before /
+        region / after (uint8 [H, W, 3]), and a line on what was done."""
+        import numpy as np
+        import torch
+
+        from halton.sampling.editing import box_mask, edit_grid, prepare_edit
+
+        if image is None:
+            raise ValueError("no image to edit; upload one (or take a generated sample) first")
+        box = parse_box(box_text, self.image_size)
+        strokes = None
+        if painted is not None and painted.getbbox() is not None:
+            strokes = torch.from_numpy(np.asarray(fit(painted, self.image_size, mask=True)) > 0)
+        if box is None and strokes is None:
+            raise ValueError("no region to regenerate; type a box x0,y0,x1,y1 or paint over the image")
+        if strokes is None:
+            region = {"box": box}
+        else:  # strokes, or strokes and a box: their union as one pixel mask
+            region = {"mask": strokes if box is None else strokes | box_mask(box, self.image_size, self.image_size)}
+        began = time.perf_counter()
+        edit = prepare_edit(self.net, self.tokenizer, fit(image, self.image_size),
+                            dilate=whole(margin, "margin", 0, max(self.net.grid)), device=self.device, **region)
+        images, result = self.sample(settings, init_codes=edit.init_codes)
+        images = edit.finish(images, paste_back=bool(paste_back))
+        grid = edit_grid(edit, images, self.labels(settings), settings.per_condition)
+        return as_array(grid), (f"{int(edit.mask.sum())} of {self.num_tokens} tokens regenerated; "
+                                + self.summary(settings, settings.scheduler, result, began))
+
+    def first_sample(self, drawn: Drawn | None) -> Image:
+        """The first sample of the last grid as a PIL image for the editor, enlarged (nearest) to EDIT_VIEW."""
+        from PIL import Image
+
+        if drawn is None:
+            raise ValueError("no sample yet; generate a grid first")
+        image = self.decode(drawn.codes_per_step[-1][:1].to(self.device))[0]
+        pixels = ((image.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
+        picture = Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels)
+        scale = max(1, -(-EDIT_VIEW // min(picture.size)))
+        return picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST).convert("RGB")
+
+
+def fit(image: Image, image_size: tuple[int, int], mask: bool = False) -> Image:
+    """An upload brought to the model's image size the way read_image does (cover, center-crop), but averaging
+    over each target pixel's area when shrinking: an enlarged sample comes back exactly, and a mask keeps every
+    painted stroke (any painted pixel in a target pixel marks it) instead of the one pixel nearest sampling sees."""
+    from PIL import Image
+
+    height, width = image_size
+    scale = max(height / image.height, width / image.width)
+    size = (max(width, round(image.width * scale)), max(height, round(image.height * scale)))
+    image = image.convert("L" if mask else "RGB")
+    if size != image.size:
+        image = image.resize(size, Image.BOX if scale < 1 else Image.BICUBIC)
+    left, top = (size[0] - width) // 2, (size[1] - height) // 2
+    image = image.crop((left, top, left + width, top + height))
+    return image.point(lambda level: 255 if level else 0) if mask else image
+
+
+def painted_mask(editor_value: dict | None) -> Image | None:
+    """The strokes of an ImageEditor value (its layers' opaque pixels) as an L image, white = painted; None
+    without a background."""
+    from PIL import Image, ImageChops
+
+    background = (editor_value or {}).get("background")
+    if background is None:
+        return None
+    mask = Image.new("L", background.size, 0)
+    for layer in editor_value.get("layers") or []:
+        if layer is not None and layer.mode == "RGBA":
+            mask = ImageChops.lighter(mask, layer.getchannel("A").resize(background.size))
+    return mask
+
+
+def as_array(picture: torch.Tensor) -> np.ndarray:
+    """A [3, H, W] uint8 tensor as the [H, W, 3] array gr.Image shows."""
+    return picture.permute(1, 2, 0).contiguous().cpu().numpy()
+
+
+def answered_in_page(handler):
+    """Bad values come back as a message in the page (gr.Error), never as a traceback; unexpected failures are
+    logged with their traceback on the console and answered in one line."""
+    import gradio as gr
+
+    @functools.wraps(handler)
+    def answered(*args, **kwargs):
+        try:
+            return handler(*args, **kwargs)
+        except gr.Error:
+            raise
+        except (ValueError, TypeError) as error:
+            raise gr.Error(one_line(error)) from None
+        except Exception as error:  # noqa: BLE001  a failure the page cannot fix: in the log, and said in one line
+            log.exception("the request failed")
+            raise gr.Error(f"the request failed: {type(error).__name__}: {one_line(error)}") from None
+    return answered
+
+
+def shown_image(label: str, elem_id: str):
+    """An output picture, sent as PNG (Gradio's default WebP is lossy); its label is not drawn, as Gradio would
+    float it over the grid's first row label."""
+    import gradio as gr
+
+    return gr.Image(label=label, show_label=False, format="png", interactive=False, elem_id=elem_id,
+                    buttons=["download", "fullscreen"])
+
+
+def build_page(studio: Studio, defaults: dict, title: str):
+    """The Gradio Blocks page over ``studio``; ``defaults``: the controls' first values (conf/app.yaml)."""
+    import gradio as gr
+
+    net = studio.net
+    with gr.Blocks(title=title) as page:
+        kind = "text-to-image" if studio.is_text else f"class-conditional, {net.num_classes} classes"
+        height, width = studio.image_size
+        gr.Markdown(f"## Halton-MaskGIT: {title}\n{kind}, {width}x{height} images from {net.grid[0]}x{net.grid[1]} "
+                    f"tokens ({net.codebook_size} codes), on {studio.device}")
+        with gr.Row():
+            with gr.Column(scale=1, min_width=320):
+                if studio.is_text:
+                    conditions = gr.Textbox(defaults["prompts"], lines=4, label="Prompts, one per line",
+                                            elem_id="conditions")
+                elif net.num_classes <= MAX_CHECKBOXES:
+                    conditions = gr.CheckboxGroup([str(c) for c in range(net.num_classes)], label="Classes",
+                                                  value=[str(c) for c in defaults["classes"]], elem_id="conditions")
+                else:
+                    conditions = gr.Textbox(", ".join(map(str, defaults["classes"])), elem_id="conditions",
+                                            label=f"Class ids 0 to {net.num_classes - 1}, separated by commas")
+                scheduler = gr.Radio(list(studio.schedulers), value=defaults["scheduler"], label="Scheduler",
+                                     elem_id="scheduler")
+                steps = gr.Number(defaults["steps"], precision=0, label=f"Steps (1 to {studio.num_tokens})",
+                                  elem_id="steps")
+                cfg_weight = gr.Number(defaults["cfg_weight"], label="CFG weight (0: no guidance)", elem_id="cfg")
+                with gr.Row():
+                    temp_min = gr.Number(defaults["temp_min"], label="temp_min", elem_id="temp_min")
+                    temp_max = gr.Number(defaults["temp_max"], label="temp_max", elem_id="temp_max")
+                top_k = gr.Textbox(defaults["top_k"], label="Top-k (empty: none)", elem_id="top_k")
+                with gr.Row():
+                    seed = gr.Number(defaults["seed"], precision=0, label="Seed", elem_id="seed")
+                    per_condition = gr.Number(defaults["per_condition"], precision=0, elem_id="per_condition",
+                                              label=f"Samples per {'prompt' if studio.is_text else 'class'}")
+            with gr.Column(scale=2):
+                drawn = gr.State(None)
+                with gr.Tab("Generate"):
+                    generate = gr.Button("Generate", variant="primary", elem_id="generate")
+                    with gr.Row():
+                        grid = shown_image("Samples: a row per condition", "grid")
+                        with gr.Column():
+                            step = gr.Slider(1, defaults["steps"], value=defaults["steps"], step=1, elem_id="step",
+                                             label="Step by step: the grid after step (red: still masked)")
+                            step_grid = shown_image("After the step", "step_grid")
+                with gr.Tab("Compare schedulers"):
+                    compared = gr.CheckboxGroup(list(studio.schedulers), value=list(studio.schedulers),
+                                                label="Two or three schedulers, same seed", elem_id="compared")
+                    compare = gr.Button("Compare", variant="primary", elem_id="compare")
+                    titles, side_by_side = [], []
+                    with gr.Row():
+                        for i, name in enumerate(studio.schedulers):
+                            with gr.Column(min_width=200):
+                                titles.append(gr.Markdown(f"**{name}**", elem_id=f"compare_title_{i}"))
+                                side_by_side.append(shown_image(name, f"compare_{i}"))
+                with gr.Tab("Edit"):
+                    gr.Markdown(f"Upload an image (it is resized to cover {width}x{height} and center-cropped) and "
+                                "give the region to regenerate: paint over it, type a box, or both. Every condition "
+                                "and setting on the left applies; steps must not exceed the region's tokens. The "
+                                "result: a row per condition, the image, its region in red, then the samples.")
+                    with gr.Row():
+                        editor = gr.ImageEditor(type="pil", format="png", label="Image (paint the region)",
+                                                brush=gr.Brush(colors=["#e01a1a"], color_mode="fixed"),
+                                                elem_id="editor")
+                        with gr.Column():
+                            box = gr.Textbox("", label=f"Box x0,y0,x1,y1 in pixels of the {width}x{height} image",
+                                             placeholder=f"e.g. 0,0,{width // 2},{height // 2}", elem_id="box")
+                            margin = gr.Number(0, precision=0, label="Margin around the region (tokens)",
+                                               elem_id="margin")
+                            paste_back = gr.Checkbox(False, label="Paste the original back outside the region")
+                            take_sample = gr.Button("Edit the first generated sample", elem_id="take_sample")
+                            regenerate = gr.Button("Regenerate the region", variant="primary", elem_id="regenerate")
+                    edited = shown_image("A row per condition: before, region, after", "edited")
+                status = gr.Markdown(elem_id="status")
+
+        controls = [conditions, scheduler, steps, cfg_weight, temp_min, temp_max, top_k, seed, per_condition]
+
+        @answered_in_page
+        def on_generate(*values, progress=gr.Progress(track_tqdm=True)):
+            settings = studio.settings(*values)
+            picture, record, summary = studio.generate(settings)
+            last = gr.Slider(1, settings.steps, value=settings.steps, step=1)
+            return picture, record, last, studio.step_picture(record, settings.steps), summary
+
+        @answered_in_page
+        def on_step(record, chosen):
+            return None if record is None else studio.step_picture(record, chosen)
+
+        @answered_in_page
+        def on_compare(names, *values, progress=gr.Progress(track_tqdm=True)):
+            settings = studio.settings(*values)
+            grids = studio.compare(settings, names)
+            hidden = len(side_by_side) - len(grids)
+            shown = [gr.Image(value=picture, label=label, visible=True) for label, picture in grids]
+            named = [gr.Markdown(f"**{label}**", visible=True) for label, _ in grids]
+            return (*shown, *[gr.Image(value=None, visible=False)] * hidden, *named,
+                    *[gr.Markdown(visible=False)] * hidden,
+                    f"compared {', '.join(label for label, _ in grids)} with seed {settings.seed}")
+
+        @answered_in_page
+        def on_edit(image, box_text, margin, paste, *values, progress=gr.Progress(track_tqdm=True)):
+            background = (image or {}).get("background")
+            return studio.edit(studio.settings(*values), background, painted_mask(image), box_text, margin, paste)
+
+        # One request at a time across the page's events: they share the model (and the CPU or GPU).
+        one_at_a_time = {"concurrency_id": "model", "concurrency_limit": 1}
+        generate.click(on_generate, controls, [grid, drawn, step, step_grid, status], **one_at_a_time)
+        step.input(on_step, [drawn, step], step_grid, trigger_mode="always_last", show_progress="hidden",
+                   **one_at_a_time)
+        compare.click(on_compare, [compared, *controls], [*side_by_side, *titles, status], **one_at_a_time)
+        take_sample.click(answered_in_page(studio.first_sample), drawn, editor, **one_at_a_time)
+        regenerate.click(on_edit, [editor, box, margin, paste_back, *controls], [edited, status], **one_at_a_time)
+    return page
+
+
+def page_defaults(cfg: DictConfig, studio: Studio) -> dict:
+    """The controls' first values: conf/app.yaml's sampling options, every class of a small class set (else the
+    first few), the prompts given or the model config's grid prompts."""
+    net = studio.net
+    if studio.is_text:
+        prompts = list(cfg.prompts or []) or studio.kind.grid_values(net)[:4]
+        conditions = {"prompts": "\n".join(map(str, prompts)), "classes": []}
+    else:
+        classes = [cfg.classes] if isinstance(cfg.classes, int) else list(cfg.classes or [])
+        conditions = {"classes": classes or list(range(min(net.num_classes, 10))), "prompts": ""}
+    return {**conditions, "scheduler": studio.default_scheduler, "steps": cfg.steps, "cfg_weight": cfg.cfg_weight,
+            "temp_min": cfg.temp_min, "temp_max": cfg.temp_max, "top_k": "" if cfg.top_k is None else str(cfg.top_k),
+            "seed": cfg.seed, "per_condition": cfg.per_class}
+
+
+def free_port(host: str) -> int:
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="app")
+@entry_point
+def main(cfg: DictConfig) -> None:
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's own requests to the page, one line each
+    studio = Studio.from_config(cfg)
+    page = build_page(studio, page_defaults(cfg, studio), str(cfg.name))
+    port = cfg.port or free_port(cfg.host)
+    log.info(f"serving {cfg.name} ({cfg.checkpoint}) on http://{cfg.host}:{port}")
+    page.queue().launch(server_name=cfg.host, server_port=port, share=cfg.share, show_error=True, quiet=True)
+
+
+if __name__ == "__main__":
+    if importlib.util.find_spec("gradio") is None:
+        fail("the app needs gradio, an optional extra: pip install -e '.[app]'")
+    run(main, "app")

@@ -1,0 +1,186 @@
+"""Checkpoints by hub name (hf://owner/repo/file, offline against a cache folder laid out as huggingface_hub's) and
+models in the Hugging Face format (python -m halton.export, from_pretrained, checkpoint=DIR)."""
+
+import json
+import os
+import shutil
+
+import pytest
+import torch
+from conftest import TINY_NET, run
+from safetensors.torch import load_file
+
+from halton.cli import load_network
+from halton.models import MaskTransformer, TextMaskTransformer, from_official_checkpoint
+from halton.models.hub import load_pretrained
+from halton.utils.checkpoint import read_checkpoint
+
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+def hub_cache(cache, repo_id: str, files: dict) -> None:
+    """Put ``files`` ({name in the repository: local file}) into ``cache`` as huggingface_hub stores a download:
+    models--owner--repo/refs/main holds the commit, snapshots/<commit>/<name> the file."""
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    (repo / "refs").mkdir(parents=True, exist_ok=True)
+    (repo / "refs" / "main").write_text(COMMIT)
+    for name, source in files.items():
+        target = repo / "snapshots" / COMMIT / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(source, target)
+
+
+@pytest.fixture
+def offline_cache(tmp_path, monkeypatch):
+    """An empty hub cache, offline: the environment for subprocesses, the constant for this process."""
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hub"
+    cache.mkdir()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    return cache
+
+
+def test_a_hub_file_in_the_cache_is_read_offline(offline_cache, fixtures):
+    hub_cache(offline_cache, "llvictorll/Halton-MaskGIT", {"ImageNet_256_tiny.pth": fixtures / "official_c2i_tiny.pth"})
+    state = read_checkpoint("hf://llvictorll/Halton-MaskGIT/ImageNet_256_tiny.pth")
+    expected = read_checkpoint(fixtures / "official_c2i_tiny.pth")
+    assert state["model_state_dict"].keys() == expected["model_state_dict"].keys()
+    model = from_official_checkpoint("hf://llvictorll/Halton-MaskGIT/ImageNet_256_tiny.pth", heads=4)
+    assert model.grid == (8, 8) and model.codebook_size == 32
+
+
+def test_a_hub_file_missing_offline_is_one_line_naming_it(offline_cache):
+    with pytest.raises(FileNotFoundError) as error:
+        read_checkpoint("hf://llvictorll/Halton-MaskGIT/ImageNet_256_base.pth")
+    message = str(error.value)
+    assert "\n" not in message
+    assert message.startswith("checkpoint hf://llvictorll/Halton-MaskGIT/ImageNet_256_base.pth is not in the Hugging "
+                              f"Face cache ({offline_cache}) and HF_HUB_OFFLINE=1 reads the cache only")
+    with pytest.raises(ValueError, match="hf://nobody is not a hub name; allowed: hf://<owner>/<repo>/<file>"):
+        read_checkpoint("hf://nobody")
+
+
+def test_released_experiments_default_to_their_hub_files(offline_cache, tmp_path):
+    from test_configs import compose_job
+
+    files = {"hmaskgit_t_256": "ImageNet_256_tiny.pth", "hmaskgit_s_256": "ImageNet_256_small.pth",
+             "hmaskgit_b_256": "ImageNet_256_base.pth", "hmaskgit_s_384": "ImageNet_384_small.pth",
+             "hmaskgit_b_384": "ImageNet_384_base.pth", "hmaskgit_l_384": "ImageNet_384_large.pth"}
+    for experiment, file in files.items():
+        for entry in ("sample", "evaluate"):
+            cfg = compose_job(entry, [f"experiment={experiment}"])
+            assert cfg.checkpoint == f"hf://llvictorll/Halton-MaskGIT/{file}"
+            assert cfg.vq_checkpoint == "hf://FoundationVision/LlamaGen/vq_ds16_c2i.pt"
+    # Offline with nothing cached: one line naming the file, exit 2, no run folder
+    result = run("sample.py", "experiment=hmaskgit_t_256", f"paths.runs_dir={tmp_path / 'runs'}", check=False,
+                 timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: checkpoint hf://llvictorll/Halton-MaskGIT/ImageNet_256_tiny.pth is not in the Hugging Face cache "
+        f"({offline_cache}) and HF_HUB_OFFLINE=1 reads the cache only; download it once online, or pass a local path"]
+    assert not (tmp_path / "runs").exists()
+
+
+def test_export_reloads_with_identical_logits_and_samples_identically(tiny_run, tmp_path, offline_cache):
+    ckpt = tiny_run / "tiny" / "checkpoints" / "last.ckpt"
+    out = tmp_path / "export"
+    common = ["experiment=digits", *TINY_NET, f"paths.runs_dir={tiny_run}", "name=tiny"]
+    result = run("-m halton.export", *common, f"out={out}")
+    assert f"wrote {out} (MaskTransformer" in result.stdout + result.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o777 & ~umask  # as mkdir makes folders
+    config = json.loads((out / "config.json").read_text())
+    assert config | {"input_size": None} == {"codebook_size": 17, "input_size": None, "hidden_dim": 32, "depth": 1,
+                                             "heads": 2, "mlp_dim": 384, "num_classes": 10, "registers": 1,
+                                             "patch_size": 1, "dropout": 0.0, "null_condition": "null_class"}
+    assert config["input_size"] == [8, 8]
+
+    # The EMA weights of the checkpoint, bit for bit, and the same logits
+    from hydra.utils import instantiate
+    from test_configs import compose_job
+
+    net_config = compose_job("sample", common).model.net
+    from_ckpt = load_network(net_config, str(ckpt))
+    exported = MaskTransformer.from_pretrained(out)
+    ema = read_checkpoint(ckpt)["state_dict"]
+    weights = load_file(out / "model.safetensors")
+    for key, value in weights.items():
+        assert torch.equal(value, ema[f"model.{key}"])
+    codes = torch.randint(0, 18, (4, 8, 8), generator=torch.Generator().manual_seed(0))
+    labels, drop = torch.tensor([0, 3, 5, 9]), torch.tensor([False, False, True, False])
+    with torch.no_grad():
+        assert torch.equal(exported(codes, labels, drop), from_ckpt(codes, labels, drop))
+    assert type(instantiate(net_config)) is type(exported)
+
+    # checkpoint=DIR, and the same folder published on the hub (hf://owner/repo) read from the cache: same PNG
+    hub_cache(offline_cache, "someone/digits-tiny", {p.name: p for p in out.iterdir()})
+    grids = {}
+    for source in (str(ckpt), str(out), "hf://someone/digits-tiny"):
+        samples = tmp_path / f"samples_{len(grids)}"
+        result = run("sample.py", *common, f"checkpoint={source}", "steps=4", "per_class=2", f"out_dir={samples}")
+        grids[source] = next(samples.glob("*.png")).read_bytes()
+    assert len(set(grids.values())) == 1
+
+    # Exporting again replaces the earlier export; a folder holding something else is refused, untouched
+    from halton.export import replace_folder
+
+    (out / "config.json").write_text("{}")  # an earlier export's, replaced whole
+    replace_folder(out, exported.save_pretrained)
+    assert json.loads((out / "config.json").read_text()) == config
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "todo.txt").write_text("keep me")
+    with pytest.raises(ValueError, match=f"^out={other} exists and is not a model folder \\(no config.json\\); "
+                                         "allowed: a new or empty folder, or an earlier export$"):
+        replace_folder(other, exported.save_pretrained)
+    assert [p.name for p in other.iterdir()] == ["todo.txt"]
+    assert not list(tmp_path.glob(".*.tmp*"))
+
+
+def test_a_model_folder_of_another_configuration_is_refused(tiny_run, tmp_path):
+    MaskTransformer(17, 8, 32, 1, 2, num_classes=5).save_pretrained(tmp_path / "five")
+    result = run("sample.py", "experiment=digits", f"checkpoint={tmp_path / 'five'}", f"paths.runs_dir={tmp_path}",
+                 check=False)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"error: checkpoint {tmp_path / 'five'} is of another configuration: it has {{'grid tokens': 64, "
+        "'codebook_size': 17, 'num_classes': 5}, the experiment's data config {'grid tokens': 64, 'codebook_size': "
+        "17, 'num_classes': 10}"]
+
+
+def test_released_text_and_class_checkpoints_convert_with_identical_logits(tmp_path, fixtures):
+    for kind in ("c2i", "t2i"):
+        released = from_official_checkpoint(fixtures / f"official_{kind}_tiny.pth", heads=4)
+        released.save_pretrained(tmp_path / kind)
+        reloaded = load_pretrained(str(tmp_path / kind))
+        assert type(reloaded) is type(released) is (TextMaskTransformer if kind == "t2i" else MaskTransformer)
+        expected = torch.load(fixtures / f"official_{kind}_tiny_expected.pt", weights_only=True)
+        condition = expected["text"] if kind == "t2i" else expected["labels"]
+        with torch.no_grad():
+            logits = reloaded(expected["codes"], condition, expected["drop_label"])
+        torch.testing.assert_close(logits, expected["logits"], atol=1e-5, rtol=0)
+
+
+def test_loading_never_unpickles(tmp_path):
+    """A folder with a pickled pytorch_model.bin and no safetensors is refused; the pickle is never opened."""
+    folder = tmp_path / "pickled"
+    MaskTransformer(17, 8, 32, 1, 2, num_classes=10).save_pretrained(folder)
+    (folder / "model.safetensors").unlink()
+    (folder / "pytorch_model.bin").write_bytes(b"not even a pickle: opening it would fail differently")
+    with pytest.raises(FileNotFoundError, match="has no model.safetensors"):
+        load_pretrained(str(folder))
+
+
+def test_every_experiment_composes_for_export():
+    from halton.cli import choices
+    from test_configs import compose_job
+
+    for experiment in choices("experiment"):
+        cfg = compose_job("export", [f"experiment={experiment}"])
+        assert cfg.out.endswith(f"runs/{experiment}/hf")
+        assert cfg.checkpoint.startswith("hf://") == experiment.startswith("hmaskgit_")
