@@ -182,10 +182,11 @@ def check_inputs(cfg: DictConfig, entry: str) -> None:
 def read_model(path):
     """What a checkpoint path holds, read without building the model: a Hugging Face format folder's config
     (``{"pretrained": config}``) or the checkpoint's dict."""
-    from halton.models.hub import is_pretrained, pretrained_config
+    from halton.models.hub import pretrained_config
     from halton.utils.checkpoint import read_checkpoint
+    from halton.utils.hub import is_model_folder
 
-    if is_pretrained(path):
+    if is_model_folder(path):
         return {"pretrained": pretrained_config(str(path))}
     return read_checkpoint(path, "checkpoint")
 
@@ -194,12 +195,12 @@ def self_described_shapes(state: dict) -> dict:
     """The token grid, codebook and classes or text width of a checkpoint that carries its own model shapes: a
     Hugging Face format config (``{"pretrained": config}``) or a released checkpoint's weights."""
     from halton.models.official import strip_prefixes
+    from halton.models.transformer import grid_of
 
     if "pretrained" in state:
         config = state["pretrained"]
-        size = config.get("input_size", 16)
-        size = [size, size] if isinstance(size, int) else size
-        found = {"grid tokens": size[0] * size[1], "codebook_size": config["codebook_size"]}
+        height, width = grid_of(config.get("input_size", 16))
+        found = {"grid tokens": height * width, "codebook_size": config["codebook_size"]}
         if "text_dim" in config:
             return found | {"text width": config["text_dim"]}
         return found | {"num_classes": config.get("num_classes", 1000)}
@@ -218,11 +219,10 @@ def check_fits(state, cfg: DictConfig, path) -> None:
     from hydra.utils import instantiate
 
     if isinstance(state, dict) and ("pretrained" in state or "model_state_dict" in state):
-        found, wanted = self_described_shapes(state), {"grid tokens": cfg.data.grid[0] * cfg.data.grid[1],
-                                                       "codebook_size": cfg.data.codebook_size}
-        for key in ("text width", "num_classes"):
-            if key in found:
-                wanted[key] = OmegaConf.select(cfg, "data.text_dim" if key == "text width" else "data.num_classes")
+        found = self_described_shapes(state)
+        wanted = {"grid tokens": cfg.data.grid[0] * cfg.data.grid[1], "codebook_size": cfg.data.codebook_size}
+        wanted |= {key: OmegaConf.select(cfg, option) for key, option in
+                   (("text width", "data.text_dim"), ("num_classes", "data.num_classes")) if key in found}
         if found != wanted:
             raise Invalid(f"checkpoint {path} is of another configuration: it has {found}, the experiment's data "
                           f"config {wanted}")
@@ -419,11 +419,12 @@ def load_network(net_config, checkpoint: str | None, official_heads: int | None 
     config). Files may be named ``hf://owner/repo/file``."""
     from hydra.utils import instantiate
 
-    from halton.models.hub import is_pretrained, load_pretrained
+    from halton.models.hub import load_pretrained
     from halton.models.official import from_official_checkpoint
     from halton.utils.checkpoint import read_checkpoint
+    from halton.utils.hub import is_model_folder
 
-    if is_pretrained(checkpoint):  # a folder of save_pretrained / python -m halton.export, or hf://owner/repo
+    if is_model_folder(checkpoint):  # a folder of save_pretrained / python -m halton.export, or hf://owner/repo
         return load_pretrained(checkpoint)
     state = read_checkpoint(checkpoint, "checkpoint",
                             "; train.py writes runs/<name>/checkpoints/last.ckpt, or pass checkpoint=PATH")

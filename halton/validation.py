@@ -18,6 +18,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from halton.utils.files import reads_as_path
+from halton.utils.hub import hub_parts, is_hub_path, is_model_folder
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "conf"
 # halton.sampling.schedules.SCHEDULES, halton.training.module.LOSS_ON and halton.training.masking's MASKINGS,
@@ -112,14 +113,14 @@ class Checks:
             return None
         if value in (None, ""):
             raise Invalid(f"no {key} given; pass {key}=PATH")
-        if (hub or model_folder) and str(value).startswith("hf://"):
-            parts = str(value)[len("hf://"):].split("/")
-            if len(parts) < 2 + (not model_folder) or not all(parts):
+        if (hub or model_folder) and is_hub_path(str(value)):
+            parts = hub_parts(str(value))
+            if parts is None or (parts[1] is None and not model_folder):
                 raise Invalid(f"{key}={value} is not a hub name; allowed: hf://<owner>/<repo>/<file>"
                               + (" or hf://<owner>/<repo> (a model folder)" if model_folder else ""))
             return None
         path = Path(str(value)).expanduser()
-        if model_folder and (path / "config.json").is_file():
+        if model_folder and is_model_folder(path):
             return path
         if not path.is_file():
             raise Invalid(f"{key} not found: {value}" + (" (a folder; allowed: a file)" if path.is_dir() else hint))

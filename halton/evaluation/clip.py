@@ -17,7 +17,8 @@ import torch
 from torch import nn
 
 from halton.evaluation.features import to_uint8_rgb
-from halton.utils.files import hub_model_name, reads_as_path
+from halton.utils.files import reads_as_path
+from halton.utils.hub import hub_model_name
 
 DEFAULT_CLIP = "openai/clip-vit-large-patch14"
 

