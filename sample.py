@@ -32,7 +32,7 @@ def main(cfg: DictConfig) -> None:
 
     from halton.evaluation.results import file_stem, interval_text
     from halton.sampling import sample
-    from halton.sampling.editing import edit_grid, prepare_edit
+    from halton.sampling.editing import edit_grid, paint_tokens, prepare_edit
     from halton.sampling.schedules import schedule_label
     from halton.utils.images import class_grid, progression_grid, save_png
 
@@ -77,10 +77,10 @@ def main(cfg: DictConfig) -> None:
                  f"{100 * accuracy:.1f}% of {len(asked)} samples")
     if cfg.progression:
         first = [r * cfg.per_class for r in range(min(cfg.progression_samples, len(values)))]
-        decoded = [tokenizer.decode(codes[first]) for codes in result.codes_per_step]
-        masked = [codes[first] == net.mask_id for codes in result.codes_per_step]
+        painted = [paint_tokens(tokenizer.decode(codes[first]), codes[first] == net.mask_id)
+                   for codes in result.codes_per_step]
         labels_per_step = [f"{i + 1}" for i in range(cfg.steps)]
-        path = save_png(progression_grid(decoded, masked, labels_per_step), out_dir / f"{stem}_progression.png")
+        path = save_png(progression_grid(painted, labels_per_step), out_dir / f"{stem}_progression.png")
         log.info(f"wrote {path}")
 
 

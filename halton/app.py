@@ -243,7 +243,7 @@ class Studio:
                 f"{time.perf_counter() - began:.1f} s on {self.device}")
 
     def step_picture(self, drawn: Drawn, step) -> np.ndarray:
-        """The grid after ``step`` (1-based) with the still-masked tokens painted as progression_grid paints them."""
+        """The grid after ``step`` (1-based) with the still-masked tokens painted as in sample.py's progression."""
         from halton.sampling.editing import paint_tokens
         from halton.utils.images import class_grid
 

@@ -14,7 +14,7 @@ from PIL import Image, ImageDraw
 from halton.utils.files import atomic_write
 
 MIN_CELL = 48  # small images (8x8 digits) are enlarged so a grid is readable
-MASK_COLOUR = (0.8, 0.1, 0.1)  # still-masked tokens in progression images
+MASK_COLOUR = (0.8, 0.1, 0.1)  # still-masked tokens (progression images, the app) and regions to regenerate
 CHAR_W, LINE_H = 6, 11  # PIL's default bitmap font
 
 
@@ -67,19 +67,13 @@ def class_grid(images: torch.Tensor, rows: int, cols: int, row_labels: list[str]
     return tile(to_uint8_rgb(images), rows, cols, row_labels=row_labels)
 
 
-def progression_grid(images_per_step: list[torch.Tensor], masks_per_step: list[torch.Tensor],
-                     step_labels: list[str] | None = None) -> torch.Tensor:
-    """Paper Fig. 3: a row per sample, a column per step; still-masked tokens painted in MASK_COLOUR.
+def progression_grid(images_per_step: list[torch.Tensor], step_labels: list[str] | None = None) -> torch.Tensor:
+    """Paper Fig. 3: a row per sample, a column per step.
 
-    ``images_per_step[i]`` [B,C,H,W] in [-1, 1] is the decoded partial image after step i and
-    ``masks_per_step[i]`` [B,h,w] is True where tokens are still masked.
+    ``images_per_step[i]`` [B,C,H,W] in [-1, 1] is the decoded partial image after step i, its still-masked tokens
+    already painted (``halton.sampling.editing.paint_tokens``).
     """
-    cells = []
-    for images, masked in zip(images_per_step, masks_per_step):
-        rgb = to_uint8_rgb(images).float()
-        cover = F.interpolate(masked[:, None].float().cpu(), size=rgb.shape[-2:], mode="nearest")
-        colour = torch.tensor(MASK_COLOUR).view(1, 3, 1, 1) * 255
-        cells.append((rgb * (1 - cover) + colour * cover).round().to(torch.uint8))
+    cells = [to_uint8_rgb(images) for images in images_per_step]
     batch, steps = cells[0].shape[0], len(cells)
     ordered = torch.stack(cells, dim=1).flatten(0, 1)  # sample-major: row = sample, column = step
     grid = tile(ordered, batch, steps)
