@@ -1,4 +1,5 @@
-"""On a CUDA GPU only (skipped elsewhere): the training step and the sampling loop never wait for the device."""
+"""On a CUDA GPU only (skipped elsewhere): the training step (bare and in Lightning) and the sampling loop never wait
+for the device."""
 
 import warnings
 
@@ -89,3 +90,37 @@ def test_the_ema_averages_on_the_gpu_without_synchronising():
     trainer.fit(module, datamodule=DigitsDataModule(batch_size=16))
     assert {p.device.type for p in ema._average_model.parameters()} == {"cuda"}
     assert syncs(lambda: ema._update(module)) == []
+
+
+def test_lightnings_training_steps_never_synchronise():
+    """Trainer.fit with the module's logging, the EMA and the progress bar between two refreshes: no host-device
+    synchronisation (Lightning reads ``prog_bar`` values on the host after every batch; the module logs none)."""
+    import lightning.pytorch as pl
+
+    from halton.data import DigitsDataModule
+    from halton.training import EMA, StepProgressBar
+
+    class Watch(pl.Callback):
+        """Records the synchronisations from the start of batch 2 to the start of batch 6."""
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if batch_idx == 2:
+                torch.cuda.synchronize()
+                self.catcher = warnings.catch_warnings(record=True)
+                self.caught = self.catcher.__enter__()
+                warnings.simplefilter("always")
+                torch.cuda.set_sync_debug_mode("warn")
+            elif batch_idx == 6:
+                torch.cuda.set_sync_debug_mode("default")
+                self.catcher.__exit__(None, None, None)
+
+    watch = Watch()
+    trainer = pl.Trainer(accelerator="cuda", devices=1, max_steps=8, logger=False, enable_checkpointing=False,
+                         enable_model_summary=False, precision="bf16-mixed", gradient_clip_val=1.0,
+                         callbacks=[EMA(decay=0.9), StepProgressBar(refresh_rate=100), watch])
+    try:
+        trainer.fit(MaskGITModule(MaskTransformer(17, 8, 32, 1, 2, num_classes=10)),
+                    datamodule=DigitsDataModule(batch_size=16))
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert [str(w.message) for w in watch.caught if "called a synchronizing" in str(w.message)] == []

@@ -8,7 +8,7 @@ from lightning.pytorch.callbacks import EMAWeightAveraging, ModelCheckpoint
 
 from halton.data import DigitsDataModule
 from halton.models import MaskTransformer
-from halton.training import EMA, AtomicCheckpointIO, MaskGITModule
+from halton.training import EMA, AtomicCheckpointIO, MaskGITModule, StepProgressBar
 
 
 def tiny_module(**kwargs):
@@ -137,3 +137,43 @@ def test_training_checkpoint_and_resume(tmp_path):
     torch.testing.assert_close(seen["exp_avg"], saved_exp_avg)
     # LR: warmup 2 steps then cosine over 8; after 6 steps it is at cosine position 4 of 8.
     assert seen["lr"] == pytest.approx(1e-3 * (1 + math.cos(math.pi * 4 / 8)) / 2)
+
+
+def test_training_reads_tensors_on_the_host_only_when_the_bar_or_the_logger_updates(tmp_path, monkeypatch):
+    """Each host read of a tensor (.item(), bool(), ...) is a host-device synchronisation on a GPU. With the
+    training config's callbacks, a fit reads tensors only at the steps where the progress bar refreshes and the
+    logger writes (every 4th here), and once for the EMA; not after every batch, as Lightning does for ``prog_bar``
+    values. The bar still shows the training loss."""
+    import traceback
+
+    from hydra.utils import instantiate
+    from lightning.pytorch.loggers import CSVLogger
+    from omegaconf import OmegaConf
+
+    config = OmegaConf.create({"paths": {"runs_dir": str(tmp_path)}, "name": "run",
+                               "callbacks": OmegaConf.load("conf/callbacks/default.yaml")})
+    config.callbacks.progress_bar.refresh_rate = 4
+    config.callbacks.model_checkpoint.every_n_train_steps = 4
+    callbacks = [instantiate(c) for c in config.callbacks.values()]
+    trainer = pl.Trainer(accelerator="cpu", devices=1, max_steps=12, log_every_n_steps=4, limit_val_batches=0,
+                         num_sanity_val_steps=0, logger=CSVLogger(tmp_path), callbacks=callbacks)
+    read_at_steps = []
+    for name in ("item", "tolist", "__bool__", "__float__", "__int__", "__index__", "numpy", "cpu"):
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *args, _original=original, **kwargs):
+            # torch's own CPU optimizer reads its step counts; a fused AdamW on a GPU does not
+            if trainer.training and not any("torch/optim/" in f.filename for f in traceback.extract_stack()):
+                read_at_steps.append(trainer.global_step)
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    pl.seed_everything(0)
+    trainer.fit(tiny_module(total_steps=12), datamodule=DigitsDataModule(batch_size=16))
+    monkeypatch.undo()
+    assert trainer.global_step == 12
+    # the EMA reads once, after the first step (whether it has averaged before: then a host flag)
+    assert [step for step in read_at_steps if step > 1 and step % 4] == []
+    assert {4, 8, 12} <= set(read_at_steps)
+    bar = next(c for c in callbacks if isinstance(c, StepProgressBar))
+    assert "train/loss=" in bar.train_progress_bar.postfix

@@ -98,8 +98,11 @@ class MaskGITModule(pl.LightningModule):
     def _step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
         loss, accuracy = self.loss(batch)
         size = batch["codes"].shape[0]  # a batch may also hold captions and embeddings: Lightning would have to guess
-        self.log(f"{stage}/loss", loss, prog_bar=True, sync_dist=stage != "train", batch_size=size)
-        self.log(f"{stage}/acc", accuracy, prog_bar=stage != "train", sync_dist=stage != "train", batch_size=size)
+        # Not prog_bar in training: Lightning turns prog_bar values into Python numbers after every batch, a
+        # host-device synchronisation per step; StepProgressBar reads the training loss at its refreshes instead.
+        evaluating = stage != "train"
+        self.log(f"{stage}/loss", loss, prog_bar=evaluating, sync_dist=evaluating, batch_size=size)
+        self.log(f"{stage}/acc", accuracy, prog_bar=evaluating, sync_dist=evaluating, batch_size=size)
         return loss
 
     def on_fit_start(self) -> None:

@@ -4,6 +4,7 @@ meaningful epoch total, so one bar shows the steps done out of ``max_steps``, th
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 
 from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
@@ -11,7 +12,21 @@ from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
 
 class StepProgressBar(TQDMProgressBar):
     """``training 1234/5000 [02:01<06:10, 10.2it/s, epoch=14, train/loss=2.31]``. A resumed run starts the bar at
-    its global step (the rate and time left count only this run's steps). Epoch-based runs keep Lightning's bar."""
+    its global step (the rate and time left count only this run's steps). Epoch-based runs keep Lightning's bar.
+
+    ``train_metrics``: logged training values shown in the bar, read from the device only when the bar refreshes
+    (every ``refresh_rate`` steps). The module logs them without ``prog_bar``, which Lightning would read after
+    every batch, stalling the host until the GPU has finished the step."""
+
+    def __init__(self, refresh_rate: int = 1, process_position: int = 0, leave: bool = False,
+                 train_metrics: Sequence[str] = ("train/loss",)):
+        super().__init__(refresh_rate, process_position, leave)
+        self.train_metrics = tuple(train_metrics)
+
+    def get_metrics(self, trainer, pl_module) -> dict:
+        logged = trainer.callback_metrics
+        shown = {name: logged[name].item() for name in self.train_metrics if name in logged}
+        return shown | super().get_metrics(trainer, pl_module)
 
     def _counts_steps(self) -> bool:
         return self.trainer.max_steps is not None and self.trainer.max_steps > 0
