@@ -14,7 +14,6 @@ from __future__ import annotations
 import functools
 import importlib.util
 import logging
-import math
 import os
 import re
 import socket
@@ -26,6 +25,7 @@ import hydra
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from halton.cli import condition_kind, entry_point, fail, load_network, resolve_autocast, resolve_device, run
+from halton.validation import Checks
 
 if TYPE_CHECKING:
     import numpy as np
@@ -38,6 +38,7 @@ MAX_IMAGES = 256        # per request: conditions x samples per condition
 MAX_PER_CONDITION = 16
 MAX_CHECKBOXES = 32     # class models with more classes take typed ids
 EDIT_VIEW = 256         # a generated sample goes to the editor at least this large, so that strokes are easy to paint
+FIELDS = Checks(OmegaConf.create({}))  # the command line's checks of numbers, applied to the page's fields
 
 
 def one_line(error: BaseException) -> str:
@@ -46,23 +47,11 @@ def one_line(error: BaseException) -> str:
 
 
 def whole(value, name: str, low: int, high: int | None = None, note: str = "") -> int:
-    """A number field's value as a whole number in [low, high] (a page sends floats, or None for an empty field)."""
-    allowed = f"{low} to {high}{note}" if high is not None else f">= {low}{note}"
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value % 1:
-        raise ValueError(f"{name}={value!r} is not a whole number; allowed: {allowed}")
-    if value < low or (high is not None and value > high):
-        raise ValueError(f"{name}={int(value)} is out of range; allowed: {allowed}")
-    return int(value)
-
-
-def number(value, name: str, low: float | None = None, above: float | None = None) -> float:
-    """A number field's value as a finite number >= low (or > above)."""
-    allowed = f">= {low:g}" if low is not None else f"> {above:g}"
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{name}={value!r} is not a number; allowed: {allowed}")
-    if (low is not None and value < low) or (above is not None and value <= above):
-        raise ValueError(f"{name}={value:g} is out of range; allowed: {allowed}")
-    return float(value)
+    """A number field's value as a whole number in [low, high] (the page sends floats, or None for an empty
+    field), checked as the command line's values are."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return FIELDS.integer(name, low, high, value=value, note=note)
 
 
 def parse_classes(value, num_classes: int) -> list[int]:
@@ -193,8 +182,9 @@ class Studio:
             raise ValueError(f"{len(values)} conditions x {per_condition} samples = {len(values) * per_condition} "
                              f"images; allowed: at most {MAX_IMAGES} per request")
         return Settings(values, scheduler, whole(steps, "steps", 1, self.num_tokens, " (the number of tokens)"),
-                        number(cfg_weight, "CFG weight", low=0), number(temp_min, "temp_min", above=0),
-                        number(temp_max, "temp_max", above=0), parse_top_k(top_k, self.net.codebook_size),
+                        FIELDS.number("CFG weight", low=0, value=cfg_weight),
+                        FIELDS.number("temp_min", above=0, value=temp_min),
+                        FIELDS.number("temp_max", above=0, value=temp_max), parse_top_k(top_k, self.net.codebook_size),
                         whole(seed, "seed", 0, 2**32 - 1), per_condition)
 
     def sample(self, settings: Settings, scheduler: str | None = None, init_codes=None, history: bool = False):

@@ -28,6 +28,7 @@ LOSS_ON = ("masked", "all")
 MASKINGS = ("independent", "exact", "halton")
 LOSS_WEIGHTS = ("none", "schedule")
 T_PER = ("sample", "batch")
+TRAIN_METRICS = ("train/loss", "train/acc")  # what MaskGITModule logs in training (a test keeps them equal)
 PRECISIONS = ("auto", "fp32", "bf16")
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
 TRAINER_PRECISIONS = ("32-true", "32", "64-true", "64", "16-mixed", "16", "bf16-mixed", "bf16", "16-true",
@@ -76,9 +77,11 @@ class Checks:
         return value
 
     def number(self, key: str, low: float | None = None, high: float | None = None, above: float | None = None,
-               below: float | None = None, optional: bool = False, note: str = "") -> float | None:
-        """A finite number with ``low <= value <= high`` and ``above < value < below``."""
-        value = self.get(key)
+               below: float | None = None, optional: bool = False, note: str = "", value: Any = _ABSENT
+               ) -> float | None:
+        """A finite number with ``low <= value <= high`` and ``above < value < below``; ``value`` checks a value
+        named ``key`` that is not in the config."""
+        value = self.get(key) if value is _ABSENT else value
         if value is None and optional:
             return None
         bounds = _bounds(low, high, above, below) + note
@@ -468,6 +471,13 @@ def check_train(c: Checks) -> None:
     c.integer("data.num_workers", 0)
     if c.get("callbacks.ema") is not None:
         c.number("callbacks.ema.decay", low=0, high=1)
+    if c.get("callbacks.progress_bar") is not None:
+        c.integer("callbacks.progress_bar.refresh_rate", 0, note=" (0 hides the bar)")
+        shown = c.get("callbacks.progress_bar.train_metrics")
+        for name in shown if isinstance(shown, list) else [shown]:
+            if name not in TRAIN_METRICS:
+                raise Invalid(f"callbacks.progress_bar.train_metrics: {name!r} is not logged in training; allowed: "
+                              f"a list of {', '.join(TRAIN_METRICS)}")
     if c.get("callbacks.model_checkpoint") is not None:
         c.integer("callbacks.model_checkpoint.every_n_train_steps", 1, optional=True)
         c.writable("callbacks.model_checkpoint.dirpath")

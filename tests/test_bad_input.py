@@ -53,6 +53,11 @@ CASES = [
     ("train.py", ["model.sample_grid.cfg_weight=inf"], "model.sample_grid.cfg_weight=inf is not finite"),
     ("train.py", ["data.batch_size=0"], "data.batch_size=0 is out of range; allowed: >= 1"),
     ("train.py", ["callbacks.ema.decay=2"], "callbacks.ema.decay=2 is out of range; allowed: >= 0 and <= 1"),
+    ("train.py", ["callbacks.progress_bar.train_metrics=[train/los]"],
+     "callbacks.progress_bar.train_metrics: 'train/los' is not logged in training; allowed: a list of train/loss, "
+     "train/acc"),
+    ("train.py", ["callbacks.progress_bar.refresh_rate=-1"],
+     "callbacks.progress_bar.refresh_rate=-1 is out of range; allowed: >= 0 (0 hides the bar)"),
     ("train.py", ["seed=-1"], "seed=-1 is out of range; allowed: 0 to 4294967295"),
     ("train.py", ["name=../../elsewhere"], "name='../../elsewhere' is not a run name"),
     ("train.py", ["name=a/b"], "name='a/b' is not a run name"),

@@ -1,6 +1,7 @@
 """On a CUDA GPU only (skipped elsewhere): the training step (bare and in Lightning) and the sampling loop never wait
 for the device."""
 
+import contextlib
 import warnings
 
 import pytest
@@ -15,17 +16,26 @@ from halton.training import MaskGITModule
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
-def syncs(fn) -> list[str]:
-    """The host-device synchronisations ``fn`` makes (torch's sync debug mode, as warnings)."""
+@contextlib.contextmanager
+def recording_syncs():
+    """The host-device synchronisations made inside (torch's sync debug mode, as warnings): a list, filled on exit."""
     torch.cuda.synchronize()
+    found = []
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         torch.cuda.set_sync_debug_mode("warn")
         try:
-            fn()
+            yield found
         finally:
             torch.cuda.set_sync_debug_mode("default")
-    return [f"{w.filename}:{w.lineno}: {w.message}" for w in caught if "called a synchronizing" in str(w.message)]
+    found += [f"{w.filename}:{w.lineno}: {w.message}" for w in caught if "called a synchronizing" in str(w.message)]
+
+
+def syncs(fn) -> list[str]:
+    """The host-device synchronisations ``fn`` makes."""
+    with recording_syncs() as found:
+        fn()
+    return found
 
 
 @pytest.mark.parametrize("masking", ["independent", "exact", "halton"])
@@ -105,14 +115,10 @@ def test_lightnings_training_steps_never_synchronise():
 
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
             if batch_idx == 2:
-                torch.cuda.synchronize()
-                self.catcher = warnings.catch_warnings(record=True)
-                self.caught = self.catcher.__enter__()
-                warnings.simplefilter("always")
-                torch.cuda.set_sync_debug_mode("warn")
+                self.recording = recording_syncs()
+                self.found = self.recording.__enter__()
             elif batch_idx == 6:
-                torch.cuda.set_sync_debug_mode("default")
-                self.catcher.__exit__(None, None, None)
+                self.recording.__exit__(None, None, None)
 
     watch = Watch()
     trainer = pl.Trainer(accelerator="cuda", devices=1, max_steps=8, logger=False, enable_checkpointing=False,
@@ -123,4 +129,4 @@ def test_lightnings_training_steps_never_synchronise():
                     datamodule=DigitsDataModule(batch_size=16))
     finally:
         torch.cuda.set_sync_debug_mode("default")
-    assert [str(w.message) for w in watch.caught if "called a synchronizing" in str(w.message)] == []
+    assert watch.found == []
