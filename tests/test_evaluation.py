@@ -304,6 +304,7 @@ def test_report_averages_seeds_and_tabulates_cfg_weights(tmp_path):
     assert (tmp_path / "digits_fid_vs_cfg.png").is_file() and "(digits_fid_vs_cfg.png)" in text
 
 
+@pytest.mark.slow  # about 20-30 s; the default run stays under 10 minutes on 2 cores
 def test_two_processes_give_the_same_numbers_as_one(tiny_run):
     one = evaluate(tiny_run, "scheduler=halton", "steps=4", "name=one", "accelerator=cpu", "devices=1")
     two = evaluate(tiny_run, "scheduler=halton", "steps=4", "name=two", "accelerator=cpu", "devices=2")

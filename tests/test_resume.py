@@ -81,6 +81,7 @@ def test_ten_steps_sigterm_and_ten_more_equal_twenty_straight(tmp_path):
     assert_same_training_state(last_checkpoint(tmp_path, "straight"), resumed)
 
 
+@pytest.mark.slow  # about 20-30 s; the default run stays under 10 minutes on 2 cores
 def test_resume_across_an_epoch_end_and_a_validation(tmp_path):
     # 180 training digits in batches of 16: 11 batches an epoch, a validation (with a sample grid) after each;
     # stopped mid-epoch, then at the end of the first epoch (before its validation), then the last 9 steps cross
