@@ -1,91 +1,96 @@
-"""Training-step throughput and model-FLOPs utilisation (MFU), in Lightning and in a bare PyTorch loop.
+"""Training-step throughput and model-FLOPs utilisation (MFU), in Lightning and in a bare PyTorch loop, with the
+speed levers on and off side by side in one process.
 
-    python benchmarks/train_step.py --preset xl --batch 32 --precision bf16            # on a GPU
-    python benchmarks/train_step.py --preset digits --batch 96 --steps 10 --device cpu  # anywhere
+    python benchmarks/train_step.py --preset xl --batch 32 --compile                      # on a GPU
+    python benchmarks/train_step.py --preset xl --batch 32 --compile --loops bare \\
+        --variants base,eager_loss,fp8,batch64 --profile 5 --json out.json
+    python benchmarks/train_step.py --preset digits --batch 96 --steps 10 --device cpu    # anywhere
 
 One step = forward, loss, backward, gradient clipping, fused AdamW (on a GPU), the LR schedule and an EMA update
 of the weights: ``MaskGITModule.loss`` on random codes (and random text embeddings for ``t2i``), the same in both
 loops. Lightning runs it through ``Trainer.fit`` (``precision=bf16-mixed``, the EMA callback of the training
 config, ``halton.training.EMA``, no logger, no checkpoints); the bare loop is the same code in plain PyTorch
 (``torch.autocast`` to bf16 with fp32 master weights, the EMA as one ``torch._foreach_lerp_``). Timed steps follow
-warm-up steps (which also absorb ``--compile``'s compilation), with the device synchronised before each clock reading.
+warm-up steps (which also absorb ``--compile``'s compilation), with the device synchronised before each clock
+reading.
 
-FLOPs per image (``torch.utils.flop_counter.FlopCounterMode`` on one forward and backward at batch 1, i.e. every
-matmul and attention call with their real shapes: the blocks' linear layers on every token of the sequence, the
-per-image AdaLN projections, self-attention over the sequence and, for ``t2i``, cross-attention over the 120 text
-tokens), counting the output head only on the scored (masked) tokens: the step runs the head on every position
-to keep shapes static, but the unscored ones are not useful work, so they are left out of MFU (the expected
-masked share of the arccos schedule, E[arccos(u) / (pi/2)] = 2/pi). MFU = FLOPs per image x images/s / peak, the
-peak being the device's dense bf16 matrix rate (``--peak-tflops``; 989 for an H100 SXM by its datasheet, about
-800 measured here on an 8192^3 bf16 matmul, which is the default on a GPU: MFU against what the chip delivers).
+Variants (``--variants``, bare loop; ``base`` is what training runs): ``eager_loss`` (compiled blocks, the loss
+head uncompiled: the fp32 logits materialised), ``fp8`` (torchao Float8Linear in the blocks), ``cudagraphs`` (blocks compiled with ``mode="reduce-overhead"``),
+``autotune`` (``mode="max-autotune-no-cudagraphs"``: minutes of compilation), ``batch64`` (twice the batch),
+``flash`` / ``cudnn`` / ``efficient`` (that SDPA kernel only).
+
+FLOPs and MFU: :mod:`halton.training.throughput` (model FLOPs count the head on the scored tokens only; the
+peak is the dense bf16 matmul rate measured on the device, ``--peak-tflops`` to give one). ``--profile N``
+profiles N steps of the first variant after its timing and reduces them to a table (top kernels; shares of
+matmul, attention, elementwise, optimizer and idle time), written beside ``--json``.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
+import json
 import math
 import platform
+import re
 import time
+from pathlib import Path
 
 import torch
 
 from halton.conditions import ClassKind, TextKind
-from halton.models import MaskTransformer, build_transformer
+from halton.models import MaskTransformer, build_transformer, compile_blocks
 from halton.models.text_transformer import PAPER_T2I, TextMaskTransformer
 from halton.training import MaskGITModule
+from halton.training.throughput import example_batch, measured_peak_tflops, training_flops_per_image
 
-PRESETS = ("digits", "tiny", "small", "base", "large", "xl", "t2i")
-TEXT_LENGTH = 120  # the paper's T5 length
+PRESETS = ("digits", "tiny", "small", "base", "large", "xl", "xl16", "t2i")
+VARIANTS = ("base", "eager_loss", "fp8", "cudagraphs", "autotune", "batch64", "flash", "cudnn", "efficient")
+COMPILE_MODES = {"cudagraphs": "reduce-overhead", "autotune": "max-autotune-no-cudagraphs"}
 
 
 def build(preset: str) -> tuple[torch.nn.Module, ClassKind | TextKind]:
     """The model of a preset: the demo's (conf/model/digits.yaml), the class model of a size on the paper's 32x32
-    tokens with 2x2 patches (``xl`` is conf/model/c2i_xl.yaml), or the paper's text model (conf/model/t2i_l.yaml)."""
+    tokens with 2x2 patches (``xl`` is conf/model/c2i_xl.yaml), ``xl16``: the xl blocks on 16x16 tokens without
+    patches (the same sequence, and the configuration the reference trainer can run: its patchify fails), or the
+    paper's text model (conf/model/t2i_l.yaml)."""
+    if preset == "xl16":
+        return build_transformer("xl", 16384, 16, 1000, registers=1, patch_size=1), ClassKind()
     if preset == "digits":
         return MaskTransformer(17, 8, 128, 2, 4, 384, num_classes=10), ClassKind()
     if preset == "t2i":
-        return TextMaskTransformer(**PAPER_T2I), TextKind(max_length=TEXT_LENGTH)
+        return TextMaskTransformer(**PAPER_T2I), TextKind(max_length=120)
     return build_transformer(preset, 16384, 32, 1000, registers=1, patch_size=2), ClassKind()
 
 
-def random_batch(model, batch: int, device, generator: torch.Generator) -> dict[str, torch.Tensor]:
-    codes = torch.randint(0, model.codebook_size, (batch, *model.grid), generator=generator)
-    out = {"codes": codes}
-    if isinstance(model, TextMaskTransformer):
-        out["text_emb"] = torch.randn(batch, TEXT_LENGTH, model.text_dim, generator=generator).bfloat16()
-        lengths = torch.randint(8, TEXT_LENGTH + 1, (batch, 1), generator=generator)
-        out["text_mask"] = torch.arange(TEXT_LENGTH) < lengths
-    else:
-        out["labels"] = torch.randint(0, model.num_classes, (batch,), generator=generator)
-    return {k: v.to(device) for k, v in out.items()}
+def make_module(args, device, variant: str = "base") -> MaskGITModule:
+    """The module of ``--preset`` for a variant, built directly on ``device`` (no host-side initialisation)."""
+    torch.manual_seed(0)
+    with torch.device(device):
+        net, condition = build(args.preset)
+    compiled = args.compile and variant not in COMPILE_MODES
+    module = MaskGITModule(net, lr=1e-4, warmup_steps=10, total_steps=10_000, condition=condition,
+                           compile=compiled, fp8=variant == "fp8")
+    if variant == "eager_loss":
+        module.token_loss = type(module).loss.__globals__["masked_token_loss"]
+    if args.compile and variant in COMPILE_MODES:
+        compile_blocks(module.model, mode=COMPILE_MODES[variant])
+        module.token_loss = torch.compile(module.token_loss, dynamic=False)
+    return module.to(device)
 
 
 def flops_per_image(module: MaskGITModule) -> tuple[float, float]:
     """(model FLOPs of one training image with the head on the scored tokens only, FLOPs actually executed)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    model = module.model
-    device = next(model.parameters()).device
-    batch = random_batch(model, 1, device, torch.Generator().manual_seed(0))
-    counter = FlopCounterMode(display=False)
-    with counter:
-        loss, _ = module.loss(batch)
-        loss.backward()
-    model.zero_grad(set_to_none=True)
-    executed = float(counter.get_total_flops())
-    # the head: hidden width -> codebook + 1 at every code position (the text model ties it to the token embedding)
-    width = model.head.in_features if hasattr(model, "head") else model.tok_emb.embedding_dim
-    head = 3 * 2 * model.num_tokens * width * (model.codebook_size + 1)  # forward + backward
-    return executed - head * (1 - 2 / math.pi), executed
+    return training_flops_per_image(module)
 
 
-def make_module(args, device) -> MaskGITModule:
-    torch.manual_seed(0)
-    net, condition = build(args.preset)
-    module = MaskGITModule(net, lr=1e-4, warmup_steps=10, total_steps=10_000, condition=condition,
-                           compile=args.compile)
-    return module.to(device)
+def sdpa_context(variant: str):
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    backends = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION,
+                "efficient": SDPBackend.EFFICIENT_ATTENTION}
+    return sdpa_kernel(backends[variant]) if variant in backends else contextlib.nullcontext()
 
 
 class Timer:
@@ -100,8 +105,9 @@ class Timer:
         return time.perf_counter()
 
 
-def bare_loop(args, device, batches) -> float:
-    module = make_module(args, device)
+def bare_loop(args, device, batches, variant: str = "base", profile_steps: int = 0):
+    """Seconds for the timed steps, and the profiler of ``profile_steps`` further steps (or None)."""
+    module = make_module(args, device, variant)
     optimizer = module.configure_optimizers()
     schedule_lr = optimizer["lr_scheduler"]["scheduler"]
     optimizer = optimizer["optimizer"]
@@ -110,35 +116,34 @@ def bare_loop(args, device, batches) -> float:
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if args.precision == "bf16"
                 else contextlib.nullcontext())
     timer = Timer(device)
-    profiler = contextlib.nullcontext()
-    if args.profile:  # the last three steps: the kernels that take the time, printed after the timing
-        from torch.profiler import ProfilerActivity, profile, schedule
 
-        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-        profiler = profile(activities=activities, schedule=schedule(wait=len(batches) - 3, warmup=0, active=3))
-    with profiler as prof:
-        seconds = _bare_steps(args, batches, module, optimizer, schedule_lr, ema, autocast, timer, prof)
-    if args.profile:
-        sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
-        print(prof.key_averages().table(sort_by=sort, row_limit=20, max_name_column_width=60))
-    return seconds
-
-
-def _bare_steps(args, batches, module, optimizer, schedule, ema, autocast, timer, prof) -> float:
-    for step, batch in enumerate(batches):
-        if step == args.warmup:
-            timer.start = timer.now()
+    def step(batch):
         with autocast:
             loss, _ = module.loss(batch)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(module.model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        schedule.step()
+        schedule_lr.step()
         torch._foreach_lerp_(*ema, 1 - 0.999)
-        if prof is not None:
-            prof.step()
-    return timer.now() - timer.start
+
+    with sdpa_context(variant):
+        for i, batch in enumerate(batches):
+            if i == args.warmup:
+                timer.start = timer.now()
+            step(batch)
+        seconds = timer.now() - timer.start
+        prof = None
+        if profile_steps:
+            from torch.profiler import ProfilerActivity, profile
+
+            activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+            with profile(activities=activities) as prof:
+                start = timer.now()
+                for batch in batches[:profile_steps]:
+                    step(batch)
+                prof.wall_seconds = timer.now() - start
+    return seconds, prof
 
 
 def lightning_loop(args, device, batches) -> float:
@@ -166,6 +171,57 @@ def lightning_loop(args, device, batches) -> float:
     return timer.end - timer.start
 
 
+# Kernel families of a training step, by kernel name (first match wins).
+KERNEL_KINDS = (
+    ("attention", re.compile(r"flash|fmha|attention|sdpa|cudnn", re.I)),
+    ("optimizer, clip, EMA", re.compile(r"multi_tensor|adam|foreach|lerp", re.I)),
+    ("matmul", re.compile(r"gemm|xmma|cutlass|nvjet|wgmma|cublas|_mm|matmul|scaled_mm|f8f8|sm90|sm80|aten::(mm|addmm|bmm)\b", re.I)),
+)
+
+
+def kernel_kind(name: str) -> str:
+    return next((kind for kind, pattern in KERNEL_KINDS if pattern.search(name)), "elementwise, norms, loss")
+
+
+def profile_table(prof, steps: int) -> dict:
+    """The kernels of the profiled steps: the top 15 by device time and the share of each family, idle included
+    (the wall time of the steps minus the time some kernel ran; one stream)."""
+    from torch.autograd import DeviceType
+
+    events = prof.key_averages()
+    kernels = [e for e in events if e.device_type == DeviceType.CUDA and e.self_device_time_total > 0]
+    time_of = (lambda e: e.self_device_time_total) if kernels else (lambda e: e.self_cpu_time_total)
+    if not kernels:  # a CPU run (the dry run): the operators' own time
+        kernels = [e for e in events if e.self_cpu_time_total > 0 and not e.key.startswith("ProfilerStep")]
+    total_us = sum(time_of(e) for e in kernels)
+    wall_us = prof.wall_seconds * 1e6
+    shares: dict[str, float] = {}
+    for event in kernels:
+        kind = kernel_kind(event.key)
+        shares[kind] = shares.get(kind, 0.0) + time_of(event)
+    shares["idle (no kernel running)"] = max(wall_us - total_us, 0.0)
+    top = sorted(kernels, key=lambda e: -time_of(e))[:15]
+    return {
+        "steps": steps, "wall_ms_per_step": wall_us / steps / 1e3, "kernel_ms_per_step": total_us / steps / 1e3,
+        "shares": {k: {"ms_per_step": v / steps / 1e3, "share": v / max(wall_us, total_us)}
+                   for k, v in sorted(shares.items(), key=lambda kv: -kv[1])},
+        "top": [{"kernel": e.key[:90], "kind": kernel_kind(e.key), "calls_per_step": e.count / steps,
+                 "ms_per_step": time_of(e) / steps / 1e3, "share": time_of(e) / total_us}
+                for e in top],
+    }
+
+
+def profile_markdown(table: dict) -> str:
+    lines = [f"{table['steps']} steps: {table['wall_ms_per_step']:.1f} ms/step wall, "
+             f"{table['kernel_ms_per_step']:.1f} ms/step in kernels", "",
+             "| family | ms / step | share |", "| --- | --- | --- |"]
+    lines += [f"| {k} | {v['ms_per_step']:.2f} | {100 * v['share']:.1f}% |" for k, v in table["shares"].items()]
+    lines += ["", "| kernel | family | calls / step | ms / step | share of kernel time |", "| --- | --- | --- | --- | --- |"]
+    lines += [f"| `{t['kernel']}` | {t['kind']} | {t['calls_per_step']:.0f} | {t['ms_per_step']:.2f} | "
+              f"{100 * t['share']:.1f}% |" for t in table["top"]]
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="tiny", choices=PRESETS)
@@ -174,54 +230,88 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20, help="timed steps")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps first")
     parser.add_argument("--loops", default="bare,lightning", help="bare, lightning, or both")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the transformer (model.compile)")
-    parser.add_argument("--profile", action="store_true", help="bare loop: print the top kernels of the last steps")
+    parser.add_argument("--variants", default="base", help=f"bare-loop variants, comma-separated: {', '.join(VARIANTS)}")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the blocks and the loss (model.compile)")
+    parser.add_argument("--profile", type=int, default=0, metavar="N", help="profile N steps of the first variant")
+    parser.add_argument("--json", default=None, help="write the results (and the profile) to this JSON file")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--peak-tflops", type=float, default=None,
-                        help="the device's dense matrix rate for MFU (default: 800 on CUDA, none on CPU)")
+                        help="the device's dense matrix rate for MFU (default: measured on CUDA, none on CPU)")
     args = parser.parse_args()
+    variants = args.variants.split(",")
+    unknown = sorted(set(variants) - set(VARIANTS))
+    if unknown:
+        parser.error(f"unknown variants {', '.join(unknown)}; allowed: {', '.join(VARIANTS)}")
     device = torch.device(args.device)
-    peak = args.peak_tflops if args.peak_tflops is not None else (800.0 if device.type == "cuda" else None)
+    peak = args.peak_tflops
+    if peak is None and device.type == "cuda":
+        peak = measured_peak_tflops(device)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
 
-    generator = torch.Generator().manual_seed(0)
-    probe = make_module(argparse.Namespace(**{**vars(args), "compile": False}), device)
+    with torch.device("meta"):
+        shapes = build(args.preset)[0]
+    probe = MaskGITModule(shapes, condition=build(args.preset)[1] if args.preset == "t2i" else None)
     model_flops, executed = flops_per_image(probe)
-    params = sum(p.numel() for p in probe.model.parameters())
-    del probe
-    batches = [random_batch(_shape_model(args.preset), args.batch, device, generator)
-               for _ in range(args.warmup + args.steps)]
+    params = sum(p.numel() for p in shapes.parameters())
+    generator = torch.Generator().manual_seed(0)
+
+    def batches_of(size):
+        return [example_batch(shapes, size, device, generator) for _ in range(args.warmup + args.steps)]
+
+    batches = {args.batch: batches_of(args.batch)}
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or "cpu")
     print(f"device {name}, torch {torch.__version__}; preset {args.preset} ({params / 1e6:.1f}M parameters), batch "
           f"{args.batch}, {args.precision}, compile {args.compile}; {model_flops / 1e9:.1f} GFLOP per image "
-          f"(model; {executed / 1e9:.1f} executed with the head on every position)")
-    rows = {}
-    for loop in args.loops.split(","):
+          f"(model; {executed / 1e9:.1f} executed with the head on every position); peak "
+          f"{'%.0f TFLOP/s (measured)' % peak if peak and args.peak_tflops is None else peak}")
+    results = {"device": name, "torch": torch.__version__, "preset": args.preset, "batch": args.batch,
+               "params_m": params / 1e6, "gflop_per_image": model_flops / 1e9, "peak_tflops": peak, "rows": {}}
+    runs = [("bare", v) for v in variants] if "bare" in args.loops.split(",") else []
+    if "lightning" in args.loops.split(","):
+        runs.insert(1 if runs else 0, ("lightning", "base"))
+    for index, (loop, variant) in enumerate(runs):
+        label = loop if variant == "base" else f"{loop}[{variant}]"
+        size = 2 * args.batch if variant == "batch64" else args.batch
+        if size not in batches:
+            batches[size] = batches_of(size)
+        torch._dynamo.reset()  # each variant compiles for its own shapes, never a dynamic-shape fallback
+        gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(device)
-        seconds = {"bare": bare_loop, "lightning": lightning_loop}[loop](args, device, batches)
-        images_per_s = args.batch * args.steps / seconds
+        try:
+            if loop == "lightning":
+                seconds, prof = lightning_loop(args, device, batches[size]), None
+            else:
+                seconds, prof = bare_loop(args, device, batches[size], variant, args.profile if index == 0 else 0)
+        except Exception as error:  # one lever failing must not lose the others' numbers
+            print(f"{label:>9}: failed: {type(error).__name__}: {str(error).splitlines()[0][:300]}")
+            results["rows"][label] = {"error": f"{type(error).__name__}: {error}"[:500]}
+            continue
+        images_per_s = size * args.steps / seconds
         mfu = model_flops * images_per_s / (peak * 1e12) if peak else math.nan
         memory = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else math.nan
-        rows[loop] = seconds
-        print(f"{loop:>9}: {1000 * seconds / args.steps:8.1f} ms/step  {images_per_s:8.1f} images/s  "
+        results["rows"][label] = {"ms_per_step": 1000 * seconds / args.steps, "images_per_s": images_per_s,
+                                  "mfu": mfu, "peak_memory_gib": memory, "batch": size}
+        print(f"{label:>9}: {1000 * seconds / args.steps:8.1f} ms/step  {images_per_s:8.1f} images/s  "
               f"MFU {100 * mfu:5.1f}%  peak memory {memory:.1f} GiB")
-    if len(rows) == 2:
-        print(f"Lightning / bare: {rows['lightning'] / rows['bare']:.3f}x")
+        if prof is not None:
+            results["profile"] = profile_table(prof, args.profile)
+            print(profile_markdown(results["profile"]))
+        rows = results["rows"]
+        if loop == "lightning" and "images_per_s" in rows.get("bare", {}):
+            results["lightning_over_bare"] = rows["lightning"]["ms_per_step"] / rows["bare"]["ms_per_step"]
+            print(f"Lightning / bare: {results['lightning_over_bare']:.3f}x")
+        write_json(args, results)  # after every run: a run cut short keeps what it measured
 
 
-_SHAPES: dict[str, torch.nn.Module] = {}
-
-
-def _shape_model(preset: str) -> torch.nn.Module:
-    """A model of the preset on the meta device: its shapes for the random batches, at no memory."""
-    if preset not in _SHAPES:
-        with torch.device("meta"):
-            _SHAPES[preset] = build(preset)[0]
-    return _SHAPES[preset]
+def write_json(args, results: dict) -> None:
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
+        if "profile" in results:
+            Path(args.json).with_suffix(".profile.md").write_text(profile_markdown(results["profile"]) + "\n")
 
 
 if __name__ == "__main__":

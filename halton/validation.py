@@ -349,6 +349,7 @@ def check_drawing(c: Checks) -> None:
     device = str(c.get("device"))
     if not DEVICE.fullmatch(device):
         raise Invalid(f"device={device!r} is not a device; allowed: auto, cpu, cuda, cuda:N, mps")
+    c.input_file("vq_checkpoint", optional=True, hub=True)
     check_checkpoint(c)
 
 
@@ -459,6 +460,7 @@ def check_train(c: Checks) -> None:
     c.choice("model.loss_on", LOSS_ON)
     c.number("model.label_dropout", low=0, high=1)
     c.boolean("model.compile")
+    c.boolean("model.fp8")
     grid = c.get("model.sample_grid") or {}
     for option, low in (("per_class", 1), ("steps", 1)):  # options left out take the module's defaults
         if option in grid:
@@ -478,6 +480,8 @@ def check_train(c: Checks) -> None:
             if name not in TRAIN_METRICS:
                 raise Invalid(f"callbacks.progress_bar.train_metrics: {name!r} is not logged in training; allowed: "
                               f"a list of {', '.join(TRAIN_METRICS)}")
+    if c.get("callbacks.throughput") is not None:
+        c.number("callbacks.throughput.peak_tflops", above=0, optional=True)
     if c.get("callbacks.model_checkpoint") is not None:
         c.integer("callbacks.model_checkpoint.every_n_train_steps", 1, optional=True)
         c.writable("callbacks.model_checkpoint.dirpath")

@@ -6,12 +6,12 @@ from halton.models.text_transformer import PAPER_T2I, TextMaskTransformer, build
 from halton.models.transformer import SIZES, ClassConditioning, MaskTransformer, build_transformer
 
 
-def compile_blocks(model) -> None:
+def compile_blocks(model, mode: str | None = None) -> None:
     """``torch.compile`` each transformer block in place (``nn.Module.compile``): the blocks are the model's FLOPs,
     every block has the same code, so one graph serves them all; the embeddings, the head and the sampler's
-    variable-shape gathers stay eager, and the state dict keeps its keys."""
+    variable-shape gathers stay eager, and the state dict keeps its keys. ``mode``: torch.compile's."""
     for block in model.transformer.layers:
-        block.compile()
+        block.compile(mode=mode)
 
 
 __all__ = ["PAPER_T2I", "SIZES", "ClassConditioning", "MaskTransformer", "TextMaskTransformer", "build_text_transformer",

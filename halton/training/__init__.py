@@ -7,6 +7,7 @@ from halton.training.preemption import PreemptionCheckpoint, cluster_plugins
 from halton.training.progress import StepProgressBar
 from halton.training.resumable_loader import ResumableLoader
 from halton.training.rng_state import RNGStateCheckpoint
+from halton.training.throughput import Throughput
 
 __all__ = ["EMA", "AtomicCheckpointIO", "MaskGITModule", "PreemptionCheckpoint", "RNGStateCheckpoint",
-           "ResumableLoader", "StepProgressBar", "cluster_plugins"]
+           "ResumableLoader", "StepProgressBar", "Throughput", "cluster_plugins"]
