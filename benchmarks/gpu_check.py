@@ -77,7 +77,7 @@ def stages(dry: bool, work: Path, reference: Path, peak: str, train_steps: int |
                                                     str(reference), *ref]} if reference.is_dir() else {}),
         ("ours_xl16", 60, {"ours_xl16": [*bench, *xl16, "--loops", "bare,lightning", "--json",
                                          str(work / "ours_xl16.json")]}),
-        ("kernels", 60, {"kernels": [PY, "benchmarks/kernels.py", *kernels, "--json", str(work / "kernels.json")]}),
+        ("kernels", 60, {"kernels": [PY, "benchmarks/step_pieces.py", *kernels, "--json", str(work / "kernels.json")]}),
         ("mfu_t2i", 90, {"mfu_t2i": [*bench, *t2i, "--loops", "bare", "--json", str(work / "mfu_t2i.json")]}),
         ("sampling_large", 120, {"sampling_large": [
             PY, "benchmarks/sampling.py", *sampling, "--schedulers", "halton,confidence", "--reference",

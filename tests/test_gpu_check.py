@@ -1,8 +1,9 @@
 """benchmarks/gpu_check.py --dry-run: every stage of the GPU check at tiny sizes on the CPU, so the script is known to
-work before a GPU is spent on it. The default run covers the benchmark stages (the pipeline's own stages have their
-dry run in tests/test_gpu_pipeline.py); the whole dry run, pipeline included, is in the slow set."""
+work before a GPU is spent on it. The default run covers the benchmark stages (about a minute); the whole dry run,
+with the pipeline's train.py / sample.py / evaluate.py runs (benchmarks/gpu_pipeline.py), is in the slow set."""
 
 import json
+import math
 import subprocess
 import sys
 import tarfile
@@ -51,9 +52,30 @@ def test_dry_run_of_the_benchmark_stages(tmp_path):
 
 @pytest.mark.slow
 def test_dry_run_of_every_stage(tmp_path):
+    """The pipeline stages too: the real train.py (stopped by SIGTERM and resumed), sample.py, evaluate.py and the
+    demo at tiny sizes."""
     summary = dry_run(tmp_path)
     assert [s for s in summary["stages"] if summary["stages"][s]["status"] == "ok"] == [
         "mfu_xl", *PIPELINE_STAGES, "ours_xl16", "kernels", "mfu_t2i"]
+    stages = {}
     with tarfile.open(tmp_path / "out" / "logs.tar.gz") as tar:
-        resume = json.load(tar.extractfile("pipeline_resume/pipeline.json"))["stages"]["resume"]
-    assert resume["ok"] and resume["final_step_c"] == resume["final_step_a"]
+        for part in ("pipeline_train", "pipeline_resume", "pipeline_sample"):
+            stages.update(json.load(tar.extractfile(f"{part}/pipeline.json"))["stages"])
+    steps = 6  # the pipeline's dry run
+    assert stages["fixtures"]["reference_images"] == 40
+    a = stages["train_a"]
+    assert a["final_step"] == steps and a["has_ema"] and a["throughput"]["images_per_s"] > 0
+    resume = stages["resume"]
+    assert resume["b_returncode"] == 143  # stopped by SIGTERM after saving
+    assert resume["sigterm_sent_at_step"] <= resume["saved_step"] < steps
+    assert resume["c_resumed"] and resume["c_first_step"] == resume["saved_step"]
+    assert resume["final_step_a"] == resume["final_step_c"] == steps
+    assert resume["lr_equal"] and resume["metrics_lr_a"] == resume["metrics_lr_c"] > 0
+    for what in ("ema", "live"):  # on the CPU the resumed run is the uninterrupted one, bit for bit
+        assert resume[f"{what}_max_abs_diff"] == 0 and resume[f"{what}_rel_norm_diff"] == 0
+        assert resume[f"{what}_change_since_sigterm_rel_norm"] > 0
+    assert stages["sample"]["grid"].endswith(".png")
+    row = stages["evaluate"]["row"]
+    assert stages["evaluate"]["rows"] == 1 and row["num_images"] == "20" and math.isfinite(float(row["fid"]))
+    digits = stages["digits"]
+    assert math.isfinite(digits["final_loss"]) and 0 <= digits["recognised_pct"] <= 100

@@ -1,7 +1,7 @@
 """The pieces of the XL training step timed alone, at its real shapes: what each speed lever can gain at most.
 
-    python benchmarks/kernels.py                       # on a GPU: batch 32, the xl model (1152 wide, 257 tokens)
-    python benchmarks/kernels.py --device cpu --batch 2 --width 64 --heads 4 --hidden 128 --classes 64   # dry run
+    python benchmarks/step_pieces.py                       # on a GPU: batch 32, the xl model (1152 wide, 257 tokens)
+    python benchmarks/step_pieces.py --device cpu --batch 2 --width 64 --heads 4 --hidden 128 --classes 64   # dry run
 
 Each row is the median of ``--repeats`` timed calls after warm-ups (CUDA events through the host clock with the
 device synchronised), forward and backward where training runs both:
