@@ -35,7 +35,8 @@ ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
 
 
-def stages(dry: bool, work: Path, reference: Path, peak: str, train_steps: int | None = None) -> list[tuple[str, int, dict[str, list[str]]]]:
+def stages(dry: bool, work: Path, reference: Path, peak: str,
+           train_steps: int | None = None) -> list[tuple[str, int, dict[str, list[str]]]]:
     """(name, time limit in seconds on the GPU, {log name: command}) in order of importance; the commands of one
     stage run at the same time (only stages whose time is not measured have several)."""
     bench = [PY, "benchmarks/train_step.py"]

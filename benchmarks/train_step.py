@@ -15,7 +15,8 @@ warm-up steps (which also absorb ``--compile``'s compilation), with the device s
 reading.
 
 Variants (``--variants``, bare loop; ``base`` is what training runs): ``eager_loss`` (compiled blocks, the loss
-head uncompiled: the fp32 logits materialised), ``fp8`` (torchao Float8Linear in the blocks), ``cudagraphs`` (blocks compiled with ``mode="reduce-overhead"``),
+head uncompiled: the fp32 logits materialised), ``fp8`` (torchao Float8Linear in the blocks), ``cudagraphs``
+(blocks compiled with ``mode="reduce-overhead"``),
 ``autotune`` (``mode="max-autotune-no-cudagraphs"``: minutes of compilation), ``batch64`` (twice the batch),
 ``flash`` / ``cudnn`` / ``efficient`` (that SDPA kernel only).
 
@@ -175,7 +176,8 @@ def lightning_loop(args, device, batches) -> float:
 KERNEL_KINDS = (
     ("attention", re.compile(r"flash|fmha|attention|sdpa|cudnn", re.I)),
     ("optimizer, clip, EMA", re.compile(r"multi_tensor|adam|foreach|lerp", re.I)),
-    ("matmul", re.compile(r"gemm|xmma|cutlass|nvjet|wgmma|cublas|_mm|matmul|scaled_mm|f8f8|sm90|sm80|aten::(mm|addmm|bmm)\b", re.I)),
+    ("matmul", re.compile(r"gemm|xmma|cutlass|nvjet|wgmma|cublas|_mm|matmul|scaled_mm|f8f8|sm90|sm80"
+                          r"|aten::(mm|addmm|bmm)\b", re.I)),
 )
 
 
@@ -216,7 +218,8 @@ def profile_markdown(table: dict) -> str:
              f"{table['kernel_ms_per_step']:.1f} ms/step in kernels", "",
              "| family | ms / step | share |", "| --- | --- | --- |"]
     lines += [f"| {k} | {v['ms_per_step']:.2f} | {100 * v['share']:.1f}% |" for k, v in table["shares"].items()]
-    lines += ["", "| kernel | family | calls / step | ms / step | share of kernel time |", "| --- | --- | --- | --- | --- |"]
+    lines += ["", "| kernel | family | calls / step | ms / step | share of kernel time |",
+              "| --- | --- | --- | --- | --- |"]
     lines += [f"| `{t['kernel']}` | {t['kind']} | {t['calls_per_step']:.0f} | {t['ms_per_step']:.2f} | "
               f"{100 * t['share']:.1f}% |" for t in table["top"]]
     return "\n".join(lines)
@@ -230,7 +233,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20, help="timed steps")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps first")
     parser.add_argument("--loops", default="bare,lightning", help="bare, lightning, or both")
-    parser.add_argument("--variants", default="base", help=f"bare-loop variants, comma-separated: {', '.join(VARIANTS)}")
+    parser.add_argument("--variants", default="base",
+                        help=f"bare-loop variants, comma-separated: {', '.join(VARIANTS)}")
     parser.add_argument("--compile", action="store_true", help="torch.compile the blocks and the loss (model.compile)")
     parser.add_argument("--profile", type=int, default=0, metavar="N", help="profile N steps of the first variant")
     parser.add_argument("--json", default=None, help="write the results (and the profile) to this JSON file")

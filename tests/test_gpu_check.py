@@ -20,7 +20,8 @@ def dry_run(tmp_path, stages=None) -> dict:
     out, work = tmp_path / "out", tmp_path / "work"
     env = {"OUT": str(out), "GPU_CHECK_WORK": str(work), "REFERENCE": str(tmp_path / "no_reference"),
            "PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")}
-    command = [sys.executable, "benchmarks/gpu_check.py", "--dry-run"] + (["--only", ",".join(stages)] if stages else [])
+    only = ["--only", ",".join(stages)] if stages else []
+    command = [sys.executable, "benchmarks/gpu_check.py", "--dry-run", *only]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)
     summary = json.loads((out / "summary.json").read_text())
     assert result.returncode == 0, f"{summary}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
