@@ -9,8 +9,8 @@ Stages (each a subprocess of ``sys.executable``, its output in ``OUTDIR/<stage>.
   format, and a folder of reference PNGs (synthetic codes decoded by that VQ). Nothing is downloaded.
 - ``train_a``: ``train.py experiment=c2i_xl`` uninterrupted: bf16 on the GPU (``trainer=gpu``), compiled blocks, EMA
   0.999, only ``last.ckpt``, CSV logger; images/s, MFU and peak memory from its ``metrics.csv`` (the
-  ``perf/*`` columns) over the intervals after the first, else images/s from the progress bar's timestamps.
-- ``resume``: run B, SIGTERM once it passed half the steps (PreemptionCheckpoint saves last.ckpt and stops), run C
+  ``perf/*`` columns of the Throughput callback) over the intervals after the first.
+- ``resume``: run B, SIGTERM once it passed a third of the steps (PreemptionCheckpoint saves last.ckpt and stops), run C
   the same command (resumes from last.ckpt) to the end; C against A: final step, learning rate, EMA and live weights.
 - ``sample``, ``evaluate``: ``sample.py`` and ``evaluate.py`` (Inception FID against the reference folder) on A.
 - ``digits``: ``train.py experiment=digits`` then ``sample.py experiment=digits`` (the demo).
@@ -40,7 +40,6 @@ import time
 import traceback
 from pathlib import Path
 
-from omegaconf import OmegaConf
 
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ("fixtures", "train_a", "resume", "sample", "evaluate", "digits")
@@ -188,7 +187,7 @@ class Pipeline:
     def stage_train_a(self) -> dict:
         self.run_dir("gpu_xl_a", fresh=True)
         result = self.run("train_a", self.train_xl("gpu_xl_a"))
-        result.update(self.trained("gpu_xl_a", result))
+        result.update(self.trained("gpu_xl_a"))
         result["ok"] = result["returncode"] == 0 and result.get("final_step") == self.size["steps"]
         return result
 
@@ -210,7 +209,7 @@ class Pipeline:
         if last.is_file():
             os.link(last, kept)
         c = self.run("resume", self.train_xl("gpu_xl_b"))
-        c.update(self.trained("gpu_xl_b", c))
+        c.update(self.trained("gpu_xl_b"))
         result = {"b": b, "c": c, "sigterm_sent_at_step": sent.get("step"), "saved_step": saved,
                   "c_first_step": c["progress"][0][1] if c["progress"] else None,
                   "b_returncode": b["returncode"], "c_resumed": any("resuming from" in t for t in c["notes"]),
@@ -263,8 +262,7 @@ class Pipeline:
         self.run_dir("digits_demo", fresh=True)
         train = self.run("digits", ["train.py", *self.common("digits_demo", "digits"), *trainer,
                                     f"trainer.max_steps={self.size['digits_steps']}"])
-        batch = OmegaConf.load(REPO / "conf" / "data" / "digits_shards.yaml").batch_size
-        train.update(self.trained("digits_demo", train, batch))
+        train.update(self.trained("digits_demo"))
         sample = self.run("digits", ["sample.py", *self.common("digits_demo", "digits")])
         match = re.search(r"reads the requested digit in ([\d.]+)% of (\d+) samples", "\n".join(sample["notes"]))
         loss = last_value(train.pop("metrics", []), "train/loss")
@@ -283,7 +281,7 @@ class Pipeline:
     def a_checkpoint(self) -> Path:
         return self.run_dir("gpu_xl_a") / "checkpoints" / "last.ckpt"
 
-    def trained(self, name: str, result: dict, batch: int | None = None) -> dict:
+    def trained(self, name: str) -> dict:
         """What a training run left: its final step, its logged metrics and its throughput."""
         last = self.run_dir(name) / "checkpoints" / "last.ckpt"
         found = {"checkpoint": str(last), "final_step": None, "metrics": read_metrics(self.run_dir(name))}
@@ -293,7 +291,7 @@ class Pipeline:
             found["final_step"] = state["global_step"]
             found["has_ema"] = "current_model_state" in state
             del state
-        found["throughput"] = throughput(found["metrics"], result["progress"], batch or self.size["batch"])
+        found["throughput"] = throughput(found["metrics"])
         return found
 
     # ------------------------------------------------------------------ driver
@@ -442,22 +440,14 @@ def last_value(rows: list[dict], prefix: str) -> float | None:
     return max(values)[1] if values else None
 
 
-def throughput(rows: list[dict], progress: list, batch: int) -> dict:
-    """images/s, MFU and peak memory from the logged ``perf/*`` columns after the first logged interval (which holds
-    the compilation); without them images/s from the times the progress bar showed its steps, the first shown
-    step (compilation) dropped."""
+def throughput(rows: list[dict]) -> dict:
+    """images/s, MFU and peak memory that the run logged (the training config's Throughput callback: ``perf/*``)
+    after its first logged interval, which holds the compilation."""
     logged = {name: [row[f"perf/{name}"] for row in rows if f"perf/{name}" in row][1:]
               for name in ("images_per_s", "mfu", "peak_memory_gib")}
-    if logged["images_per_s"]:
-        return {"source": "metrics.csv perf/*", "intervals": len(logged["images_per_s"]),
-                "images_per_s": mean(logged["images_per_s"]), "mfu": mean(logged["mfu"]),
-                "peak_memory_gib": max(logged["peak_memory_gib"], default=None)}
-    progress = [(t, step) for t, step in progress if step > 0]  # the bar's first line shows step 0
-    if len(progress) < 2:
-        return {"source": "none: no perf/* columns and fewer than two progress-bar steps"}
-    (t0, s0), (t1, s1) = progress[0], progress[-1]
-    return {"source": "progress-bar timestamps (no perf/* columns in metrics.csv)", "steps": [s0, s1],
-            "images_per_s": round((s1 - s0) * batch / (t1 - t0), 2), "mfu": None, "peak_memory_gib": None}
+    return {"source": "metrics.csv perf/*", "intervals": len(logged["images_per_s"]),
+            "images_per_s": mean(logged["images_per_s"]), "mfu": mean(logged["mfu"]),
+            "peak_memory_gib": max(logged["peak_memory_gib"], default=None)}
 
 
 def mean(values: list[float]) -> float | None:

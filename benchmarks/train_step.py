@@ -44,6 +44,7 @@ from halton.conditions import ClassKind, TextKind
 from halton.models import MaskTransformer, build_transformer, compile_blocks
 from halton.models.text_transformer import PAPER_T2I, TextMaskTransformer
 from halton.training import MaskGITModule
+from halton.training.module import masked_token_loss
 from halton.training.throughput import example_batch, measured_peak_tflops, training_flops_per_image
 
 PRESETS = ("digits", "tiny", "small", "base", "large", "xl", "xl16", "t2i")
@@ -74,16 +75,11 @@ def make_module(args, device, variant: str = "base") -> MaskGITModule:
     module = MaskGITModule(net, lr=1e-4, warmup_steps=10, total_steps=10_000, condition=condition,
                            compile=compiled, fp8=variant == "fp8")
     if variant == "eager_loss":
-        module.token_loss = type(module).loss.__globals__["masked_token_loss"]
+        module.token_loss = masked_token_loss
     if args.compile and variant in COMPILE_MODES:
         compile_blocks(module.model, mode=COMPILE_MODES[variant])
         module.token_loss = torch.compile(module.token_loss, dynamic=False)
     return module.to(device)
-
-
-def flops_per_image(module: MaskGITModule) -> tuple[float, float]:
-    """(model FLOPs of one training image with the head on the scored tokens only, FLOPs actually executed)."""
-    return training_flops_per_image(module)
 
 
 def sdpa_context(variant: str):
@@ -255,9 +251,8 @@ def main() -> None:
         torch.backends.cudnn.allow_tf32 = True
 
     with torch.device("meta"):
-        shapes = build(args.preset)[0]
-    probe = MaskGITModule(shapes, condition=build(args.preset)[1] if args.preset == "t2i" else None)
-    model_flops, executed = flops_per_image(probe)
+        shapes, condition = build(args.preset)
+    model_flops, executed = training_flops_per_image(MaskGITModule(shapes, condition=condition))
     params = sum(p.numel() for p in shapes.parameters())
     generator = torch.Generator().manual_seed(0)
 

@@ -14,8 +14,10 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 def test_train_step_counts_the_head_on_the_scored_tokens_only():
     import train_step
 
+    from halton.training.throughput import training_flops_per_image
+
     module = train_step.make_module(type("Args", (), {"preset": "digits", "compile": False})(), torch.device("cpu"))
-    model_flops, executed = train_step.flops_per_image(module)
+    model_flops, executed = training_flops_per_image(module)
     head = 3 * 2 * 64 * 128 * 18  # forward + backward of the 128 -> 18 head on the 64 positions
     assert executed > head and math.isclose(executed - model_flops, head * (1 - 2 / math.pi), rel_tol=1e-6)
     assert all(p.grad is None for p in module.model.parameters())  # the count leaves no gradients behind

@@ -13,8 +13,8 @@ from torch import nn
 MIN_CAPABILITY = (8, 9)  # Ada and Hopper: FP8 tensor cores
 
 
-def convert_blocks_to_float8(model: nn.Module) -> int:
-    """Swap the blocks' projection layers for ``Float8Linear`` in place; returns how many were converted."""
+def convert_blocks_to_float8(model: nn.Module) -> None:
+    """Swap the blocks' projection layers for ``Float8Linear`` in place."""
     try:
         from torchao.float8 import convert_to_float8_training
     except ImportError:
@@ -26,10 +26,7 @@ def convert_blocks_to_float8(model: nn.Module) -> int:
         return (isinstance(module, nn.Linear) and ".mlp." not in f".{name}."
                 and module.in_features % 16 == 0 and module.out_features % 16 == 0)
 
-    before = sum(isinstance(m, nn.Linear) for m in model.transformer.layers.modules())
     convert_to_float8_training(model.transformer.layers, module_filter_fn=projection)
-    after = sum(type(m) is nn.Linear for m in model.transformer.layers.modules())
-    return before - after
 
 
 def check_float8_device(device) -> None:
@@ -38,5 +35,6 @@ def check_float8_device(device) -> None:
 
     if device.type != "cuda" or torch.cuda.get_device_capability(device) < MIN_CAPABILITY:
         name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
-        raise ValueError(f"model.fp8=true needs a GPU with FP8 tensor cores (compute capability >= 8.9), not "
-                         f"{name}; allowed: model.fp8=false")
+        capability = ".".join(map(str, MIN_CAPABILITY))
+        raise ValueError(f"model.fp8=true needs a GPU with FP8 tensor cores (compute capability >= {capability}), "
+                         f"not {name}; allowed: model.fp8=false")

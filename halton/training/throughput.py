@@ -29,21 +29,17 @@ PEAK_SIZE = 8192
 def example_batch(model: torch.nn.Module, batch: int, device, generator: torch.Generator | None = None,
                   text_length: int = 120) -> dict[str, torch.Tensor]:
     """Random training inputs of ``model``'s shapes: codes and class labels, or codes and text embeddings with their
-    padding mask (``text_length`` tokens; the paper's T5 length by default)."""
-    def uniform(shape, high):  # meta tensors take no generator
-        return (torch.randint(0, high, shape, device=device) if torch.device(device).type == "meta"
-                else torch.randint(0, high, shape, generator=generator).to(device))
-
-    out = {"codes": uniform((batch, *model.grid), model.codebook_size)}
+    padding mask (``text_length`` tokens; the paper's T5 length by default). Drawn on the CPU from ``generator``,
+    then moved; on the meta device (shapes only) drawn there, without a generator."""
+    home, generator = (device, None) if torch.device(device).type == "meta" else ("cpu", generator)
+    out = {"codes": torch.randint(0, model.codebook_size, (batch, *model.grid), generator=generator, device=home)}
     if hasattr(model, "text_dim"):
-        emb = torch.randn(batch, text_length, model.text_dim, generator=generator) if generator else None
-        out["text_emb"] = (emb.to(device) if emb is not None
-                           else torch.empty(batch, text_length, model.text_dim, device=device)).bfloat16()
-        lengths = uniform((batch, 1), text_length) + 1
-        out["text_mask"] = torch.arange(text_length, device=device) < lengths
+        out["text_emb"] = torch.randn(batch, text_length, model.text_dim, generator=generator, device=home).bfloat16()
+        lengths = torch.randint(1, text_length + 1, (batch, 1), generator=generator, device=home)
+        out["text_mask"] = torch.arange(text_length, device=home) < lengths
     else:
-        out["labels"] = uniform((batch,), model.num_classes)
-    return out
+        out["labels"] = torch.randint(0, model.num_classes, (batch,), generator=generator, device=home)
+    return {name: value.to(device) for name, value in out.items()}
 
 
 def scored_share(module) -> float:
