@@ -49,7 +49,7 @@ def stages(dry: bool, work: Path, reference: Path, peak: str,
                "--precision", "fp32"]
         sampling = ["--size", "tiny", "--grid", "4", "--codebook", "64", "--classes", "10", "--batch", "2", "--steps",
                     "4", "--repeats", "1", "--device", "cpu"]
-        variants = "base,eager_loss,batch64"
+        variants = "base,compiled_update,whole_graph,coordinate_descent,batch64_update"
     else:
         common = ["--batch", "32", "--compile", "--peak-tflops", peak, "--steps", "15", "--warmup", "5"]
         xl, xl16, t2i = ["--preset", "xl", *common], ["--preset", "xl16", *common], ["--preset", "t2i", *common]
@@ -58,7 +58,8 @@ def stages(dry: bool, work: Path, reference: Path, peak: str,
                "--precision", "bf16", "--peak-tflops", peak]
         sampling = ["--size", "large", "--grid", "16", "--codebook", "16384", "--batch", "32", "--steps", "32",
                     "--cfg", "2", "--bf16", "--repeats", "2", "--compile", "--compile-mode", "default"]
-        variants = "base,eager_loss,fp8,batch64"
+        # measured before (docs/performance.md): eager_loss, fp8, batch64
+        variants = "base,compiled_update,coordinate_descent,cudagraphs,batch64_update,whole_graph"
     pipeline = [PY, "benchmarks/gpu_pipeline.py", "--work", str(work / "pipeline_work"), *(["--dry-run"] * dry),
                 *(["--steps", str(train_steps)] if train_steps else [])]
 
@@ -66,23 +67,24 @@ def stages(dry: bool, work: Path, reference: Path, peak: str,
         return [*pipeline, "--out", str(work / out), "--stages", names]
 
     listed = [
-        ("mfu_xl", 200, {"mfu_xl": [*bench, *xl, "--loops", "bare,lightning", "--variants", variants, "--profile",
-                                    "5", "--json", str(work / "mfu_xl.json")]}),
         ("train_xl", 150, {"train_xl": pipeline_stages("pipeline_train", "fixtures,train_a")}),
-        ("resume", 150, {"resume": pipeline_stages("pipeline_resume", "resume")}),
+        ("resume", 200, {"resume": pipeline_stages("pipeline_resume", "resume")}),
+        ("mfu_xl", 260, {"mfu_xl": [*bench, *xl, "--loops", "bare,lightning", "--variants", variants, "--profile",
+                                    "5", "--json", str(work / "mfu_xl.json")]}),
+        ("ours_xl16", 80, {"ours_xl16": [*bench, *xl16, "--loops", "bare", "--variants", "base,compiled_update",
+                                         "--json", str(work / "ours_xl16.json")]}),
+        ("mfu_t2i", 90, {"mfu_t2i": [*bench, *t2i, "--loops", "bare", "--variants", "base,compiled_update",
+                                     "--json", str(work / "mfu_t2i.json")]}),
+        ("sampling_large", 120, {"sampling_large": [
+            PY, "benchmarks/sampling.py", *sampling, "--schedulers", "halton,confidence", "--reference",
+            str(reference)]} if reference.is_dir() else {}),
         # untimed, so side by side on the GPU: sampling and evaluation on run A's checkpoint, the demo, the tests
         ("sample_evaluate_tests", 150, {
             "sample_evaluate_digits": pipeline_stages("pipeline_sample", "sample,evaluate,digits"),
             "test_cuda": [PY, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_cuda.py"]}),
         ("reference_xl16", 150, {"reference_xl16": [PY, "benchmarks/reference_train.py", "--reference",
                                                     str(reference), *ref]} if reference.is_dir() else {}),
-        ("ours_xl16", 60, {"ours_xl16": [*bench, *xl16, "--loops", "bare,lightning", "--json",
-                                         str(work / "ours_xl16.json")]}),
         ("kernels", 60, {"kernels": [PY, "benchmarks/step_pieces.py", *kernels, "--json", str(work / "kernels.json")]}),
-        ("mfu_t2i", 90, {"mfu_t2i": [*bench, *t2i, "--loops", "bare", "--json", str(work / "mfu_t2i.json")]}),
-        ("sampling_large", 120, {"sampling_large": [
-            PY, "benchmarks/sampling.py", *sampling, "--schedulers", "halton,confidence", "--reference",
-            str(reference)]} if reference.is_dir() else {}),
     ]
     return listed
 

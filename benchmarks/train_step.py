@@ -18,12 +18,16 @@ Variants (``--variants``, bare loop; ``base`` is what training runs): ``eager_lo
 head uncompiled: the fp32 logits materialised), ``fp8`` (torchao Float8Linear in the blocks), ``cudagraphs``
 (blocks compiled with ``mode="reduce-overhead"``),
 ``autotune`` (``mode="max-autotune-no-cudagraphs"``: minutes of compilation), ``batch64`` (twice the batch),
-``flash`` / ``cudnn`` / ``efficient`` (that SDPA kernel only).
+``flash`` / ``cudnn`` / ``efficient`` (that SDPA kernel only), ``compiled_update`` (clipping, AdamW and the EMA
+as one compiled function over the parameters: :class:`CompiledUpdate`), ``batch64_update`` (both), ``whole_graph``
+(the whole loss, trunk and head, as one compiled graph instead of block by block), ``coordinate_descent``
+(inductor's coordinate-descent tuning of the Triton kernels' launch parameters).
 
 FLOPs and MFU: :mod:`halton.training.throughput` (model FLOPs count the head on the scored tokens only; the
 peak is the dense bf16 matmul rate measured on the device, ``--peak-tflops`` to give one). ``--profile N``
-profiles N steps of the first variant after its timing and reduces them to a table (top kernels; shares of
-matmul, attention, elementwise, optimizer and idle time), written beside ``--json``.
+profiles N steps of the first bare variant and of the Lightning loop after their timing and reduces each to a
+table (top kernels; shares of matmul, attention, elementwise, optimizer and idle time; host synchronisations per
+step), written beside ``--json``.
 """
 
 from __future__ import annotations
@@ -48,7 +52,8 @@ from halton.training.module import masked_token_loss
 from halton.training.throughput import example_batch, measured_peak_tflops, training_flops_per_image
 
 PRESETS = ("digits", "tiny", "small", "base", "large", "xl", "xl16", "t2i")
-VARIANTS = ("base", "eager_loss", "fp8", "cudagraphs", "autotune", "batch64", "flash", "cudnn", "efficient")
+VARIANTS = ("base", "eager_loss", "fp8", "cudagraphs", "autotune", "batch64", "flash", "cudnn", "efficient",
+            "compiled_update", "batch64_update", "whole_graph", "coordinate_descent")
 COMPILE_MODES = {"cudagraphs": "reduce-overhead", "autotune": "max-autotune-no-cudagraphs"}
 
 
@@ -71,9 +76,11 @@ def make_module(args, device, variant: str = "base") -> MaskGITModule:
     torch.manual_seed(0)
     with torch.device(device):
         net, condition = build(args.preset)
-    compiled = args.compile and variant not in COMPILE_MODES
+    compiled = args.compile and variant not in COMPILE_MODES and variant != "whole_graph"
     module = MaskGITModule(net, lr=1e-4, warmup_steps=10, total_steps=10_000, condition=condition,
                            compile=compiled, fp8=variant == "fp8")
+    if args.compile and variant == "whole_graph":
+        module.loss = torch.compile(module.loss, dynamic=False)
     if variant == "eager_loss":
         module.token_loss = masked_token_loss
     if args.compile and variant in COMPILE_MODES:
@@ -82,12 +89,63 @@ def make_module(args, device, variant: str = "base") -> MaskGITModule:
     return module.to(device)
 
 
-def sdpa_context(variant: str):
+def variant_context(variant: str):
+    """The SDPA kernel or inductor setting a variant runs under (nothing for the others)."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     backends = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION,
                 "efficient": SDPBackend.EFFICIENT_ATTENTION}
+    if variant == "coordinate_descent":
+        import torch._inductor.config as inductor
+
+        return inductor.patch(coordinate_descent_tuning=True)
     return sdpa_kernel(backends[variant]) if variant in backends else contextlib.nullcontext()
+
+
+class CompiledUpdate:
+    """Gradient-norm clipping, AdamW (torch's update rule, decoupled weight decay) and the EMA lerp as one compiled
+    function over all parameters: the eager step reads the gradients three times (norm, scale, AdamW) and the
+    weights twice (AdamW, EMA) in separate kernels; compiled, the clip coefficient folds into the AdamW pass and
+    the EMA reads the weights that pass just wrote. The learning rate and step count are device tensors, so the
+    schedule never recompiles it and nothing synchronises with the host."""
+
+    def __init__(self, params: list[torch.Tensor], lr: float, betas=(0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.01, max_norm: float = 1.0, decay: float = 0.999):
+        self.params = params
+        self.moments = [torch.zeros_like(p) for p in params]
+        self.squares = [torch.zeros_like(p) for p in params]
+        self.averages = [p.detach().clone() for p in params]
+        device = params[0].device
+        self.step_count = torch.zeros((), device=device)
+        self.lr = torch.tensor(lr, device=device)
+        self.settings = (*betas, eps, weight_decay, max_norm, decay)
+        self._update = torch.compile(self._math, dynamic=False)
+
+    @staticmethod
+    def _math(params, grads, moments, squares, averages, step_count, lr, beta1, beta2, eps, weight_decay,
+              max_norm, decay):
+        total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+        grads = torch._foreach_mul(grads, torch.clamp(max_norm / (total + 1e-6), max=1.0))
+        step_count.add_(1)
+        torch._foreach_lerp_(moments, grads, 1 - beta1)
+        torch._foreach_mul_(squares, beta2)
+        torch._foreach_addcmul_(squares, grads, grads, 1 - beta2)
+        torch._foreach_mul_(params, 1 - lr * weight_decay)
+        bias2 = torch.sqrt(1 - beta2 ** step_count)
+        denominators = torch._foreach_add(torch._foreach_div(torch._foreach_sqrt(squares), bias2), eps)
+        steps = torch._foreach_div(moments, denominators)
+        torch._foreach_mul_(steps, lr / (1 - beta1 ** step_count))
+        torch._foreach_sub_(params, steps)
+        torch._foreach_lerp_(averages, params, 1 - decay)
+
+    @torch.no_grad()
+    def __call__(self, lr: float) -> None:
+        self.lr.fill_(lr)
+        grads = [p.grad for p in self.params]
+        self._update([p.detach() for p in self.params], grads, self.moments, self.squares, self.averages,
+                     self.step_count, self.lr, *self.settings)
+        for p in self.params:
+            p.grad = None
 
 
 class Timer:
@@ -113,18 +171,27 @@ def bare_loop(args, device, batches, variant: str = "base", profile_steps: int =
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if args.precision == "bf16"
                 else contextlib.nullcontext())
     timer = Timer(device)
+    fused = None
+    if variant in ("compiled_update", "batch64_update"):
+        group = optimizer.param_groups[0]
+        fused = CompiledUpdate(list(module.model.parameters()), group["lr"], group["betas"], group["eps"],
+                               group["weight_decay"])
 
     def step(batch):
         with autocast:
             loss, _ = module.loss(batch)
         loss.backward()
+        if fused is not None:  # the schedule still drives the rate: read from the (unused) optimizer's group
+            fused(optimizer.param_groups[0]["lr"])
+            schedule_lr.step()
+            return
         torch.nn.utils.clip_grad_norm_(module.model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         schedule_lr.step()
         torch._foreach_lerp_(*ema, 1 - 0.999)
 
-    with sdpa_context(variant):
+    with variant_context(variant):
         for i, batch in enumerate(batches):
             if i == args.warmup:
                 timer.start = timer.now()
@@ -137,35 +204,48 @@ def bare_loop(args, device, batches, variant: str = "base", profile_steps: int =
             activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
             with profile(activities=activities) as prof:
                 start = timer.now()
-                for batch in batches[:profile_steps]:
-                    step(batch)
+                for i in range(profile_steps):
+                    step(batches[i % len(batches)])
                 prof.wall_seconds = timer.now() - start
     return seconds, prof
 
 
-def lightning_loop(args, device, batches) -> float:
+def lightning_loop(args, device, batches, profile_steps: int = 0):
+    """Seconds for the timed steps through ``Trainer.fit``, and the profiler of ``profile_steps`` further steps."""
     import lightning.pytorch as pl
+    from torch.profiler import ProfilerActivity, profile
 
     from halton.training import EMA
 
     module = make_module(args, device)
     timer = Timer(device)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    prof = profile(activities=activities) if profile_steps else None
 
     class Timing(pl.Callback):
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
             if batch_idx == args.warmup:
                 timer.start = timer.now()
+            elif batch_idx == len(batches):  # the timed steps are over: profile the next ones
+                timer.end = timer.now()
+                prof.__enter__()
+                prof.start_seconds = timer.now()
 
         def on_train_end(self, trainer, pl_module):
-            timer.end = timer.now()
+            if prof is None:
+                timer.end = timer.now()
+            else:
+                prof.wall_seconds = timer.now() - prof.start_seconds
+                prof.__exit__(None, None, None)
 
-    trainer = pl.Trainer(accelerator=device.type, devices=1, max_steps=len(batches), logger=False,
+    trainer = pl.Trainer(accelerator=device.type, devices=1, max_steps=len(batches) + profile_steps, logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                          precision="bf16-mixed" if args.precision == "bf16" else "32-true", gradient_clip_val=1.0,
                          callbacks=[EMA(decay=0.999), Timing()], num_sanity_val_steps=0)
-    loader = torch.utils.data.DataLoader(batches, batch_size=None, shuffle=False)
+    more = [batches[i % len(batches)] for i in range(profile_steps)]  # one epoch: batch_idx never restarts
+    loader = torch.utils.data.DataLoader(batches + more, batch_size=None, shuffle=False)
     trainer.fit(module, train_dataloaders=loader)
-    return timer.end - timer.start
+    return timer.end - timer.start, prof
 
 
 # Kernel families of a training step, by kernel name (first match wins).
@@ -175,6 +255,10 @@ KERNEL_KINDS = (
     ("matmul", re.compile(r"gemm|xmma|cutlass|nvjet|wgmma|cublas|_mm|matmul|scaled_mm|f8f8|sm90|sm80"
                           r"|aten::(mm|addmm|bmm)\b", re.I)),
 )
+
+
+# Host-side calls that wait for the device (a step with none of them never leaves the GPU idle waiting for Python).
+SYNCS = re.compile(r"cudaStreamSynchronize|cudaDeviceSynchronize|cudaEventSynchronize|aten::_local_scalar_dense")
 
 
 def kernel_kind(name: str) -> str:
@@ -187,7 +271,10 @@ def profile_table(prof, steps: int) -> dict:
     from torch.autograd import DeviceType
 
     events = prof.key_averages()
-    kernels = [e for e in events if e.device_type == DeviceType.CUDA and e.self_device_time_total > 0]
+    # Not the annotations (``Optimizer.step#AdamW.step``, ``ProfilerStep#3``): their device-side range spans the
+    # kernels they launch (in Lightning the optimizer step wraps forward and backward), which would count them twice.
+    kernels = [e for e in events if e.device_type == DeviceType.CUDA and e.self_device_time_total > 0
+               and "#" not in e.key]
     time_of = (lambda e: e.self_device_time_total) if kernels else (lambda e: e.self_cpu_time_total)
     if not kernels:  # a CPU run (the dry run): the operators' own time
         kernels = [e for e in events if e.self_cpu_time_total > 0 and not e.key.startswith("ProfilerStep")]
@@ -199,7 +286,8 @@ def profile_table(prof, steps: int) -> dict:
         shares[kind] = shares.get(kind, 0.0) + time_of(event)
     shares["idle (no kernel running)"] = max(wall_us - total_us, 0.0)
     top = sorted(kernels, key=lambda e: -time_of(e))[:15]
-    return {
+    syncs = {e.key: e.count / steps for e in events if SYNCS.fullmatch(e.key)}
+    return {"host_syncs_per_step": syncs,
         "steps": steps, "wall_ms_per_step": wall_us / steps / 1e3, "kernel_ms_per_step": total_us / steps / 1e3,
         "shares": {k: {"ms_per_step": v / steps / 1e3, "share": v / max(wall_us, total_us)}
                    for k, v in sorted(shares.items(), key=lambda kv: -kv[1])},
@@ -211,7 +299,8 @@ def profile_table(prof, steps: int) -> dict:
 
 def profile_markdown(table: dict) -> str:
     lines = [f"{table['steps']} steps: {table['wall_ms_per_step']:.1f} ms/step wall, "
-             f"{table['kernel_ms_per_step']:.1f} ms/step in kernels", "",
+             f"{table['kernel_ms_per_step']:.1f} ms/step in kernels; host synchronisations per step: "
+             f"{', '.join(f'{k} {v:g}' for k, v in table['host_syncs_per_step'].items()) or 'none'}", "",
              "| family | ms / step | share |", "| --- | --- | --- |"]
     lines += [f"| {k} | {v['ms_per_step']:.2f} | {100 * v['share']:.1f}% |" for k, v in table["shares"].items()]
     lines += ["", "| kernel | family | calls / step | ms / step | share of kernel time |",
@@ -232,7 +321,7 @@ def main() -> None:
     parser.add_argument("--variants", default="base",
                         help=f"bare-loop variants, comma-separated: {', '.join(VARIANTS)}")
     parser.add_argument("--compile", action="store_true", help="torch.compile the blocks and the loss (model.compile)")
-    parser.add_argument("--profile", type=int, default=0, metavar="N", help="profile N steps of the first variant")
+    parser.add_argument("--profile", type=int, default=0, metavar="N", help="profile N steps of the first bare variant and of Lightning")
     parser.add_argument("--json", default=None, help="write the results (and the profile) to this JSON file")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--peak-tflops", type=float, default=None,
@@ -272,7 +361,7 @@ def main() -> None:
         runs.insert(1 if runs else 0, ("lightning", "base"))
     for index, (loop, variant) in enumerate(runs):
         label = loop if variant == "base" else f"{loop}[{variant}]"
-        size = 2 * args.batch if variant == "batch64" else args.batch
+        size = 2 * args.batch if variant in ("batch64", "batch64_update") else args.batch
         if size not in batches:
             batches[size] = batches_of(size)
         torch._dynamo.reset()  # each variant compiles for its own shapes, never a dynamic-shape fallback
@@ -282,7 +371,7 @@ def main() -> None:
             torch.cuda.reset_peak_memory_stats(device)
         try:
             if loop == "lightning":
-                seconds, prof = lightning_loop(args, device, batches[size]), None
+                seconds, prof = lightning_loop(args, device, batches[size], args.profile)
             else:
                 seconds, prof = bare_loop(args, device, batches[size], variant, args.profile if index == 0 else 0)
         except Exception as error:  # one lever failing must not lose the others' numbers
@@ -297,8 +386,9 @@ def main() -> None:
         print(f"{label:>9}: {1000 * seconds / args.steps:8.1f} ms/step  {images_per_s:8.1f} images/s  "
               f"MFU {100 * mfu:5.1f}%  peak memory {memory:.1f} GiB")
         if prof is not None:
-            results["profile"] = profile_table(prof, args.profile)
-            print(profile_markdown(results["profile"]))
+            key = "profile" if loop == "bare" else f"profile_{loop}"
+            results[key] = profile_table(prof, args.profile)
+            print(f"profile of {label}: " + profile_markdown(results[key]))
         rows = results["rows"]
         if loop == "lightning" and "images_per_s" in rows.get("bare", {}):
             results["lightning_over_bare"] = rows["lightning"]["ms_per_step"] / rows["bare"]["ms_per_step"]
@@ -309,8 +399,9 @@ def main() -> None:
 def write_json(args, results: dict) -> None:
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
-        if "profile" in results:
-            Path(args.json).with_suffix(".profile.md").write_text(profile_markdown(results["profile"]) + "\n")
+        profiles = [f"## {key}\n\n{profile_markdown(results[key])}\n" for key in results if key.startswith("profile")]
+        if profiles:
+            Path(args.json).with_suffix(".profile.md").write_text("\n".join(profiles))
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-BENCHMARK_STAGES = ["mfu_xl", "reference_xl16", "ours_xl16", "kernels", "mfu_t2i", "sampling_large"]
+BENCHMARK_STAGES = ["mfu_xl", "ours_xl16", "mfu_t2i", "sampling_large", "reference_xl16", "kernels"]
 PIPELINE_STAGES = ["train_xl", "resume", "sample_evaluate_tests"]
 
 
@@ -44,10 +44,14 @@ def test_dry_run_of_the_benchmark_stages(tmp_path):
         profile = tar.extractfile("mfu_xl.profile.md").read().decode()
     assert {"mfu_xl.log", "kernels.log", "kernels.json", "mfu_t2i.json", "ours_xl16.json"} <= names
     rows = mfu["rows"]
-    assert set(rows) == {"bare", "lightning", "bare[eager_loss]", "bare[batch64]"}
-    assert all(row["images_per_s"] > 0 for row in rows.values()) and rows["bare[batch64]"]["batch"] == 8
+    assert set(rows) == {"bare", "lightning", "bare[compiled_update]", "bare[whole_graph]",
+                         "bare[coordinate_descent]", "bare[batch64_update]"}
+    assert all(row["images_per_s"] > 0 for row in rows.values()) and rows["bare[batch64_update]"]["batch"] == 8
     assert mfu["lightning_over_bare"] > 0 and mfu["gflop_per_image"] > 0
-    assert "| family | ms / step | share |" in profile and "idle (no kernel running)" in profile
+    for loop in ("profile", "profile_lightning"):  # the bare loop's and Lightning's, each with its table
+        assert f"## {loop}\n" in profile and mfu[loop]["steps"] == 5 and mfu[loop]["wall_ms_per_step"] > 0
+    assert profile.count("| family | ms / step | share |") == 2 and "idle (no kernel running)" in profile
+    assert "host synchronisations per step" in profile
     assert "bare:" in " ".join(summary["stages"]["mfu_xl"]["results"])
 
 
@@ -57,7 +61,7 @@ def test_dry_run_of_every_stage(tmp_path):
     demo at tiny sizes."""
     summary = dry_run(tmp_path)
     assert [s for s in summary["stages"] if summary["stages"][s]["status"] == "ok"] == [
-        "mfu_xl", *PIPELINE_STAGES, "ours_xl16", "kernels", "mfu_t2i"]
+        "train_xl", "resume", "mfu_xl", "ours_xl16", "mfu_t2i", "sample_evaluate_tests", "kernels"]
     stages = {}
     with tarfile.open(tmp_path / "out" / "logs.tar.gz") as tar:
         for part in ("pipeline_train", "pipeline_resume", "pipeline_sample"):
