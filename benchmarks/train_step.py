@@ -39,6 +39,7 @@ import json
 import math
 import platform
 import re
+import statistics
 import time
 from pathlib import Path
 
@@ -149,15 +150,32 @@ class CompiledUpdate:
 
 
 class Timer:
-    """Host clock readings with the device synchronised, at the start of step ``warmup`` and after the last."""
+    """Host clock readings with the device synchronised, at the start of step ``warmup`` and after the last; and a
+    mark at every timed step's start (a CUDA event, no synchronisation), whose median interval sets a one-off
+    pause inside the timed steps apart from a cost every step pays."""
 
     def __init__(self, device: torch.device):
-        self.device, self.start, self.end = device, None, None
+        self.device, self.start, self.end, self.marks = device, None, None, []
 
     def now(self) -> float:
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         return time.perf_counter()
+
+    def mark(self) -> None:
+        if self.device.type == "cuda":
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            self.marks.append(event)
+        else:
+            self.marks.append(time.perf_counter())
+
+    def median_ms(self) -> float:
+        """The median step, from the marks (read after ``now`` synchronised)."""
+        pairs = zip(self.marks, self.marks[1:])
+        if self.device.type == "cuda":
+            return statistics.median(a.elapsed_time(b) for a, b in pairs)
+        return statistics.median(1000 * (b - a) for a, b in pairs)
 
 
 def bare_loop(args, device, batches, variant: str = "base", profile_steps: int = 0):
@@ -195,7 +213,10 @@ def bare_loop(args, device, batches, variant: str = "base", profile_steps: int =
         for i, batch in enumerate(batches):
             if i == args.warmup:
                 timer.start = timer.now()
+            if i >= args.warmup:
+                timer.mark()
             step(batch)
+        timer.mark()
         seconds = timer.now() - timer.start
         prof = None
         if profile_steps:
@@ -207,7 +228,7 @@ def bare_loop(args, device, batches, variant: str = "base", profile_steps: int =
                 for i in range(profile_steps):
                     step(batches[i % len(batches)])
                 prof.wall_seconds = timer.now() - start
-    return seconds, prof
+    return seconds, timer.median_ms(), prof
 
 
 def lightning_loop(args, device, batches, profile_steps: int = 0):
@@ -226,13 +247,16 @@ def lightning_loop(args, device, batches, profile_steps: int = 0):
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
             if batch_idx == args.warmup:
                 timer.start = timer.now()
-            elif batch_idx == len(batches):  # the timed steps are over: profile the next ones
+            if args.warmup <= batch_idx <= len(batches):
+                timer.mark()
+            if batch_idx == len(batches):  # the timed steps are over: profile the next ones
                 timer.end = timer.now()
                 prof.__enter__()
                 prof.start_seconds = timer.now()
 
         def on_train_end(self, trainer, pl_module):
             if prof is None:
+                timer.mark()
                 timer.end = timer.now()
             else:
                 prof.wall_seconds = timer.now() - prof.start_seconds
@@ -245,7 +269,7 @@ def lightning_loop(args, device, batches, profile_steps: int = 0):
     more = [batches[i % len(batches)] for i in range(profile_steps)]  # one epoch: batch_idx never restarts
     loader = torch.utils.data.DataLoader(batches + more, batch_size=None, shuffle=False)
     trainer.fit(module, train_dataloaders=loader)
-    return timer.end - timer.start, prof
+    return timer.end - timer.start, timer.median_ms(), prof
 
 
 # Kernel families of a training step, by kernel name (first match wins).
@@ -371,9 +395,10 @@ def main() -> None:
             torch.cuda.reset_peak_memory_stats(device)
         try:
             if loop == "lightning":
-                seconds, prof = lightning_loop(args, device, batches[size], args.profile)
+                seconds, median_ms, prof = lightning_loop(args, device, batches[size], args.profile)
             else:
-                seconds, prof = bare_loop(args, device, batches[size], variant, args.profile if index == 0 else 0)
+                seconds, median_ms, prof = bare_loop(args, device, batches[size], variant,
+                                                     args.profile if index == 0 else 0)
         except Exception as error:  # one lever failing must not lose the others' numbers
             print(f"{label:>9}: failed: {type(error).__name__}: {str(error).splitlines()[0][:300]}")
             results["rows"][label] = {"error": f"{type(error).__name__}: {error}"[:500]}
@@ -381,9 +406,10 @@ def main() -> None:
         images_per_s = size * args.steps / seconds
         mfu = model_flops * images_per_s / (peak * 1e12) if peak else math.nan
         memory = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else math.nan
-        results["rows"][label] = {"ms_per_step": 1000 * seconds / args.steps, "images_per_s": images_per_s,
-                                  "mfu": mfu, "peak_memory_gib": memory, "batch": size}
-        print(f"{label:>9}: {1000 * seconds / args.steps:8.1f} ms/step  {images_per_s:8.1f} images/s  "
+        results["rows"][label] = {"ms_per_step": 1000 * seconds / args.steps, "median_ms_per_step": median_ms,
+                                  "images_per_s": images_per_s, "mfu": mfu, "peak_memory_gib": memory, "batch": size}
+        print(f"{label:>9}: {1000 * seconds / args.steps:8.1f} ms/step (median {median_ms:.1f})  "
+              f"{images_per_s:8.1f} images/s  "
               f"MFU {100 * mfu:5.1f}%  peak memory {memory:.1f} GiB")
         if prof is not None:
             key = "profile" if loop == "bare" else f"profile_{loop}"
