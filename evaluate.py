@@ -11,7 +11,8 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, ListConfig
 
-from halton.cli import condition_kind, entry_point, load_network, resolve_autocast, run
+from halton.build import build_from_config
+from halton.cli import entry_point, resolve_autocast, run
 
 log = logging.getLogger("halton.evaluate")
 
@@ -28,7 +29,6 @@ def build_extractor(cfg: DictConfig):
 @entry_point
 def main(cfg: DictConfig) -> None:
     import torch
-    from hydra.utils import instantiate
     from lightning.fabric import Fabric
 
     from halton.evaluation.reference import reference_statistics
@@ -38,7 +38,8 @@ def main(cfg: DictConfig) -> None:
     from halton.evaluation.prompts import evaluation_values
     from halton.evaluation.runner import gather, generate_and_extract, metric_rows, save_artifacts, timed
 
-    scheduler = instantiate(cfg.scheduler)
+    built = build_from_config(cfg)  # the scheduler and condition kind: the model loads once the run is not done
+    scheduler, kind = built.scheduler, built.kind
     eval_steps = [int(s) for s in cfg.intermediate_steps]  # checked by halton.validation, like every value
     interval = cfg.cfg_interval  # [t_min, t_max] or null
     cfg_interval = check_cfg_interval(list(interval) if isinstance(interval, ListConfig) else interval)
@@ -49,7 +50,6 @@ def main(cfg: DictConfig) -> None:
             "temp_warmup": cfg.temp_warmup, "top_k": cfg.top_k,
             "schedule": schedule_label(cfg.schedule, cfg.schedule_power, cfg.schedule_rate), "seed": cfg.seed,
             "num_images": cfg.num_images, "extractor": cfg.extractor, "prompts": ""}
-    kind = condition_kind(cfg)
     values, cell["prompts"] = evaluation_values(kind, cfg.data.num_classes, cfg.num_images, cfg.prompt_set)
     results = ResultsFile(cfg.results)
     wanted = [{**cell, "eval_step": s} for s in sorted(set(eval_steps) | {cfg.steps})]
@@ -62,11 +62,9 @@ def main(cfg: DictConfig) -> None:
     fabric.launch()
     device = fabric.device
     autocast = resolve_autocast(cfg.precision, device)
-    datamodule = instantiate(cfg.data)
-    model = load_network(cfg.model.net, cfg.checkpoint, cfg.official_heads).to(device)
-    tokenizer = datamodule.tokenizer.to(device).eval()
+    built.load(device)
+    datamodule, model, tokenizer = built.data, built.net, built.tokenizer
     extractor = build_extractor(cfg).to(device).eval()
-    kind.check_model(model)
     scorers = {}
     if kind.prompts(values) is not None and cfg.clip_model:  # 100 * cos(image, prompt) of the generated images
         from halton.evaluation.clip import CLIPScorer

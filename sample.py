@@ -14,7 +14,8 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from halton.cli import condition_kind, entry_point, load_network, read_prompts, resolve_autocast, resolve_device, run
+from halton.build import build_from_config
+from halton.cli import entry_point, read_prompts, resolve_autocast, resolve_device, run
 
 log = logging.getLogger("halton.sample")
 
@@ -28,7 +29,6 @@ def plain(value):
 @entry_point
 def main(cfg: DictConfig) -> None:
     import torch
-    from hydra.utils import instantiate
 
     from halton.evaluation.results import file_stem, interval_text
     from halton.sampling import sample
@@ -38,16 +38,12 @@ def main(cfg: DictConfig) -> None:
 
     device = resolve_device(cfg.device)
     autocast = resolve_autocast(cfg.precision, device)
-    scheduler = instantiate(cfg.scheduler)
-    datamodule = instantiate(cfg.data)
-    net = load_network(cfg.model.net, cfg.checkpoint, cfg.official_heads).to(device)
-    kind = condition_kind(cfg)
+    built = build_from_config(cfg, device)
+    scheduler, datamodule, net, kind, tokenizer = built.scheduler, built.data, built.net, built.kind, built.tokenizer
     classes = None if cfg.classes is None else [cfg.classes] if isinstance(cfg.classes, int) else list(cfg.classes)
     values = kind.requested(net, classes, read_prompts(cfg))
-    kind.check_model(net)  # e.g. the text encoder's width against the model's
     rows = torch.arange(len(values), device=device).repeat_interleave(cfg.per_class)
     condition = kind.make(values, device).index(rows)
-    tokenizer = datamodule.tokenizer.to(device)
     edit = None if cfg.edit.image is None else prepare_edit(  # validated: an image with exactly one region
         net, tokenizer, cfg.edit.image, box=plain(cfg.edit.box), mask=cfg.edit.mask, outpaint=plain(cfg.edit.outpaint),
         dilate=cfg.edit.dilate, device=device)

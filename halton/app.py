@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING
 import hydra
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from halton.cli import condition_kind, entry_point, fail, load_network, resolve_autocast, resolve_device, run
+from halton.build import build_from_config
+from halton.cli import entry_point, fail, resolve_autocast, resolve_device, run
 from halton.validation import Checks
 
 if TYPE_CHECKING:
@@ -146,16 +147,11 @@ class Studio:
 
     @classmethod
     def from_config(cls, cfg: DictConfig) -> Studio:
-        from hydra.utils import instantiate
-
         from halton.sampling import SCHEDULERS, build_scheduler
 
         device = resolve_device(cfg.device)
-        net = load_network(cfg.model.net, cfg.checkpoint, cfg.official_heads).to(device)
-        kind = condition_kind(cfg)
-        kind.check_model(net)  # loads a text model's encoder now rather than at the first request
-        tokenizer = instantiate(cfg.data).tokenizer.to(device)
-        chosen = instantiate(cfg.scheduler)  # with the command line's options (scheduler.r_temp=3, ...)
+        built = build_from_config(cfg, device)  # a text model's encoder loads now rather than at the first request
+        net, tokenizer, kind, chosen = built.net, built.tokenizer, built.kind, built.scheduler
         schedulers = {name: chosen if name == chosen.name else build_scheduler(name) for name in SCHEDULERS}
         interval = cfg.cfg_interval
         options = {"temp_pow": cfg.temp_pow, "temp_warmup": cfg.temp_warmup, "schedule": cfg.schedule,

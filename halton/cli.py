@@ -152,6 +152,7 @@ def check_inputs(cfg: DictConfig, entry: str) -> None:
     import torch
     from hydra.utils import instantiate
 
+    from halton.models import loading
     from halton.utils.checkpoint import read_checkpoint
 
     gpu_wanted = {"train": "trainer.accelerator", "evaluate": "accelerator", "extract": "trainer.accelerator"}
@@ -164,101 +165,19 @@ def check_inputs(cfg: DictConfig, entry: str) -> None:
     if entry in ("sample", "evaluate", "app"):
         instantiate(cfg.scheduler)
     if entry in ("sample", "evaluate", "export", "app"):
-        check_fits(read_model(cfg.checkpoint), cfg, cfg.checkpoint)
+        loading.check_fits(loading.read(cfg.checkpoint), cfg)
     if entry == "train":
         if isinstance(OmegaConf.select(cfg, "model.sample_grid.scheduler"), DictConfig):
             instantiate(cfg.model.sample_grid.scheduler)
         if cfg.ckpt_path:
-            check_fits(read_checkpoint(cfg.ckpt_path, "ckpt_path"), cfg, cfg.ckpt_path)
+            loading.check_fits(loading.read(cfg.ckpt_path, "ckpt_path"), cfg)
         elif cfg.resume:
             path, state = resume_candidate(cfg, announce=False)
             if path:
-                check_fits(state, cfg, path)
+                loading.check_fits(loading.Checkpoint.of(state, path), cfg)
     for key in ("vq_checkpoint", "inception_weights"):
         if OmegaConf.select(cfg, key):
             read_checkpoint(OmegaConf.select(cfg, key), key)
-
-
-def read_model(path):
-    """What a checkpoint path holds, read without building the model: a Hugging Face format folder's config
-    (``{"pretrained": config}``) or the checkpoint's dict."""
-    from halton.models.hub import pretrained_config
-    from halton.utils.checkpoint import read_checkpoint
-    from halton.utils.hub import is_model_folder
-
-    if is_model_folder(path):
-        return {"pretrained": pretrained_config(str(path))}
-    return read_checkpoint(path, "checkpoint")
-
-
-def self_described_shapes(state: dict) -> dict:
-    """The token grid, codebook and classes or text width of a checkpoint that carries its own model shapes: a
-    Hugging Face format config (``{"pretrained": config}``) or a released checkpoint's weights."""
-    from halton.models.official import strip_prefixes
-    from halton.models.transformer import grid_of
-
-    if "pretrained" in state:
-        config = state["pretrained"]
-        height, width = grid_of(config.get("input_size", 16))
-        found = {"grid tokens": height * width, "codebook_size": config["codebook_size"]}
-        if "text_dim" in config:
-            return found | {"text width": config["text_dim"]}
-        return found | {"num_classes": config.get("num_classes", 1000)}
-    weights = strip_prefixes(state["model_state_dict"])
-    found = {"grid tokens": weights["pos_emb.weight"].shape[0], "codebook_size": weights["tok_emb.weight"].shape[0] - 1}
-    if "transformer.layers.0.cross_attn.mha.in_proj_weight" in weights:  # the text-to-image format
-        return found | {"text width": weights["transformer.layers.0.mlp.0.weight"].shape[1]}
-    return found | {"num_classes": weights["cls_emb.weight"].shape[0] - 1}
-
-
-def check_fits(state, cfg: DictConfig, path) -> None:
-    """A train.py checkpoint whose weights have the shapes of the config's model, or a released checkpoint or
-    Hugging Face format folder (which carry their own model shapes) whose token grid, codebook and classes or
-    text width are the data config's."""
-    import torch
-    from hydra.utils import instantiate
-
-    if isinstance(state, dict) and ("pretrained" in state or "model_state_dict" in state):
-        found = self_described_shapes(state)
-        wanted = {"grid tokens": cfg.data.grid[0] * cfg.data.grid[1], "codebook_size": cfg.data.codebook_size}
-        wanted |= {key: OmegaConf.select(cfg, option) for key, option in
-                   (("text width", "data.text_dim"), ("num_classes", "data.num_classes")) if key in found}
-        if found != wanted:
-            raise Invalid(f"checkpoint {path} is of another configuration: it has {found}, the experiment's data "
-                          f"config {wanted}")
-        if "model_state_dict" in state and OmegaConf.select(cfg, "official_heads") is None:
-            raise Invalid(f"checkpoint {path} is a released Halton-MaskGIT checkpoint; give its heads with "
-                          "official_heads=N (tiny 6, small 6, base 12, large 16; text-to-image 16)")
-        return
-    if not isinstance(state, dict) or not isinstance(state.get("state_dict"), dict):
-        raise Invalid(f"checkpoint {path} is neither a train.py checkpoint (state_dict) nor a released Halton-MaskGIT "
-                      "one (model_state_dict)")
-    weights = model_weights(state)
-    if not weights:
-        raise Invalid(f"checkpoint {path} holds no model weights (no model.* entries in its state_dict)")
-    with torch.device("meta"):
-        net = instantiate(cfg.model.net)
-    expected = {k: tuple(v.shape) for k, v in net.state_dict().items()}
-    found = {k: tuple(v.shape) for k, v in weights.items()}
-    differs = sorted(k for k in expected.keys() & found.keys() if expected[k] != found[k])
-    if differs:
-        key = differs[0]
-        raise Invalid(f"checkpoint {path} is of another configuration: {key} is {list(found[key])} there, "
-                      f"{list(expected[key])} in this model config ({len(differs)} weights differ)")
-    missing, extra = sorted(expected.keys() - found.keys()), sorted(found.keys() - expected.keys())
-    if missing or extra:
-        raise Invalid(f"checkpoint {path} is of another configuration: {len(missing)} weights of this model config "
-                      f"missing there{f' (e.g. {missing[0]})' if missing else ''}, {len(extra)} unknown"
-                      f"{f' (e.g. {extra[0]})' if extra else ''}")
-
-
-def model_weights(state: dict) -> dict:
-    """The transformer's weights in a train.py checkpoint: the ``model.`` entries of its ``state_dict`` (the EMA
-    weights when EMA was on), without the DDP and torch.compile prefixes."""
-    from halton.models.official import strip_prefixes
-
-    state_dict = strip_prefixes(state["state_dict"])
-    return strip_prefixes({k[len("model."):]: v for k, v in state_dict.items() if k.startswith("model.")})
 
 
 def resume_candidate(cfg: DictConfig, announce: bool = True) -> tuple[str | None, dict | None]:
@@ -388,16 +307,6 @@ def resolve_autocast(precision: str, device):
     return None
 
 
-def condition_kind(cfg: DictConfig):
-    """The model config's kind of condition (``model.condition``; class labels when it names none)."""
-    from hydra.utils import instantiate
-
-    from halton.conditions import ClassKind
-
-    node = OmegaConf.select(cfg, "model.condition")
-    return instantiate(node) if node is not None else ClassKind()
-
-
 def read_prompts(cfg: DictConfig) -> list[str]:
     """sample.py's prompts: ``prompt``, then ``prompts``, then the lines of ``prompt_file`` (blank lines and lines
     starting with # skipped); checked by :mod:`halton.validation`."""
@@ -410,37 +319,3 @@ def read_prompts(cfg: DictConfig) -> list[str]:
 
         prompts += read_prompt_file(cfg.prompt_file)
     return prompts
-
-
-def load_network(net_config, checkpoint: str | None, official_heads: int | None = None):
-    """The transformer of a train.py checkpoint (its ``state_dict``: the EMA weights when EMA was on), built from
-    ``net_config``, a released Halton-MaskGIT ``.pth`` (then ``official_heads`` is needed), or a model in the Hugging
-    Face format (a folder with config.json and model.safetensors, or ``hf://owner/repo``: built from its own
-    config). Files may be named ``hf://owner/repo/file``."""
-    from hydra.utils import instantiate
-
-    from halton.models.hub import load_pretrained
-    from halton.models.official import from_official_checkpoint
-    from halton.utils.checkpoint import read_checkpoint
-    from halton.utils.hub import is_model_folder
-
-    if is_model_folder(checkpoint):  # a folder of save_pretrained / python -m halton.export, or hf://owner/repo
-        return load_pretrained(checkpoint)
-    state = read_checkpoint(checkpoint, "checkpoint",
-                            "; train.py writes runs/<name>/checkpoints/last.ckpt, or pass checkpoint=PATH")
-    if isinstance(state, dict) and "model_state_dict" in state:
-        if not official_heads:
-            raise ValueError(f"{checkpoint} is a released Halton-MaskGIT checkpoint; give its heads with "
-                             "official_heads=N (tiny 6, small 6, base 12, large 16; text-to-image 16)")
-        return from_official_checkpoint(checkpoint, official_heads)
-    if not isinstance(state, dict) or "state_dict" not in state:
-        raise ValueError(f"{checkpoint} is neither a train.py checkpoint (state_dict) nor a released one "
-                         "(model_state_dict)")
-    net = instantiate(net_config)
-    try:
-        net.load_state_dict(model_weights(state))
-    except RuntimeError as error:
-        detail = str(error).splitlines()
-        raise ValueError(f"{checkpoint} does not fit the model config: "
-                         f"{' '.join(d.strip() for d in detail[1:3])}") from None
-    return net.eval()

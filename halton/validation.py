@@ -18,7 +18,8 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from halton.utils.files import reads_as_path
-from halton.utils.hub import hub_parts, is_hub_path, is_model_folder
+from halton.models.loading import TRAIN_HINT, is_model_folder
+from halton.utils.hub import hub_parts, is_hub_path
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "conf"
 # halton.sampling.schedules.SCHEDULES, halton.training.module.LOSS_ON and halton.training.masking's MASKINGS,
@@ -268,8 +269,7 @@ def check_edit(c: Checks) -> None:
 def check_checkpoint(c: Checks) -> None:
     """What sample.py and evaluate.py load: the checkpoint and, for a released .pth, its heads."""
     c.integer("official_heads", 1, optional=True)
-    c.input_file("checkpoint", hint="; train.py writes runs/<name>/checkpoints/last.ckpt, or pass checkpoint=PATH",
-                 hub=True, model_folder=True)
+    c.input_file("checkpoint", hint=TRAIN_HINT, hub=True, model_folder=True)
 
 
 def check_classes(c: Checks) -> None:

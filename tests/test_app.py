@@ -25,7 +25,8 @@ from test_configs import compose_job
 from test_text_model import tiny as tiny_text_model
 
 from halton.app import Drawn, Studio, fit, painted_mask, parse_box, parse_classes, parse_prompts, parse_top_k
-from halton.cli import choices, condition_kind
+from halton.build import condition_kind
+from halton.cli import choices
 from halton.conditions import ClassKind, TextEmbeddings, TextKind
 from halton.models import MaskTransformer
 from halton.sampling import build_scheduler
