@@ -243,7 +243,7 @@ def test_a_pixel_tokenizer_refuses_colour_images():
 # ------------------------------------------------------------------ permissions
 @pytest.mark.parametrize("umask", [0o022, 0o027])
 def test_written_files_get_the_umask_mode(tmp_path, umask):
-    from halton.data.chunks import Chunk, strings, write_shard
+    from halton.data.format.chunks import Chunk, strings, write_shard
     from halton.evaluation.results import ResultsFile
     from halton.training import AtomicCheckpointIO
     from halton.utils.checkpoint import atomic_torch_save

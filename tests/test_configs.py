@@ -14,8 +14,8 @@ from conftest import TINY_NET, run
 
 from halton.cli import CONFIG_DIR, choices
 from halton.data import Manifest
-from halton.data.chunks import Chunk, strings, write_shard
-from halton.data.tokenizer_spec import tokenizer_spec
+from halton.data.format.chunks import Chunk, strings, write_shard
+from halton.data.format.tokenizer_spec import tokenizer_spec
 
 ENTRY_POINTS = ("train", "sample", "evaluate")
 

@@ -113,7 +113,7 @@ def test_precomputed_statistics_formats(tmp_path):
 
 # ------------------------------------------------------------------ extractors
 def test_digits_classifier_is_cached_and_accurate(tmp_path):
-    from halton.data.digits import load_digits_split
+    from halton.data.digits.in_memory import load_digits_split
 
     first = DigitsFeatures(tmp_path)
     assert len(list(tmp_path.glob("*.safetensors"))) == 1

@@ -17,9 +17,9 @@ import torch
 from conftest import SIGTERM_CALLBACK
 
 from halton.data import CodeShardsDataModule, CodeShardStream, DigitsShardsDataModule, Manifest, ManifestMismatch
-from halton.data.chunks import Chunk, strings, write_shard
-from halton.data.epoch_loader import EpochDataLoader, resume_position
-from halton.data.partition import plan_reader
+from halton.data.format.chunks import Chunk, strings, write_shard
+from halton.data.reading.epoch_loader import EpochDataLoader, resume_position
+from halton.data.reading.partition import plan_reader
 
 ROOT = Path(__file__).resolve().parent.parent
 GRID, CODEBOOK = [4, 4], 64

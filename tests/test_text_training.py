@@ -13,9 +13,9 @@ from hydra.utils import instantiate
 from PIL import Image
 
 from conftest import run
-from halton.data.chunks import Chunk, bf16_bits, strings, write_shard
-from halton.data.manifest import Manifest
-from halton.data.tokenizer_spec import tokenizer_spec
+from halton.data.format.chunks import Chunk, bf16_bits, strings, write_shard
+from halton.data.format.manifest import Manifest
+from halton.data.format.tokenizer_spec import tokenizer_spec
 from test_configs import compose_job
 from test_text_data import tiny_bert  # noqa: F401 (a fixture)
 

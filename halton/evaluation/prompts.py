@@ -38,7 +38,7 @@ def evaluation_values(kind: ConditionKind, num_classes: int, num_images: int, so
     if source.source == "file":
         return cycled(read_prompt_file(source.path), num_images), f"file:{Path(source.path).name}"
     if source.source == "digits":
-        from halton.data.digits_captions import evaluation_prompts
+        from halton.data.digits.captions import evaluation_prompts
 
         return evaluation_prompts(num_images, seen=source.phrasings == "seen"), f"digits:{source.phrasings}"
     raise ValueError(f"prompt_set.source={source.source!r} is not a prompt source; allowed: {', '.join(PROMPT_SOURCES)}")

@@ -167,7 +167,7 @@ def reference_source(kind: str, path: str | None, image_size: tuple[int, int], m
     ``coco``, ``path`` is the image folder, ``captions`` the captions file, and the ``max_images`` images are the
     ones ``sample_captions(captions, max_images, seed)`` chooses (the prompts' images)."""
     if kind == "digits":
-        from halton.data.digits import load_digits_split
+        from halton.data.digits.in_memory import load_digits_split
 
         (images, _), _ = load_digits_split(seed=0)
         if tuple(image_size) != tuple(images.shape[-2:]):

@@ -1,11 +1,12 @@
-"""Extract an image data set into shards of tokenizer codes (see conf/extract.yaml):
+"""The extraction command: an image data set into shards of tokenizer codes (see conf/extract.yaml):
 
-    python -m halton.data.extract data=imagenet_codes split=train source.path=/datasets/imagenet/train \\
-        vq_checkpoint=/ckpt/vq_ds8_c2i.pt
+    python -m halton.data.writing.extract_codes data=imagenet_codes split=train \\
+        source.path=/datasets/imagenet/train vq_checkpoint=/ckpt/vq_ds8_c2i.pt
 
 writes ``<data.root>/<split>/`` (the folder the data config reads): shards, one record per shard and, once every
 shard is finished, ``manifest.json``. Runs on every device Lightning is given (each rank writes its own shards);
-run it again after an interruption and the finished shards are skipped.
+run it again after an interruption and the finished shards are skipped. (``python -m halton.data.extract``, its
+first path, runs the same command.)
 
 Captions are stored when the source has them; ``text.embeddings=precompute`` also stores their token embeddings by
 ``text.encoder`` (bf16, with padding masks), so that training reads them instead of encoding every caption again.
@@ -29,7 +30,7 @@ TEXT_MODES = ("online", "precompute")  # online: captions only, encoded in the t
 def build_text_encoder(cfg: DictConfig, source):
     """The frozen text encoder of ``text.embeddings=precompute`` (None for ``online``), checked against the data
     config's ``text_dim`` when it states one. A source without captions is refused before the encoder loads."""
-    from halton.data.extraction import check_extraction_text
+    from halton.data.writing.extraction import check_extraction_text
 
     text = cfg.get("text") or {}
     mode = text.get("embeddings", "online")
@@ -63,11 +64,11 @@ def build_tokenizer(cfg: DictConfig):
     return tokenizer
 
 
-@hydra.main(version_base="1.3", config_path="../../conf", config_name="extract")
+@hydra.main(version_base="1.3", config_path="../../../conf", config_name="extract")
 @entry_point
 def main(cfg: DictConfig) -> None:
-    from halton.data.extraction import extract_with_lightning
-    from halton.data.sources import build_source
+    from halton.data.writing.extraction import extract_with_lightning
+    from halton.data.writing.sources import build_source
 
     tokenizer = build_tokenizer(cfg)
     options = OmegaConf.to_container(cfg.source, resolve=True)

@@ -8,11 +8,11 @@ import re
 
 import torch
 
-from halton.data.digits import CLASSES, LEVELS, SIDE, DigitsDataModule
-from halton.data.extraction import extract_locally
-from halton.data.manifest import MANIFEST_NAME, Manifest, ManifestMismatch
-from halton.data.shard_datamodule import CodeShardsDataModule
-from halton.data.sources import DigitsSource
+from halton.data.digits.in_memory import CLASSES, LEVELS, SIDE, DigitsDataModule
+from halton.data.format.manifest import MANIFEST_NAME, Manifest, ManifestMismatch
+from halton.data.reading.shard_datamodule import CodeShardsDataModule
+from halton.data.writing.extraction import extract_locally
+from halton.data.writing.sources import DigitsSource
 from halton.tokenizers import PixelTokenizer
 
 SPLITS = ("train", "val")
@@ -22,12 +22,12 @@ log = logging.getLogger(__name__)
 
 
 class DigitsShardsDataModule(CodeShardsDataModule):
-    """Shards of the seeded digits split (:func:`halton.data.digits.load_digits_split`) under ``root``, made by
+    """Shards of the seeded digits split (:func:`halton.data.digits.in_memory.load_digits_split`) under ``root``, made by
     :meth:`prepare_data` when they are missing, damaged or were made from another split (with a warning saying
     which file and why, unless it is the first extraction). Small chunks (``chunk_size``) so that even 1,617
     training digits make enough chunks for the loader's mixing.
 
-    Text: ``captions`` gives each image a caption (:mod:`halton.data.digits_captions`); ``text_embeddings``:
+    Text: ``captions`` gives each image a caption (:mod:`halton.data.digits.captions`); ``text_embeddings``:
     ``online`` stores the captions only (the training step encodes them), ``precompute`` also stores their
     embeddings by ``text_encoder`` (``minilm``: the packaged all-MiniLM-L6-v2) at ``text_max_length`` tokens.
     ``text_dim`` / ``text_length``: the facts a text model config reads, checked against the encoder and the
@@ -126,7 +126,7 @@ class DigitsShardsDataModule(CodeShardsDataModule):
         return encoder
 
     def setup(self, stage: str | None = None) -> None:
-        if not all((self.split_dir(s) / "manifest.json").is_file() for s in SPLITS):
+        if not all((self.split_dir(s) / MANIFEST_NAME).is_file() for s in SPLITS):
             self.prepare_data()  # used outside a Trainer (tests, notebooks): nobody called prepare_data
         super().setup(stage)
 

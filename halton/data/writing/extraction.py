@@ -1,12 +1,12 @@
-"""Extraction: images -> tokenizer codes -> shards of chunks (see :mod:`halton.data.chunks`) and a manifest.
+"""Extraction: images -> tokenizer codes -> shards of chunks (see :mod:`halton.data.format.chunks`) and a manifest.
 
-The work is cut into units (one unit = one output shard, see :mod:`halton.data.sources`); unit i belongs to rank
+The work is cut into units (one unit = one output shard, see :mod:`halton.data.writing.sources`); unit i belongs to rank
 i mod world_size, so every rank writes its own shards and a resumed run assigns the same units. A unit is finished
 when its shard and its record (``<shard>.json``, written after the shard, both atomically) exist and agree;
 finished units are skipped. When every unit is finished, rank 0 writes ``manifest.json``.
 
 Two drivers share everything but the loop: :func:`extract_locally` (one process: the digits, tests) and, in
-:mod:`halton.data.extract`, Lightning's ``Trainer.predict`` on several devices.
+:mod:`halton.data.writing.extract_codes`, Lightning's ``Trainer.predict`` on several devices.
 
 Text: the captions of a captioned source are always stored. Given a :class:`~halton.text.TextEncoder`
 (``text.embeddings=precompute``), each batch's captions are also encoded next to its images and the embeddings
@@ -30,10 +30,10 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from tqdm.auto import tqdm
 
-from halton.data.chunks import MAX_CODEBOOK, Chunk, bf16_bits, split_into_chunks, strings, write_shard
-from halton.data.manifest import Manifest, ShardRecord
-from halton.data.sources import Item, Skip, Source, Unit
-from halton.data.tokenizer_spec import tokenizer_spec
+from halton.data.format.chunks import MAX_CODEBOOK, Chunk, bf16_bits, split_into_chunks, strings, write_shard
+from halton.data.format.manifest import Manifest, ShardRecord
+from halton.data.format.tokenizer_spec import tokenizer_spec
+from halton.data.writing.sources import Item, Skip, Source, Unit
 from halton.tokenizers import Tokenizer
 from halton.utils.files import atomic_write
 
