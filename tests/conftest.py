@@ -1,3 +1,4 @@
+import logging
 import os
 import re
 import subprocess
@@ -31,6 +32,42 @@ def run(script, *args, check=True, timeout=600, env=None):
     if check and result.returncode != 0:
         raise AssertionError(f"{script} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
     return result
+
+
+def run_in_process(script, *args, env=None) -> subprocess.CompletedProcess:
+    """What ``run`` gives (exit code, stdout, stderr) for a command line the entry point refuses before its task
+    starts, without starting Python, torch and Lightning again: the entry point's ``__main__`` code runs in this
+    process, so the same composition, validation and input checks answer. The command line itself (a fresh
+    process, nothing heavy imported, exit code 2) keeps its own subprocess tests."""
+    import contextlib
+    import io
+    import runpy
+    import warnings
+
+    stdout, stderr, root = io.StringIO(), io.StringIO(), logging.getLogger()
+    saved = dict(argv=sys.argv, environ=dict(os.environ), cwd=os.getcwd(), handlers=root.handlers[:])
+    code = 0
+    try:
+        os.environ.update(env or {})
+        os.chdir(ROOT)
+        sys.argv = [script, *args]
+        root.handlers = []  # as in a fresh process: halton.cli.fail prints its line to stderr
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr), warnings.catch_warnings():
+            # runpy's notice that the module was imported before (by the tests): a fresh process has no such line
+            warnings.filterwarnings("ignore", "'.*' found in sys.modules", RuntimeWarning)
+            if script.startswith("-m "):
+                runpy.run_module(script[3:], run_name="__main__", alter_sys=True)
+            else:
+                runpy.run_path(str(ROOT / script), run_name="__main__")
+    except SystemExit as exit:
+        code = exit.code if isinstance(exit.code, int) else (0 if exit.code is None else 1)
+    finally:
+        sys.argv = saved["argv"]
+        os.environ.clear()
+        os.environ.update(saved["environ"])
+        os.chdir(saved["cwd"])
+        root.handlers = saved["handlers"]
+    return subprocess.CompletedProcess([script, *args], code, stdout.getvalue(), stderr.getvalue())
 
 
 def log_messages(path) -> list[str]:

@@ -20,7 +20,7 @@ import torch
 from hydra.utils import instantiate
 from PIL import Image
 
-from conftest import ROOT, TINY_NET, run
+from conftest import ROOT, TINY_NET, run, run_in_process
 from test_configs import compose_job
 from test_text_model import tiny as tiny_text_model
 
@@ -224,15 +224,17 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     return path
 
 
-@pytest.mark.parametrize("args, message", [
-    (["port=70000"], "error: port=70000 is out of range; allowed: 0 to 65535 (0 or null: a free port)"),
-    (["steps=0"], "error: steps=0 is out of range; allowed: 1 to 64"),
-    (["checkpoint=/nonexistent/last.ckpt"], "error: checkpoint not found: /nonexistent/last.ckpt"),
-    (["model.net.depth=2"], "error: checkpoint {ckpt} is of another configuration"),
+@pytest.mark.parametrize("args, message, fresh_process", [
+    (["port=70000"], "error: port=70000 is out of range; allowed: 0 to 65535 (0 or null: a free port)", True),
+    (["steps=0"], "error: steps=0 is out of range; allowed: 1 to 64", False),
+    (["checkpoint=/nonexistent/last.ckpt"], "error: checkpoint not found: /nonexistent/last.ckpt", False),
+    (["model.net.depth=2"], "error: checkpoint {ckpt} is of another configuration", False),
 ])
-def test_the_entry_point_refuses_bad_values_in_one_line(tiny_checkpoint, tmp_path, args, message):
-    result = run("-m halton.app", "experiment=digits", f"checkpoint={tiny_checkpoint}", *TINY_NET,
-                 f"paths.root_dir={tmp_path}", *args, check=False, timeout=120)
+def test_the_entry_point_refuses_bad_values_in_one_line(tiny_checkpoint, tmp_path, args, message, fresh_process):
+    """The command line itself once (a fresh process); the other refusals in this process, by the same checks."""
+    command = ["-m halton.app", "experiment=digits", f"checkpoint={tiny_checkpoint}", *TINY_NET,
+               f"paths.root_dir={tmp_path}", *args]
+    result = run(*command, check=False, timeout=120) if fresh_process else run_in_process(*command)
     assert result.returncode == 2 and result.stderr.strip().splitlines()[-1].startswith(
         message.format(ckpt=tiny_checkpoint))
 

@@ -6,7 +6,7 @@ import re
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_NET, assert_logged, run
+from conftest import TINY_NET, assert_logged, run, run_in_process
 
 from halton.evaluation import ReferenceStats, ResultsFile, fid, generative_metrics, inception_score, precision_recall
 from halton.evaluation.diagnostics import step_diagnostics
@@ -228,11 +228,14 @@ def test_fill_steps_complete_the_partial_codes():
 
 
 # ------------------------------------------------------------------ evaluate.py end to end
-def evaluate(runs, *args, check=True):
+def evaluate_args(runs, *args) -> list[str]:
     ckpt = runs / "tiny" / "checkpoints" / "last.ckpt"
-    return run("evaluate.py", "experiment=digits", f"checkpoint={ckpt}", *TINY_NET, f"paths.runs_dir={runs}",
-               f"paths.data_dir={runs / 'data'}", "num_images=40", "batch_size=20", "name=tiny", *args,
-               check=check)
+    return ["experiment=digits", f"checkpoint={ckpt}", *TINY_NET, f"paths.runs_dir={runs}",
+            f"paths.data_dir={runs / 'data'}", "num_images=40", "batch_size=20", "name=tiny", *args]
+
+
+def evaluate(runs, *args, check=True):
+    return run("evaluate.py", *evaluate_args(runs, *args), check=check)
 
 
 def test_evaluate_writes_rows_grids_and_diagnostics_then_skips(tiny_run):
@@ -333,7 +336,7 @@ def test_mismatched_reference_file_is_refused(tiny_run, tmp_path):
     (["intermediate_steps=[9]", "steps=8"], "error: intermediate_steps=9 is out of range; allowed: 1 to 8"),
 ])
 def test_evaluate_rejects_bad_values(tiny_run, args, message):
-    result = evaluate(tiny_run, *args, check=False)
+    result = run_in_process("evaluate.py", *evaluate_args(tiny_run, *args))
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[0].startswith(message)
 
