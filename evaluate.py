@@ -9,10 +9,11 @@ import logging
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig, ListConfig
+from omegaconf import DictConfig
 
 from halton.build import build_from_config
 from halton.cli import entry_point, resolve_autocast, run
+from halton.options import SamplingOptions
 
 log = logging.getLogger("halton.evaluate")
 
@@ -31,24 +32,29 @@ def main(cfg: DictConfig) -> None:
     import torch
     from lightning.fabric import Fabric
 
+    from halton.evaluation.prompts import evaluation_values
     from halton.evaluation.reference import reference_statistics
     from halton.evaluation.results import ResultsFile, interval_text, options_text
-    from halton.sampling.base import check_cfg_interval
+    from halton.evaluation.runner import (
+        gather,
+        generate_and_extract,
+        metric_rows,
+        save_artifacts,
+        timed,
+    )
     from halton.sampling.schedules import schedule_label
-    from halton.evaluation.prompts import evaluation_values
-    from halton.evaluation.runner import gather, generate_and_extract, metric_rows, save_artifacts, timed
 
     built = build_from_config(cfg)  # the scheduler and condition kind: the model loads once the run is not done
     scheduler, kind = built.scheduler, built.kind
     eval_steps = [int(s) for s in cfg.intermediate_steps]  # checked by halton.validation, like every value
-    interval = cfg.cfg_interval  # [t_min, t_max] or null
-    cfg_interval = check_cfg_interval(list(interval) if isinstance(interval, ListConfig) else interval)
+    options = SamplingOptions.from_config(cfg)
     cell = {"experiment": cfg.name, "checkpoint": str(cfg.checkpoint), "scheduler": scheduler.name,
-            "scheduler_options": options_text(scheduler), "steps": cfg.steps, "cfg_weight": float(cfg.cfg_weight),
-            "cfg_interval": interval_text(cfg_interval),
-            "temp_min": float(cfg.temp_min), "temp_max": float(cfg.temp_max), "temp_pow": float(cfg.temp_pow),
-            "temp_warmup": cfg.temp_warmup, "top_k": cfg.top_k,
-            "schedule": schedule_label(cfg.schedule, cfg.schedule_power, cfg.schedule_rate), "seed": cfg.seed,
+            "scheduler_options": options_text(scheduler), "steps": options.steps,
+            "cfg_weight": float(options.cfg_weight), "cfg_interval": interval_text(options.cfg_interval),
+            "temp_min": float(options.temp_min), "temp_max": float(options.temp_max),
+            "temp_pow": float(options.temp_pow), "temp_warmup": options.temp_warmup, "top_k": options.top_k,
+            "schedule": schedule_label(options.schedule, options.schedule_power, options.schedule_rate),
+            "seed": options.seed,
             "num_images": cfg.num_images, "extractor": cfg.extractor, "prompts": ""}
     values, cell["prompts"] = evaluation_values(kind, cfg.data.num_classes, cfg.num_images, cfg.prompt_set)
     results = ResultsFile(cfg.results)
@@ -81,10 +87,7 @@ def main(cfg: DictConfig) -> None:
                                          Path(cfg.paths.data_dir) / "cache", device,
                                          cfg.num_images if coco else cfg.reference.max_images,
                                          captions=cfg.reference.captions, seed=cfg.prompt_set.seed)
-    sampling = {"steps": cfg.steps, "cfg_weight": cfg.cfg_weight, "temp_min": cfg.temp_min, "temp_max": cfg.temp_max,
-                "temp_pow": cfg.temp_pow, "temp_warmup": cfg.temp_warmup, "top_k": cfg.top_k, "schedule": cfg.schedule,
-                "schedule_power": cfg.schedule_power, "schedule_rate": cfg.schedule_rate, "cfg_interval": cfg_interval,
-                "autocast_dtype": autocast}
+    sampling = {"options": options, "autocast_dtype": autocast}
     generated, seconds = timed(generate_and_extract, model, tokenizer, extractor, scheduler, kind, values,
                                cfg.batch_size, cfg.seed, fabric.global_rank, fabric.world_size, eval_steps,
                                cfg.diagnostics, device, sampling, scorers)
@@ -92,7 +95,8 @@ def main(cfg: DictConfig) -> None:
     if fabric.global_rank != 0:
         return
     cell.update(seconds=round(seconds, 2), images_per_s=round(cfg.num_images / seconds, 2))
-    counts = scheduler.counts(model.num_tokens, cfg.steps, cfg.schedule, cfg.schedule_power, cfg.schedule_rate)
+    counts = scheduler.counts(model.num_tokens, options.steps, options.schedule, options.schedule_power,
+                              options.schedule_rate)
     rows = metric_rows(generated, reference, extractor, cell, counts, eval_steps)
     save_artifacts(generated, results.path.parent, scheduler.label(), cell, kind, cfg.grid_per_class)
     results.write(rows)

@@ -16,6 +16,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from halton.build import build_from_config
 from halton.cli import entry_point, read_prompts, resolve_autocast, resolve_device, run
+from halton.options import SamplingOptions
 
 log = logging.getLogger("halton.sample")
 
@@ -48,16 +49,14 @@ def main(cfg: DictConfig) -> None:
         net, tokenizer, cfg.edit.image, box=plain(cfg.edit.box), mask=cfg.edit.mask, outpaint=plain(cfg.edit.outpaint),
         dilate=cfg.edit.dilate, device=device)
     init_codes = None if edit is None else edit.init_codes.expand(len(rows), -1, -1)  # the same edit for every row
-    cfg_interval = plain(cfg.cfg_interval)
-    result = sample(net, scheduler, condition, steps=cfg.steps, cfg_weight=cfg.cfg_weight, temp_min=cfg.temp_min,
-                    temp_max=cfg.temp_max, temp_pow=cfg.temp_pow, temp_warmup=cfg.temp_warmup, top_k=cfg.top_k,
-                    schedule=cfg.schedule, schedule_power=cfg.schedule_power, schedule_rate=cfg.schedule_rate,
-                    seed=cfg.seed, cfg_interval=cfg_interval, init_codes=init_codes,
-                    return_history=cfg.progression, autocast_dtype=autocast, progress=True)
+    options = SamplingOptions.from_config(cfg)
+    result = sample(net, scheduler, condition, options, init_codes=init_codes, return_history=cfg.progression,
+                    autocast_dtype=autocast, progress=True)
     log.info(f"{result.nfe_per_image} network evaluations per image")
     images = tokenizer.decode(result.codes)
-    stem = file_stem(scheduler.label(), cfg.steps, cfg.cfg_weight, cfg.seed, interval_text(cfg_interval),
-                     schedule_label(cfg.schedule, cfg.schedule_power, cfg.schedule_rate))
+    stem = file_stem(scheduler.label(), options.steps, options.cfg_weight, options.seed,
+                     interval_text(options.cfg_interval),
+                     schedule_label(options.schedule, options.schedule_power, options.schedule_rate))
     out_dir = Path(cfg.out_dir)
     labels = [kind.label(v) for v in values]
     if edit is None:

@@ -11,6 +11,7 @@ The model and tokenizer load once, at start-up. Gradio is an optional extra: pip
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib.util
 import logging
@@ -22,11 +23,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import hydra
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig
 
 from halton.build import build_from_config
 from halton.cli import entry_point, fail, resolve_autocast, resolve_device, run
-from halton.validation import Checks
+from halton.options import SamplingOptions
+from halton.options.rules import integer
 
 if TYPE_CHECKING:
     import numpy as np
@@ -39,7 +41,6 @@ MAX_IMAGES = 256        # per request: conditions x samples per condition
 MAX_PER_CONDITION = 16
 MAX_CHECKBOXES = 32     # class models with more classes take typed ids
 EDIT_VIEW = 256         # a generated sample goes to the editor at least this large, so that strokes are easy to paint
-FIELDS = Checks(OmegaConf.create({}))  # the command line's checks of numbers, applied to the page's fields
 
 
 def one_line(error: BaseException) -> str:
@@ -47,12 +48,14 @@ def one_line(error: BaseException) -> str:
     return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
+def as_whole(value):
+    """A number field's value (the page sends floats, or None for an empty field) as an int when it is one."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
 def whole(value, name: str, low: int, high: int | None = None, note: str = "") -> int:
-    """A number field's value as a whole number in [low, high] (the page sends floats, or None for an empty
-    field), checked as the command line's values are."""
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    return FIELDS.integer(name, low, high, value=value, note=note)
+    """A number field's value as a whole number in [low, high], checked as the command line's values are."""
+    return integer(name, as_whole(value), low, high, note=note)
 
 
 def parse_classes(value, num_classes: int) -> list[int]:
@@ -134,14 +137,15 @@ class Drawn:
 
 
 class Studio:
-    """The loaded model with its tokenizer and kind of condition, and the sampling options the page does not show
-    (``options``: sample()'s schedule, temp_pow, cfg_interval, ...). Every method takes the page's raw values and
-    raises ValueError in one line for a bad one."""
+    """The loaded model with its tokenizer and kind of condition, and the sampling options (``options``: the
+    command line's; the page's fields replace steps, cfg_weight, temperatures, top_k and seed per request).
+    Every method takes the page's raw values and raises ValueError in one line for a bad one."""
 
-    def __init__(self, net, tokenizer, kind, device, schedulers: dict, options: dict | None = None,
-                 default_scheduler: str | None = None):
+    def __init__(self, net, tokenizer, kind, device, schedulers: dict, options: SamplingOptions | None = None,
+                 default_scheduler: str | None = None, autocast_dtype=None):
         self.net, self.tokenizer, self.kind, self.device = net, tokenizer, kind, device
-        self.schedulers, self.options = schedulers, dict(options or {})
+        self.schedulers, self.options = schedulers, options or SamplingOptions()
+        self.autocast_dtype = autocast_dtype
         self.default_scheduler = default_scheduler or next(iter(schedulers))
         self.is_text = kind.name == "text"
 
@@ -153,12 +157,8 @@ class Studio:
         built = build_from_config(cfg, device)  # a text model's encoder loads now rather than at the first request
         net, tokenizer, kind, chosen = built.net, built.tokenizer, built.kind, built.scheduler
         schedulers = {name: chosen if name == chosen.name else build_scheduler(name) for name in SCHEDULERS}
-        interval = cfg.cfg_interval
-        options = {"temp_pow": cfg.temp_pow, "temp_warmup": cfg.temp_warmup, "schedule": cfg.schedule,
-                   "schedule_power": cfg.schedule_power, "schedule_rate": cfg.schedule_rate,
-                   "cfg_interval": OmegaConf.to_container(interval) if isinstance(interval, ListConfig) else interval,
-                   "autocast_dtype": resolve_autocast(cfg.precision, device)}
-        return cls(net, tokenizer, kind, device, schedulers, options, default_scheduler=chosen.name)
+        return cls(net, tokenizer, kind, device, schedulers, SamplingOptions.from_config(cfg),
+                   default_scheduler=chosen.name, autocast_dtype=resolve_autocast(cfg.precision, device))
 
     @property
     def num_tokens(self) -> int:
@@ -177,11 +177,12 @@ class Studio:
         if len(values) * per_condition > MAX_IMAGES:
             raise ValueError(f"{len(values)} conditions x {per_condition} samples = {len(values) * per_condition} "
                              f"images; allowed: at most {MAX_IMAGES} per request")
-        return Settings(values, scheduler, whole(steps, "steps", 1, self.num_tokens, " (the number of tokens)"),
-                        FIELDS.number("CFG weight", low=0, value=cfg_weight),
-                        FIELDS.number("temp_min", above=0, value=temp_min),
-                        FIELDS.number("temp_max", above=0, value=temp_max), parse_top_k(top_k, self.net.codebook_size),
-                        whole(seed, "seed", 0, 2**32 - 1), per_condition)
+        top_k = parse_top_k(top_k, self.net.codebook_size)
+        options = dataclasses.replace(self.options, steps=as_whole(steps), cfg_weight=cfg_weight, temp_min=temp_min,
+                                      temp_max=temp_max, top_k=top_k, seed=as_whole(seed), num_tokens=self.num_tokens,
+                                      codebook_size=self.net.codebook_size)  # checked as the command line's
+        return Settings(values, scheduler, options.steps, float(options.cfg_weight), float(options.temp_min),
+                        float(options.temp_max), options.top_k, options.seed, per_condition)
 
     def sample(self, settings: Settings, scheduler: str | None = None, init_codes=None, history: bool = False):
         """sample() for every condition x samples per condition, row by row; the decoded images and the result."""
@@ -194,10 +195,10 @@ class Studio:
         if init_codes is not None:
             init_codes = init_codes.expand(len(rows), -1, -1)
         with torch.inference_mode():
-            result = sample(self.net, self.schedulers[scheduler or settings.scheduler], condition, steps=settings.steps,
-                            cfg_weight=settings.cfg_weight, temp_min=settings.temp_min, temp_max=settings.temp_max,
-                            top_k=settings.top_k, seed=settings.seed, init_codes=init_codes, return_history=history,
-                            progress=True, **self.options)
+            result = sample(self.net, self.schedulers[scheduler or settings.scheduler], condition, self.options,
+                            steps=settings.steps, cfg_weight=settings.cfg_weight, temp_min=settings.temp_min,
+                            temp_max=settings.temp_max, top_k=settings.top_k, seed=settings.seed, init_codes=init_codes,
+                            return_history=history, progress=True, autocast_dtype=self.autocast_dtype)
             return self.decode(result.codes), result
 
     def decode(self, codes):

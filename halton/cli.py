@@ -8,6 +8,7 @@ import difflib
 import functools
 import logging
 import os
+import re
 import shutil
 import sys
 import warnings
@@ -60,11 +61,13 @@ def _keys_of(path: Path) -> tuple[set[str], set[str]]:
 
 def known_keys(config_name: str, config_dir: Path = CONFIG_DIR) -> tuple[set[str], set[str]]:
     """(keys a command line may set, config groups) of an entry point's primary config, counting the keys that
-    experiments add (they are ``@package _global_``)."""
+    experiments and other ``@package _global_`` configs add."""
     keys, groups = _keys_of(config_dir / f"{config_name}.yaml")
     groups = {g for g in groups if not g.startswith("hydra")}
-    for experiment in choices("experiment", config_dir):
-        keys |= _keys_of(config_dir / "experiment" / f"{experiment}.yaml")[0]
+    global_configs = [config_dir / group / f"{name}.yaml" for group in groups for name in choices(group, config_dir)]
+    for path in global_configs:  # the experiments, and the sampling options (conf/sampling)
+        if path.read_text().startswith("# @package _global_"):
+            keys |= _keys_of(path)[0]
     return keys | groups | {"hydra"}, groups
 
 
@@ -82,8 +85,8 @@ def check_overrides(argv: list[str], config_name: str, config_dir: Path = CONFIG
         if top in SCHEDULER_SPELLINGS:
             use = f"scheduler.{rest}={value}" if dot else (f"scheduler={value}" if top == "sampler" else
                                                              "scheduler.OPTION=value")
-            fail(f"unknown option {arg}; use {use} (scheduler=NAME picks one of {schedulers}, "
-                 "scheduler.OPTION=value sets its options)")
+            raise Invalid(f"unknown option {arg}; use {use} (scheduler=NAME picks one of {schedulers}, "
+                          "scheduler.OPTION=value sets its options)")
         if key.startswith("+"):
             continue  # adds a key on purpose
         if top == "scheduler" and dot:
@@ -91,15 +94,15 @@ def check_overrides(argv: list[str], config_name: str, config_dir: Path = CONFIG
         if top not in keys:
             close = difflib.get_close_matches(top, keys, n=1)
             hint = f"did you mean {close[0]}? " if close else ""
-            fail(f"unknown option {arg}: there is no key {top!r}; {hint}allowed: {', '.join(sorted(keys))}")
+            raise Invalid(f"unknown option {arg}: there is no key {top!r}; {hint}allowed: {', '.join(sorted(keys))}")
         if dot or top not in groups or "(" in value:
             continue
         allowed = choices(top, config_dir)
         if top == "experiment" and value in ("", "null"):
-            fail(f"experiment={value} leaves the run without an experiment; allowed: {', '.join(allowed)}")
+            raise Invalid(f"experiment={value} leaves the run without an experiment; allowed: {', '.join(allowed)}")
         for choice in value.split(","):
             if choice not in allowed and choice not in ("", "null"):
-                fail(f"unknown {top} {choice!r}; allowed: {', '.join(allowed)}")
+                raise Invalid(f"unknown {top} {choice!r}; allowed: {', '.join(allowed)}")
 
 
 def check_scheduler_option(option: str, argv: list[str], config_dir: Path = CONFIG_DIR) -> None:
@@ -109,8 +112,8 @@ def check_scheduler_option(option: str, argv: list[str], config_dir: Path = CONF
         path = config_dir / "scheduler" / f"{name}.yaml"
         options = sorted(set(OmegaConf.load(path)) - {"_target_"}) if path.is_file() else None
         if options is not None and option.split(".")[0] not in options:
-            fail(f"scheduler.{option} is not an option of the {name} scheduler; allowed: "
-                 f"{', '.join(f'scheduler.{o}' for o in options) or 'none (it has no options)'}")
+            raise Invalid(f"scheduler.{option} is not an option of the {name} scheduler; allowed: "
+                          f"{', '.join(f'scheduler.{o}' for o in options) or 'none (it has no options)'}")
 
 
 def composed_runs(argv: list[str], config_name: str) -> list[DictConfig] | None:
@@ -122,7 +125,7 @@ def composed_runs(argv: list[str], config_name: str) -> list[DictConfig] | None:
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.hydra_config import HydraConfig
     from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import OverrideParseException
+    from hydra.errors import ConfigCompositionException, OverrideParseException
 
     overrides = [arg for arg in argv if not arg.startswith("-")]
     parser = OverridesParser.create()
@@ -140,10 +143,34 @@ def composed_runs(argv: list[str], config_name: str) -> list[DictConfig] | None:
     configs = []
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3", job_name=config_name):
         for cell in cells:
-            cfg = compose(config_name, overrides=cell, return_hydra_config=True)
+            try:
+                cfg = compose(config_name, overrides=cell, return_hydra_config=True)
+            except ConfigCompositionException as error:
+                refused_by_schema(error, cell, config_name)
+                raise
             HydraConfig.instance().set_config(cfg)  # ${hydra:runtime.choices.experiment} in name
             configs.append(cfg)
     return configs
+
+
+def refused_by_schema(error: Exception, cell: list[str], config_name: str) -> None:
+    """An override of the wrong type, refused by an option schema when the config was composed (``steps=3.5``):
+    raise the option object's own message, the config being composed without it and given the value as typed."""
+    from hydra import compose
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    refused = str(getattr(error.__cause__, "full_key", None))  # the key, or an item of it: cfg_interval[0]
+    arg = next((a for a in cell if re.fullmatch(rf"{re.escape(a.partition('=')[0].lstrip('+~'))}([.\[].*)?",
+                                                 refused)), None)
+    if arg is None:
+        return
+    key = arg.partition("=")[0].lstrip("+~")
+    cfg = compose(config_name, overrides=[a for a in cell if a != arg], return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    untyped = OmegaConf.create(OmegaConf.to_container(cfg))
+    OmegaConf.update(untyped, key, OverridesParser.create().parse_override(arg).value(), force_add=True)
+    validate(untyped, config_name)
 
 
 def check_inputs(cfg: DictConfig, entry: str) -> None:
@@ -207,31 +234,42 @@ def resume_candidate(cfg: DictConfig, announce: bool = True) -> tuple[str | None
     return None, None
 
 
-def run(main, config_name: str, argv: list[str] | None = None) -> None:
-    """Run an entry point: refuse bad spellings, bad values and bad input files in one line (exit 2) before Hydra
-    makes a run folder, then hand over to Hydra's ``main``."""
+def preflight(argv: list[str], config_name: str) -> list[DictConfig] | None:
+    """The entry point's checks of a command line, in order: spellings, then every run's composed config
+    (:func:`halton.validation.validate`), then the inputs (:func:`check_inputs`). Returns the configs; a bad value
+    raises :class:`Invalid` with the one line the user sees."""
     from hydra.errors import InstantiationException
 
-    argv = sys.argv[1:] if argv is None else argv
-    check_overrides(argv, config_name)
     try:
+        check_overrides(argv, config_name)
         configs = composed_runs(argv, config_name)
         for cfg in configs or []:
             validate(cfg, config_name)
         for cfg in configs or []:
             check_inputs(cfg, config_name)
-    except Invalid as error:
-        fail(str(error))
-    except USER_ERRORS as error:  # raised by code the checks call (a device)
-        fail(str(error).splitlines()[0])
+        return configs
+    except Invalid:
+        raise
+    except USER_ERRORS as error:  # raised by code the checks call (a device, a checkpoint)
+        raise Invalid(str(error).splitlines()[0]) from error
     except InstantiationException as error:  # a scheduler refusing its options
         if not isinstance(error.__cause__, USER_ERRORS) or os.environ.get("HALTON_DEBUG"):
             raise
-        fail(str(error.__cause__).splitlines()[0])
+        raise Invalid(str(error.__cause__).splitlines()[0]) from error
     except Exception as error:  # noqa: BLE001  Hydra's composition errors: one line too
         if os.environ.get("HALTON_DEBUG"):
             raise
-        fail(str(error).strip().splitlines()[0])
+        raise Invalid(str(error).strip().splitlines()[0]) from error
+
+
+def run(main, config_name: str, argv: list[str] | None = None) -> None:
+    """Run an entry point: refuse bad spellings, bad values and bad input files in one line (exit 2) before Hydra
+    makes a run folder (:func:`preflight`), then hand over to Hydra's ``main``."""
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        configs = preflight(argv, config_name)
+    except Invalid as error:
+        fail(str(error))
     if configs and len(configs) == 1 and "-m" not in argv and "--multirun" not in argv:
         run_dir = Path(str(configs[0].hydra.run.dir)).absolute()
         _before_run.update(top=next((p for p in reversed([run_dir, *run_dir.parents]) if not p.exists()), None),

@@ -88,7 +88,7 @@ def test_the_page_values_are_parsed():
     (lambda s: settings(s, steps=0), "steps=0 is out of range; allowed: 1 to 64 (the number of tokens)"),
     (lambda s: settings(s, steps=2.5), "steps=2.5 is not a whole number; allowed: 1 to 64"),
     (lambda s: settings(s, steps=None), "steps=None is not a whole number"),
-    (lambda s: settings(s, cfg_weight=-1), "CFG weight=-1 is out of range; allowed: >= 0"),
+    (lambda s: settings(s, cfg_weight=-1), "cfg_weight=-1 is out of range; allowed: >= 0"),
     (lambda s: settings(s, temp_max=0), "temp_max=0 is out of range; allowed: > 0"),
     (lambda s: settings(s, seed=-1), "seed=-1 is out of range; allowed: 0 to 4294967295"),
     (lambda s: settings(s, per_condition=0), "samples per condition=0 is out of range; allowed: 1 to 16"),

@@ -65,16 +65,17 @@ def test_steps_out_of_range(steps):
 
 
 def test_unknown_schedule():
-    with pytest.raises(ValueError, match="unknown schedule 'exp2'; allowed: arccos, cosine, linear, square, root, "
-                                         "poly, exp, log$"):
+    with pytest.raises(ValueError, match="schedule='exp2' is not one of the choices; allowed: arccos, cosine, linear, "
+                                         "square, root, poly, exp, log$"):
         tokens_per_step(64, 8, "exp2")
 
 
-@pytest.mark.parametrize("option,value", [("power", 0), ("power", float("nan")), ("rate", -1.0),
-                                          ("rate", float("inf")), ("rate", "5")])
-def test_bad_schedule_parameters(option, value):
+@pytest.mark.parametrize("option,value,problem", [("power", 0, "is out of range"), ("power", float("nan"), "is not finite"),
+                                                  ("rate", -1.0, "is out of range"), ("rate", float("inf"), "is not finite"),
+                                                  ("rate", "5", "is not a number")])
+def test_bad_schedule_parameters(option, value, problem):
     allowed = {"power": "the poly exponent", "rate": "the exp and log rate"}[option]
-    message = f"{option}={value!r} is out of range; allowed: a finite number > 0 ({allowed})"
+    message = f"{option}={value!r} {problem}; allowed: > 0 ({allowed})"
     for call in (lambda: tokens_per_step(64, 8, "poly", **{option: value}),
                  lambda: mask_ratio(torch.rand(3), "linear", **{option: value}),
                  lambda: loss_weight(torch.rand(3), "cosine", **{option: value})):

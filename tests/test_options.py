@@ -1,0 +1,115 @@
+"""The option objects own their rules: each bad value raises its one line naming ``key=value`` and what is allowed,
+valid values pass, and the objects import no torch."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+
+import pytest
+
+from halton.options import (EditOptions, Invalid, MaskingOptions, OptimizerOptions, SamplingOptions, typed_keys,
+                            under)
+
+
+@pytest.mark.parametrize("values,message", [
+    ({"steps": 0}, "steps=0 is out of range; allowed: >= 1"),
+    ({"steps": 3.5}, "steps=3.5 is not a whole number; allowed: >= 1"),
+    ({"steps": 65, "num_tokens": 64}, "steps=65 is out of range; allowed: 1 to 64 (the number of tokens)"),
+    ({"cfg_weight": -1}, "cfg_weight=-1 is out of range; allowed: >= 0 (0 disables guidance)"),
+    ({"cfg_weight": float("inf")}, "cfg_weight=inf is not finite; allowed: >= 0 (0 disables guidance)"),
+    ({"cfg_interval": [0.3, 0.1]}, "cfg_interval=[0.3, 0.1] is not an interval; allowed: null (always guided) or "
+                                   "[t_min, t_max] with 0 <= t_min < t_max <= 1, e.g. [0.1, 0.3]"),
+    ({"cfg_interval": ["a", "b"]}, "cfg_interval=['a', 'b'] is not an interval"),
+    ({"cfg_interval": [0.1]}, "cfg_interval=[0.1] is not an interval"),
+    ({"temp_min": 0}, "temp_min=0 is out of range; allowed: > 0"),
+    ({"temp_max": "hot"}, "temp_max='hot' is not a number; allowed: > 0"),
+    ({"temp_pow": float("nan")}, "temp_pow=nan is not finite; allowed: > 0"),
+    ({"temp_warmup": 9, "steps": 8}, "temp_warmup=9 is out of range; allowed: 0 to 8"),
+    ({"top_k": -1}, "top_k=-1 is out of range; allowed: >= 0 (0: off)"),
+    ({"top_k": 18, "codebook_size": 17}, "top_k=18 is out of range; allowed: 0 to 17"),
+    ({"schedule": "exp2"}, "schedule='exp2' is not one of the choices; allowed: arccos, cosine, linear, square, "
+                           "root, poly, exp, log"),
+    ({"schedule_power": 0}, "schedule_power=0 is out of range; allowed: > 0 (the poly exponent)"),
+    ({"schedule_rate": -5}, "schedule_rate=-5 is out of range; allowed: > 0 (the exp and log rate)"),
+    ({"seed": -1}, "seed=-1 is out of range; allowed: 0 to 4294967295"),
+    ({"seed": True}, "seed=True is not a whole number; allowed: 0 to 4294967295"),
+])
+def test_sampling_rules(values, message):
+    with pytest.raises(Invalid) as error:
+        SamplingOptions(**values)
+    assert str(error.value).startswith(message)
+
+
+def test_valid_sampling_options_pass_and_fit_a_model():
+    options = SamplingOptions(steps=12, cfg_weight=2, cfg_interval=[0, 1], temp_warmup=12, top_k=0, schedule="poly",
+                              schedule_power=0.7, seed=2**32 - 1)
+    assert options.cfg_interval == (0.0, 1.0)  # as floats
+    assert options.fit(num_tokens=12, codebook_size=17) == options
+    with pytest.raises(Invalid, match=r"^steps=12 is out of range; allowed: 1 to 8 \(the number of tokens\)$"):
+        options.fit(num_tokens=8, codebook_size=17)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        options.steps = 0  # checked once: never changed afterwards
+
+
+@pytest.mark.parametrize("kind,values,message", [
+    (MaskingOptions, {"masking": "x"}, "model.masking='x' is not one of the choices; allowed: independent, exact, "
+                                       "halton"),
+    (MaskingOptions, {"t_min": 1}, "model.t_min=1 is out of range; allowed: >= 0 and < 1"),
+    (MaskingOptions, {"mask_schedule": "root", "loss_weight": "schedule"},
+     "model.loss_weight='schedule' does not work with model.mask_schedule='root' (its weight is infinite at full "
+     "masking); allowed: another schedule, or model.loss_weight=none"),
+    (MaskingOptions, {"loss_on": "some"}, "model.loss_on='some' is not one of the choices; allowed: masked, all"),
+    (MaskingOptions, {"label_dropout": -0.1}, "model.label_dropout=-0.1 is out of range; allowed: >= 0 and <= 1"),
+    (OptimizerOptions, {"lr": 0}, "model.lr=0 is out of range; allowed: > 0"),
+    (OptimizerOptions, {"betas": [0.9]}, "model.betas=[0.9] is not two numbers; allowed: [beta1, beta2], each in "
+                                         "[0, 1)"),
+    (OptimizerOptions, {"betas": [0.9, 1]}, "model.betas.1=1 is out of range; allowed: >= 0 and < 1"),
+    (OptimizerOptions, {"warmup_steps": -1}, "model.warmup_steps=-1 is out of range; allowed: >= 0"),
+    (OptimizerOptions, {"total_steps": 0}, "model.total_steps=0 is out of range; allowed: >= 1"),
+    (OptimizerOptions, {"min_lr_ratio": 2}, "model.min_lr_ratio=2 is out of range; allowed: >= 0 and <= 1"),
+])
+def test_training_rules_name_the_keys_where_they_sit(kind, values, message):
+    with pytest.raises(Invalid) as error, under("model."):
+        kind(**values)
+    assert str(error.value) == message
+    kind(**{k: v for k, v in dataclasses.asdict(kind()).items()})  # the defaults pass
+
+
+def test_betas_become_plain_floats():
+    assert OptimizerOptions(betas=[0, 0.5]).betas == (0.0, 0.5)
+
+
+@pytest.mark.parametrize("values,message", [
+    ({"box": [0, 0, 4, 4]}, "edit.box needs the image to edit; pass edit.image=PATH"),
+    ({"image": "a.png"}, "edit.image needs exactly one region, got 0 (none); allowed: edit.box=[x0,y0,x1,y1], "
+                         "edit.mask=PATH or edit.outpaint=[top,right,bottom,left]"),
+    ({"image": "a.png", "box": [0, 0, 4, 4], "mask": "m.png"}, "edit.image needs exactly one region, got 2 (box, mask)"),
+    ({"image": "a.png", "box": [0, 0, 4]}, "edit.box=[0, 0, 4] is not a box; allowed: [x0,y0,x1,y1] in pixels"),
+    ({"image": "a.png", "outpaint": [0, 0, 0, 0]}, "edit.outpaint=[0, 0, 0, 0] extends nothing"),
+    ({"image": "a.png", "outpaint": [0, -8, 0, 0]}, "edit.outpaint.1=-8 is out of range; allowed: >= 0"),
+    ({"dilate": -1}, "edit.dilate=-1 is out of range; allowed: >= 0"),
+])
+def test_edit_rules(values, message):
+    with pytest.raises(Invalid) as error, under("edit."):
+        EditOptions(**values)
+    assert str(error.value).startswith(message)
+    EditOptions(image="a.png", outpaint=[0, 8, 0, 0], dilate=1, composite=True)
+
+
+def test_the_schema_types_the_keys_without_typing_the_config():
+    from omegaconf import OmegaConf
+    from omegaconf.errors import ValidationError
+
+    node = typed_keys(SamplingOptions)
+    assert OmegaConf.get_type(node) is dict and set(node) == set(SamplingOptions.names())
+    merged = OmegaConf.merge(OmegaConf.create({"other": 1}), node)
+    merged.other = "anything"  # the rest of the config stays untyped
+    with pytest.raises(ValidationError):
+        merged.steps = 3.5
+
+
+def test_the_options_import_no_torch():
+    code = "import sys, halton.options, halton.validation; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "False\n"
