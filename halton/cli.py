@@ -1,6 +1,7 @@
 """Shared plumbing of the entry points: the checks that run before Hydra starts (spellings, then every value of
-the composed config, then the input files), one-line errors, cleaning up after a failed run, devices (checkpoints are read, checked and loaded by
-:mod:`halton.models.loading`). Importing this module imports no torch: a bad value is answered before anything heavy loads."""
+the composed config, then the input files), one-line errors, cleaning up after a failed run, devices (checkpoints
+are read, checked and loaded by :mod:`halton.models.loading`). Importing this module imports no torch: a bad value
+is answered before anything heavy loads."""
 
 from __future__ import annotations
 
