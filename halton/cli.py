@@ -338,9 +338,10 @@ def resolve_device(name: str):
 def resolve_autocast(precision: str, device):
     import torch
 
-    allowed = ("auto", "fp32", "bf16")
-    if precision not in allowed:
-        raise ValueError(f"unknown precision {precision!r}; allowed: {', '.join(allowed)}")
+    from halton.options.choices import PRECISIONS
+    from halton.options.rules import choice
+
+    choice("precision", precision, PRECISIONS)
     if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
         return torch.bfloat16
     return None

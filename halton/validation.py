@@ -41,6 +41,7 @@ from halton.options.choices import (
     TRAINER_PRECISIONS,
 )
 from halton.options.rules import Invalid
+from halton.options.text import TextDataOptions
 from halton.utils.files import reads_as_path
 from halton.utils.hub import hub_parts, is_hub_path
 
@@ -361,13 +362,7 @@ def check_text_data(c: Checks) -> None:
             c.integer(key, 1)
     if not str(c.get("data._target_")).endswith("DigitsShardsDataModule") or not c.has("data.captions"):
         return
-    captions = c.boolean("data.captions")
-    if c.choice("data.text_embeddings", TEXT_EMBEDDINGS) == "precompute" and not captions:
-        raise Invalid("data.text_embeddings=precompute encodes captions; allowed with data.captions=true")
-    length = c.integer("data.text_max_length", 1)
-    if c.has("data.text_length") and c.get("data.text_length") is not None and length != c.get("data.text_length"):
-        raise Invalid(f"data.text_max_length={length} differs from data.text_length={c.get('data.text_length')} "
-                      "(the length the model is configured for); allowed: the same value")
+    c.options(TextDataOptions, "data.")
     c.local_path("data.text_encoder")
 
 

@@ -147,16 +147,16 @@ def test_a_zero_ratio_still_masks_one_token(masking, monkeypatch):
     ({"masking": "x"}, "masking='x' is not one of the choices; allowed: independent, exact, halton"),
     ({"loss_weight": "on"}, "loss_weight='on' is not one of the choices; allowed: none, schedule"),
     ({"t_per": "step"}, "t_per='step' is not one of the choices; allowed: sample, batch"),
-    ({"t_min": 1.0}, "t_min=1.0 is out of range; allowed: >= 0 and < 1"),
+    ({"t_min": 1.0}, "t_min=1 is out of range; allowed: >= 0 and < 1"),
     ({"t_min": -0.1}, "t_min=-0.1 is out of range; allowed: >= 0 and < 1"),
-    ({"schedule_power": 0.0}, "schedule_power=0.0 is out of range; allowed: > 0 (the poly exponent)"),
+    ({"schedule_power": 0.0}, "schedule_power=0 is out of range; allowed: > 0 (the poly exponent)"),
     ({"schedule_rate": float("nan")}, "schedule_rate=nan is not finite; allowed: > 0 (the exp and log rate)"),
     ({"mask_schedule": "exp2"}, "mask_schedule='exp2' is not one of the choices; allowed: arccos"),
     ({"mask_schedule": "root", "loss_weight": "schedule"},
      "loss_weight='schedule' does not work with mask_schedule='root' (its weight is infinite at full masking)"),
     ({"loss_on": "some"}, "loss_on='some' is not one of the choices; allowed: masked, all"),
     ({"label_dropout": 1.5}, "label_dropout=1.5 is out of range; allowed: >= 0 and <= 1"),
-    ({"betas": [0.9, 1.0]}, "betas.1=1.0 is out of range; allowed: >= 0 and < 1"),
+    ({"betas": [0.9, 1.0]}, "betas.1=1 is out of range; allowed: >= 0 and < 1"),
 ])
 def test_bad_values(kwargs, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):

@@ -9,8 +9,15 @@ import sys
 
 import pytest
 
-from halton.options import (EditOptions, Invalid, MaskingOptions, OptimizerOptions, SamplingOptions, typed_keys,
-                            under)
+from halton.options import (
+    EditOptions,
+    Invalid,
+    MaskingOptions,
+    OptimizerOptions,
+    SamplingOptions,
+    typed_keys,
+    under,
+)
 
 
 @pytest.mark.parametrize("values,message", [

@@ -71,7 +71,7 @@ def test_unknown_schedule():
 
 
 @pytest.mark.parametrize("option,value,problem", [("power", 0, "is out of range"), ("power", float("nan"), "is not finite"),
-                                                  ("rate", -1.0, "is out of range"), ("rate", float("inf"), "is not finite"),
+                                                  ("rate", -1, "is out of range"), ("rate", float("inf"), "is not finite"),
                                                   ("rate", "5", "is not a number")])
 def test_bad_schedule_parameters(option, value, problem):
     allowed = {"power": "the poly exponent", "rate": "the exp and log rate"}[option]

@@ -9,8 +9,8 @@ import torch
 
 from halton.conditions import ConditionKind, TextKind
 from halton.conditions.text import read_prompt_file
-
-PROMPT_SOURCES = ("coco", "file", "digits")
+from halton.options.choices import PROMPT_SOURCES
+from halton.options.rules import choice
 
 
 def balanced_labels(num_images: int, num_classes: int) -> torch.Tensor:
@@ -41,4 +41,5 @@ def evaluation_values(kind: ConditionKind, num_classes: int, num_images: int, so
         from halton.data.digits.captions import evaluation_prompts
 
         return evaluation_prompts(num_images, seen=source.phrasings == "seen"), f"digits:{source.phrasings}"
-    raise ValueError(f"prompt_set.source={source.source!r} is not a prompt source; allowed: {', '.join(PROMPT_SOURCES)}")
+    choice("prompt_set.source", source.source, PROMPT_SOURCES)
+    raise AssertionError(f"a prompt source without a branch: {source.source}")

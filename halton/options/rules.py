@@ -56,6 +56,11 @@ def integer(name: str, value: Any, low: int | None = None, high: int | None = No
     return value
 
 
+def shown(value: Any) -> Any:
+    """A number as the command line wrote it: a typed config holds ``temp_min=0`` as 0.0."""
+    return int(value) if isinstance(value, float) and value.is_integer() and abs(value) < 1e15 else value
+
+
 def number(name: str, value: Any, low: float | None = None, high: float | None = None, above: float | None = None,
            below: float | None = None, optional: bool = False, note: str = "") -> float | None:
     """A finite number with ``low <= value <= high`` and ``above < value < below``."""
@@ -68,7 +73,7 @@ def number(name: str, value: Any, low: float | None = None, high: float | None =
         raise Invalid(f"{key(name)}={value} is not finite; allowed: {bounds}")
     if ((low is not None and value < low) or (high is not None and value > high)
             or (above is not None and value <= above) or (below is not None and value >= below)):
-        raise Invalid(f"{key(name)}={value} is out of range; allowed: {bounds}")
+        raise Invalid(f"{key(name)}={shown(value)} is out of range; allowed: {bounds}")
     return float(value)
 
 

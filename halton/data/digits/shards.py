@@ -13,10 +13,10 @@ from halton.data.format.manifest import MANIFEST_NAME, Manifest, ManifestMismatc
 from halton.data.reading.shard_datamodule import CodeShardsDataModule
 from halton.data.writing.extraction import extract_locally
 from halton.data.writing.sources import DigitsSource
+from halton.options.text import TextDataOptions
 from halton.tokenizers import PixelTokenizer
 
 SPLITS = ("train", "val")
-TEXT_MODES = ("online", "precompute")
 OWN_FILE = re.compile(r"\d{6}\.(tar|json)|manifest\.json")  # only what extraction writes is ever deleted
 log = logging.getLogger(__name__)
 
@@ -45,14 +45,7 @@ class DigitsShardsDataModule(CodeShardsDataModule):
         if (codebook_size, [int(g) for g in grid], num_classes) != (LEVELS, [SIDE, SIDE], CLASSES):
             raise ValueError(f"the digits have codebook_size={LEVELS}, grid=[{SIDE}, {SIDE}], num_classes={CLASSES}; "
                              f"got {codebook_size}, {list(grid)}, {num_classes}")
-        if text_embeddings not in TEXT_MODES:
-            raise ValueError(f"text_embeddings={text_embeddings!r} is not one of the choices; allowed: "
-                             f"{', '.join(TEXT_MODES)}")
-        if text_embeddings == "precompute" and not captions:
-            raise ValueError("text_embeddings=precompute encodes the captions; allowed with captions=true only")
-        if text_length is not None and text_length != text_max_length:
-            raise ValueError(f"text_length={text_length} but text_max_length={text_max_length}; allowed: the same "
-                             "number (the model reads text_length, the encoder pads to text_max_length)")
+        TextDataOptions(captions, text_embeddings, text_max_length, text_length)  # checks them
         super().__init__(root, batch_size=batch_size, num_workers=num_workers, flip=flip, resampled=resampled,
                          seed=seed, pool_chunks=pool_chunks, shuffle_chunks=shuffle_chunks, codebook_size=LEVELS,
                          grid=(SIDE, SIDE), num_classes=CLASSES, tokenizer=PixelTokenizer(LEVELS), with_keys=with_keys,

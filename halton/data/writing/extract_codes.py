@@ -22,9 +22,10 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from halton.cli import entry_point, run
+from halton.options.choices import TEXT_EMBEDDINGS
+from halton.options.rules import choice
 
 log = logging.getLogger("halton.extract")
-TEXT_MODES = ("online", "precompute")  # online: captions only, encoded in the training step
 
 
 def build_text_encoder(cfg: DictConfig, source):
@@ -34,9 +35,7 @@ def build_text_encoder(cfg: DictConfig, source):
 
     text = cfg.get("text") or {}
     mode = text.get("embeddings", "online")
-    if mode not in TEXT_MODES:
-        raise ValueError(f"text.embeddings={mode!r} is not one of the choices; allowed: {', '.join(TEXT_MODES)}")
-    if mode == "online":
+    if choice("text.embeddings", mode, TEXT_EMBEDDINGS) == "online":  # captions only, encoded in the training step
         return None
     check_extraction_text(source)
     from halton.text import TextEncoder
