@@ -1,6 +1,6 @@
 """Draw a labelled sample grid, a row per class or per prompt: python sample.py experiment=digits scheduler=halton
 steps=16, or for a text model prompt="a red fox in the snow" (several: prompts=[...] or prompt_file=PATH; see
-conf/sample.yaml). progression=true also writes the step-by-step image (paper Fig. 3).
+conf/sample.yaml and conf/sampling/default.yaml). progression=true also writes the step-by-step image (paper Fig. 3).
 
 Editing: edit.image=PATH with one of edit.box=[x0,y0,x1,y1], edit.mask=PATH (white = regenerate) or
 edit.outpaint=[top,right,bottom,left] regenerates that region for every class or prompt and writes a
