@@ -1,6 +1,7 @@
 import logging
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -89,10 +90,28 @@ def assert_logged(stdout: str, log_file) -> None:
 
 
 @pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory) -> Path:
-    """A tiny digits model trained for 4 steps through train.py; returns the runs folder (run name "tiny")."""
+def digits_features(tmp_path_factory):
+    """The classifier of the digits_* metrics, trained once per test run in an empty folder (as the first
+    evaluation of a data folder trains it): ``(folder, extractor)``. Give a data folder its cache with
+    ``digits_cache``, and its evaluations load the classifier instead of training it again."""
+    from halton.evaluation.features import DigitsFeatures
+
+    folder = tmp_path_factory.mktemp("digits_features")
+    return folder, DigitsFeatures(folder)
+
+
+def digits_cache(digits_features, data_dir: Path) -> None:
+    """Put the trained digits classifier where evaluate.py looks for it (``paths.data_dir``/cache)."""
+    shutil.copytree(digits_features[0], data_dir / "cache", dirs_exist_ok=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, digits_features) -> Path:
+    """A tiny digits model trained for 4 steps through train.py; returns the runs folder (run name "tiny"), whose
+    data folder (``paths.data_dir={runs}/data`` in the evaluation tests) holds the trained digits classifier."""
     runs = tmp_path_factory.mktemp("runs")
     run("train.py", *TINY, f"paths.runs_dir={runs}")
+    digits_cache(digits_features, runs / "data")
     return runs
 
 

@@ -112,14 +112,14 @@ def test_precomputed_statistics_formats(tmp_path):
 
 
 # ------------------------------------------------------------------ extractors
-def test_digits_classifier_is_cached_and_accurate(tmp_path):
+def test_digits_classifier_is_cached_and_accurate(digits_features):
     from halton.data.digits.in_memory import load_digits_split
 
-    first = DigitsFeatures(tmp_path)
-    assert len(list(tmp_path.glob("*.safetensors"))) == 1
+    folder, first = digits_features  # trained in an empty folder, once for the test run
+    assert len(list(folder.glob("*.safetensors"))) == 1
     _, (images, labels) = load_digits_split()
     assert first.accuracy(images, labels) > 0.93
-    again = DigitsFeatures(tmp_path)  # loaded from the cache
+    again = DigitsFeatures(folder)  # loaded from the cache
     torch.testing.assert_close(again(images)["features"], first(images)["features"])
     out = first(images[:5])
     assert out["features"].shape == (5, 64) and out["logits"].shape == (5, 10)

@@ -12,7 +12,7 @@ import torch
 from hydra.utils import instantiate
 from PIL import Image
 
-from conftest import run, run_in_process
+from conftest import digits_cache, run, run_in_process
 from halton.data.format.chunks import Chunk, bf16_bits, strings, write_shard
 from halton.data.format.manifest import Manifest
 from halton.data.format.tokenizer_spec import tokenizer_spec
@@ -28,9 +28,10 @@ TINY_NET = TINY_TEXT[1:6]
 
 
 @pytest.fixture(scope="module")
-def text_run(tmp_path_factory):
+def text_run(tmp_path_factory, digits_features):
     root = tmp_path_factory.mktemp("text")
     run("train.py", *TINY_TEXT, f"paths.root_dir={root}", "name=text")
+    digits_cache(digits_features, root / "data")  # the evaluations load the digits classifier
     return root
 
 
