@@ -34,6 +34,8 @@ from halton.data.format.chunks import MAX_CODEBOOK, Chunk, bf16_bits, split_into
 from halton.data.format.manifest import Manifest, ShardRecord
 from halton.data.format.tokenizer_spec import tokenizer_spec
 from halton.data.writing.sources import Item, Skip, Source, Unit
+from halton.options.choices import PRECISIONS
+from halton.options.rules import choice
 from halton.tokenizers import Tokenizer
 from halton.utils.files import atomic_write
 
@@ -326,9 +328,7 @@ class TokenizerPredictor(pl.LightningModule):
 
     def __init__(self, tokenizer: Tokenizer, flip: bool, autocast: str = "auto", text_encoder=None):
         super().__init__()
-        allowed = ("auto", "fp32", "bf16")
-        if autocast not in allowed:
-            raise ValueError(f"unknown precision {autocast!r}; allowed: {', '.join(allowed)}")
+        choice("precision", autocast, PRECISIONS)
         self.tokenizer, self.flip, self.autocast = tokenizer.eval(), flip, autocast
         self.text_encoder = text_encoder
 
