@@ -162,10 +162,10 @@ def refused_by_schema(error: Exception, cell: list[str], config_name: str) -> No
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     refused = str(getattr(error.__cause__, "full_key", None))  # the key, or an item of it: cfg_interval[0]
-    arg = next((a for a in cell if re.fullmatch(rf"{re.escape(a.partition('=')[0].lstrip('+~'))}([.\[].*)?",
-                                                 refused)), None)
-    if arg is None:
+    matches = [a for a in cell if re.fullmatch(rf"{re.escape(a.partition('=')[0].lstrip('+~'))}([.\[].*)?", refused)]
+    if not matches:
         return
+    arg = max(matches, key=lambda a: len(a.partition("=")[0]))  # model.lr=x rather than model=c2i_xl
     key = arg.partition("=")[0].lstrip("+~")
     cfg = compose(config_name, overrides=[a for a in cell if a != arg], return_hydra_config=True)
     HydraConfig.instance().set_config(cfg)

@@ -120,3 +120,24 @@ def test_the_schema_types_the_keys_without_typing_the_config():
 def test_the_options_import_no_torch():
     code = "import sys, halton.options, halton.validation; print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "False\n"
+
+
+@pytest.mark.parametrize("entry,argv,message", [
+    ("sample", ["steps=3.5"], "steps=3.5 is not a whole number; allowed: 1 to 64 (the number of tokens)"),
+    ("evaluate", ["cfg_interval=[a,b]"], "cfg_interval=['a', 'b'] is not an interval"),
+    ("train", ["model.lr=abc"], "model.lr='abc' is not a number; allowed: > 0"),
+    ("train", ["model=c2i_tiny", "model.warmup_steps=1.5"], "model.warmup_steps=1.5 is not a whole number; allowed: >= 0"),
+])
+def test_a_type_the_schema_refuses_is_answered_by_the_options_rule(entry, argv, message, tmp_path):
+    """The schemas check types while the config is composed; the line is still the option object's."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import ConfigCompositionException
+
+    from halton.cli import preflight
+    from halton.validation import CONFIG_DIR
+
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"), pytest.raises(ConfigCompositionException):
+        compose(entry, overrides=argv)  # refused while composing
+    with pytest.raises(Invalid) as error:
+        preflight([*argv, f"paths.root_dir={tmp_path}"], entry)
+    assert str(error.value).startswith(message)

@@ -3,8 +3,9 @@ a bad value raises :class:`Invalid`, one line naming ``key=value`` and what is a
 points' pre-flight stage builds them from the composed config before anything heavy loads, and the code that
 consumes the values (``sample()``, ``MaskGITModule``, ``TrainingMask``) builds the same objects.
 
-:func:`register_schemas` registers the sampling options with Hydra's ConfigStore (``sampling/schema``, merged by
-``conf/sampling/default.yaml``), so that their types are checked when a config is composed."""
+:func:`register_schemas` registers the sampling options (``sampling/schema``, merged by ``conf/sampling/default.yaml``)
+and the training module's (``model/schema``, merged by every ``conf/model`` config) with Hydra's ConfigStore, so that
+their types are checked when a config is composed."""
 
 from halton.options.editing import EditOptions
 from halton.options.rules import Invalid, under
@@ -50,5 +51,8 @@ def register_schemas() -> None:
     """Register the option schemas with Hydra's ConfigStore (idempotent)."""
     from hydra.core.config_store import ConfigStore
 
-    ConfigStore.instance().store(group="sampling", name="schema", node=typed_keys(SamplingOptions),
-                                 package="_global_")
+    store = ConfigStore.instance()
+    store.store(group="sampling", name="schema", node=typed_keys(SamplingOptions), package="_global_")
+    training = typed_keys(MaskingOptions)
+    training.merge_with(typed_keys(OptimizerOptions))
+    store.store(group="model", name="schema", node=training, package="model")  # MaskGITModule's options
