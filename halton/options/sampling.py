@@ -23,6 +23,11 @@ def check_schedule(schedule: str, power: float = 0.5, rate: float = 5.0,
     return schedule
 
 
+def check_steps(steps: Any, num_tokens: int | None = None) -> int:
+    """Steps of a sampling run: each unmasks at least one of the ``num_tokens`` tokens (when known)."""
+    return integer("steps", steps, 1, num_tokens, note=" (the number of tokens)" if num_tokens else "")
+
+
 def check_cfg_interval(value: Any) -> tuple[float, float] | None:
     """None (always guided), or (t_min, t_max) as floats with 0 <= t_min < t_max <= 1."""
     if value is None:
@@ -61,7 +66,7 @@ class SamplingOptions:
     codebook_size: InitVar[Optional[int]] = None
 
     def __post_init__(self, num_tokens: int | None, codebook_size: int | None) -> None:
-        integer("steps", self.steps, 1, num_tokens, note=" (the number of tokens)" if num_tokens else "")
+        check_steps(self.steps, num_tokens)
         number("cfg_weight", self.cfg_weight, low=0, note=" (0 disables guidance)")
         number("temp_min", self.temp_min, above=0)
         number("temp_max", self.temp_max, above=0)

@@ -15,7 +15,7 @@ import math
 import torch
 
 from halton.options.rules import integer
-from halton.options.sampling import SCHEDULES
+from halton.options.sampling import SCHEDULES, check_steps
 from halton.options.sampling import check_schedule as check_options_schedule
 
 __all__ = ["SCHEDULES", "check_schedule", "cumulative_unmasked", "loss_weight", "mask_ratio", "schedule_label",
@@ -94,7 +94,7 @@ def tokens_per_step(num_tokens: int, steps: int, schedule: str = "arccos", power
     """
     check_schedule(schedule, power, rate)
     num_tokens = integer("num_tokens", int(num_tokens), 1)
-    steps = integer("steps", int(steps), 1, num_tokens, note=" (the number of tokens)")
+    steps = check_steps(int(steps), num_tokens)
     cumulative = cumulative_unmasked(torch.tensor([num_tokens]), steps, schedule, power, rate)[0]
     return torch.diff(cumulative, prepend=cumulative.new_zeros(1))
 
