@@ -40,6 +40,7 @@ from halton.options.choices import (
     TEXT_EMBEDDINGS,
     TRAINER_PRECISIONS,
 )
+from halton.options.extraction import check_extraction_tokenizer
 from halton.options.rules import Invalid
 from halton.options.text import TextDataOptions
 from halton.utils.files import reads_as_path
@@ -400,13 +401,7 @@ def check_extract(c: Checks) -> None:
             raise Invalid(f"source.format={kind} with a PixelTokenizer data config: it encodes the grey-level digits "
                           "only; allowed: source.format=digits, or a VQ data config (data=imagenet_codes "
                           "vq_checkpoint=...) for images")
-    if c.get("data.tokenizer") is None:
-        raise Invalid(f"data={c.get('data._target_')} has no tokenizer to extract with; allowed: a data config with "
-                      "data.tokenizer (e.g. data=imagenet_codes)")
-    if c.get("data.tokenizer").get("_partial_") and not (c.get("vq_checkpoint") or c.get("data.vq_checkpoint")):
-        release = c.get("data.vq_release") if c.has("data.vq_release") else None
-        raise Invalid("vq_checkpoint is not set: extraction needs the tokenizer weights"
-                      f"{f' ({release})' if release else ''}; pass vq_checkpoint=PATH")
+    check_extraction_tokenizer(c.get("data"), c.get("vq_checkpoint"))
     c.integer("source.shard_size", 1, optional=True)
     c.integer("image_size", 1, optional=True)
     c.boolean("flip")

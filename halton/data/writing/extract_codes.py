@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from halton.cli import entry_point, run
 from halton.options.choices import TEXT_EMBEDDINGS
+from halton.options.extraction import check_extraction_tokenizer
 from halton.options.rules import choice
 
 log = logging.getLogger("halton.extract")
@@ -50,16 +51,10 @@ def build_text_encoder(cfg: DictConfig, source):
 def build_tokenizer(cfg: DictConfig):
     """The data config's tokenizer: built as it is, or, for a lazy one (``_partial_: true``), loaded from
     ``vq_checkpoint``."""
-    if cfg.data.get("tokenizer") is None:
-        raise ValueError(f"data config {cfg.data.get('_target_')} has no tokenizer; allowed: a data config with "
-                         "data.tokenizer (e.g. imagenet_codes)")
+    check_extraction_tokenizer(cfg.data, cfg.get("vq_checkpoint"))
     tokenizer = instantiate(cfg.data.tokenizer)
     if isinstance(tokenizer, functools.partial):
-        checkpoint = cfg.get("vq_checkpoint") or cfg.data.get("vq_checkpoint")
-        if not checkpoint:
-            wanted = f" ({cfg.data.vq_release})" if cfg.data.get("vq_release") else ""
-            raise ValueError(f"extraction needs the tokenizer weights{wanted}: pass vq_checkpoint=PATH")
-        tokenizer = tokenizer(checkpoint)
+        tokenizer = tokenizer(cfg.get("vq_checkpoint") or cfg.data.get("vq_checkpoint"))
     return tokenizer
 
 
