@@ -36,6 +36,7 @@ from halton.utils.images import MASK_COLOUR, MIN_CELL, wrap_labels
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 SCHEDULERS = ("halton", "confidence", "random")
+pytestmark = pytest.mark.xdist_group("app")  # one pytest-xdist worker: the served app starts once
 
 
 def tiny_net() -> MaskTransformer:
@@ -284,7 +285,7 @@ def served(tiny_checkpoint) -> str:
     with open(folder / "app.log", "w") as log, subprocess.Popen(command, cwd=ROOT, env=env, stdout=log,
                                                                 stderr=subprocess.STDOUT) as server:
         try:
-            deadline = time.monotonic() + 50
+            deadline = time.monotonic() + 120  # a loaded machine (the other pytest-xdist worker) starts it slower
             while True:
                 try:
                     fetch(url, timeout=1)

@@ -25,6 +25,7 @@ TINY_TEXT = ["experiment=digits_t2i", "model.net.depth=1", "model.net.c=32", "mo
              "callbacks.model_checkpoint.every_n_train_steps=2", "model.sample_grid.per_class=1",
              "model.sample_grid.steps=2"]
 TINY_NET = TINY_TEXT[1:6]
+pytestmark = pytest.mark.xdist_group("text_run")  # one pytest-xdist worker: the text model trains once
 
 
 @pytest.fixture(scope="module")
