@@ -7,6 +7,10 @@ consumes the values (``sample()``, ``MaskGITModule``, ``TrainingMask``) builds t
 and the training module's (``model/schema``, merged by every ``conf/model`` config) with Hydra's ConfigStore, so that
 their types are checked when a config is composed."""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 from halton.options.editing import EditOptions
 from halton.options.rules import Invalid, under
 from halton.options.sampling import SCHEDULES, SamplingOptions
@@ -19,6 +23,9 @@ from halton.options.training import (
     MaskingOptions,
     OptimizerOptions,
 )
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
 
 __all__ = [
     "LOSS_ON",
@@ -38,7 +45,7 @@ __all__ = [
 ]
 
 
-def typed_keys(options: type) -> "object":
+def typed_keys(options: type) -> DictConfig:
     """The fields of an option dataclass as an untyped config of typed values: merged at the top level of a config
     (``# @package _global_``) it types those keys without making the whole config a structured one."""
     from omegaconf import OmegaConf
