@@ -31,14 +31,15 @@ from halton.options import (
 )
 from halton.options.choices import (
     ACCELERATORS,
-    EXTRACTORS,
-    PHRASINGS,
     PRECISIONS,
-    PROMPT_SOURCES,
-    REFERENCE_KINDS,
     SOURCE_FORMATS,
     TEXT_EMBEDDINGS,
     TRAINER_PRECISIONS,
+)
+from halton.options.evaluation import (
+    EvaluationOptions,
+    PromptSetOptions,
+    ReferenceOptions,
 )
 from halton.options.extraction import check_extraction_tokenizer
 from halton.options.rules import Invalid
@@ -254,43 +255,23 @@ def check_evaluate(c: Checks) -> None:
     check_common(c)
     steps = sampling_options(c).steps
     check_scheduler(c)
-    c.choice("precision", PRECISIONS)
-    images = c.integer("num_images", 1)
-    if is_text_model(c):  # the evaluation prompts and the CLIP model
-        if c.choice("prompt_set.source", PROMPT_SOURCES) in ("coco", "file"):
-            c.input_file("prompt_set.path", hint=" (coco: annotations/captions_val2014.json; file: one prompt per line)")
-        rules.seed(c.get("prompt_set.seed"), "prompt_set.seed")
-        c.choice("prompt_set.phrasings", PHRASINGS)
+    text = is_text_model(c)
+    c.options(EvaluationOptions, num_classes=None if text else c.get("data.num_classes"), steps=steps)
+    if text:  # the evaluation prompts and the CLIP model
+        if c.options(PromptSetOptions, "prompt_set.").source in ("coco", "file"):
+            c.input_file("prompt_set.path",
+                         hint=" (coco: annotations/captions_val2014.json; file: one prompt per line)")
         c.local_path("clip_model")
-    elif images % c.get("data.num_classes"):
-        classes = c.get("data.num_classes")
-        raise Invalid(f"num_images={images} is not a multiple of the {classes} classes (class-balanced samples); "
-                      f"allowed: {classes * max(1, images // classes)}, {classes * (images // classes + 1)}, ...")
-    c.integer("batch_size", 1)
-    if c.choice("extractor", EXTRACTORS) == "inception":
+    if c.get("extractor") == "inception":
         c.input_file("inception_weights", optional=True, hub=True)
-    kind = c.choice("reference.kind", REFERENCE_KINDS)
+    kind = c.options(ReferenceOptions, "reference.").kind
     if kind == "file":
         c.input_file("reference.path")
     elif kind in ("folder", "coco"):
         c.input_folder("reference.path")
     if kind == "coco":
         c.input_file("reference.captions", hint=" (annotations/captions_val2014.json or captions_val2017.json)")
-    elif kind == "webdataset" and not c.get("reference.path"):
-        raise Invalid("reference.path is not set; allowed: webdataset image shards (a .tar file or a glob)")
-    c.integer("reference.max_images", 1)
-    intermediate = c.get("intermediate_steps")
-    if not isinstance(intermediate, list):
-        raise Invalid(f"intermediate_steps={intermediate!r} is not a list; allowed: e.g. [4,8,16], or []")
-    for value in intermediate:
-        c.integer("intermediate_steps", 1, steps, value=value)
-    for key in ("diagnostics", "force"):
-        c.boolean(key)
-    c.integer("grid_per_class", 0)
     c.writable("results", is_file=True)
-    c.choice("accelerator", ACCELERATORS)
-    c.integer("devices", 1)
-    c.integer("num_nodes", 1)
     c.input_file("vq_checkpoint", optional=True, hub=True)
     check_checkpoint(c)
 

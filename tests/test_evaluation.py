@@ -194,7 +194,7 @@ def test_balanced_labels():
     labels = balanced_labels(50, 10)
     assert torch.bincount(labels).tolist() == [5] * 10
     assert torch.bincount(labels[:10]).tolist() == [1] * 10
-    with pytest.raises(ValueError, match="num_images=55 must be a positive multiple of the 10 classes"):
+    with pytest.raises(ValueError, match="num_images=55 is not a multiple of the 10 classes"):
         balanced_labels(55, 10)
     assert batch_seed(0, 3) != batch_seed(1, 3)
 
