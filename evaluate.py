@@ -14,13 +14,8 @@ from omegaconf import DictConfig
 from halton.build import build_from_config
 from halton.cli import entry_point, resolve_autocast, run
 from halton.options import SamplingOptions
-from halton.options.evaluation import (
-    EvaluationOptions,
-    PromptSetOptions,
-    ReferenceOptions,
-    from_config,
-)
-from halton.options.rules import under
+from halton.options.evaluation import EvaluationOptions, PromptSetOptions, ReferenceOptions
+from halton.options.rules import from_config, under
 
 log = logging.getLogger("halton.evaluate")
 

@@ -33,15 +33,10 @@ from halton.options.choices import (
     ACCELERATORS,
     PRECISIONS,
     SOURCE_FORMATS,
-    TEXT_EMBEDDINGS,
     TRAINER_PRECISIONS,
 )
-from halton.options.evaluation import (
-    EvaluationOptions,
-    PromptSetOptions,
-    ReferenceOptions,
-)
-from halton.options.extraction import check_extraction_tokenizer
+from halton.options.evaluation import EvaluationOptions, PromptSetOptions, ReferenceOptions
+from halton.options.extraction import ExtractionOptions, captioned, check_captions, check_extraction_tokenizer
 from halton.options.rules import Invalid
 from halton.options.text import TextDataOptions
 from halton.utils.files import reads_as_path
@@ -384,22 +379,14 @@ def check_extract(c: Checks) -> None:
                           "vq_checkpoint=...) for images")
     check_extraction_tokenizer(c.get("data"), c.get("vq_checkpoint"))
     c.integer("source.shard_size", 1, optional=True)
-    c.integer("image_size", 1, optional=True)
-    c.boolean("flip")
-    c.integer("chunk_size", 1)
-    c.integer("batch_size", 1)
-    c.integer("num_workers", 0)
-    c.choice("precision", PRECISIONS)
+    c.options(ExtractionOptions)
     c.boolean("source.captions")
-    if c.choice("text.embeddings", TEXT_EMBEDDINGS) == "precompute":
+    if check_captions(c.get("text.embeddings"), captioned(kind, c.get("source.captions")),
+                      f"source.format={kind}") == "precompute":
         c.integer("text.max_length", 1)
         if not str(c.get("text.encoder") or "").strip():
             raise Invalid("text.encoder is not set; allowed: minilm, a local model folder or a hub name (org/name)")
         c.local_path("text.encoder")
-        if kind == "imagefolder" or (kind == "digits" and not c.get("source.captions")):
-            raise Invalid(f"text.embeddings=precompute encodes captions, but source.format={kind} has none; allowed: "
-                          "a source with captions (webdataset .txt or a json caption; source.captions=true for the "
-                          "digits), or text.embeddings=online")
     c.input_file("vq_checkpoint", optional=True, hub=True)
     c.choice("trainer.accelerator", ACCELERATORS)
     check_trainer_devices(c)

@@ -9,8 +9,8 @@ import torch
 
 from halton.conditions import ConditionKind, TextKind
 from halton.conditions.text import read_prompt_file
-from halton.options.evaluation import PromptSetOptions, balanced, from_config
-from halton.options.rules import under
+from halton.options.evaluation import PromptSetOptions, balanced
+from halton.options.rules import from_config, under
 
 
 def balanced_labels(num_images: int, num_classes: int) -> torch.Tensor:

@@ -6,7 +6,6 @@ a writable results folder) is checked by the pre-flight stage."""
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import InitVar, dataclass, field
 from typing import Any, List, Optional
 
@@ -29,15 +28,6 @@ def balanced(num_images: Any, num_classes: int) -> int:
         raise Invalid(f"{key('num_images')}={num_images} is not a multiple of the {num_classes} classes "
                       f"(class-balanced samples); allowed: {low}, {high}, ...")
     return num_images
-
-
-def from_config(kind: type, node: Any, **limits):
-    """The option object ``kind`` from the keys of a config node that it knows."""
-    from omegaconf import OmegaConf
-
-    values = {f.name: node[f.name] for f in dataclasses.fields(kind) if f.name in node}
-    values = {k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v for k, v in values.items()}
-    return kind(**values, **limits)
 
 
 @dataclass(frozen=True)

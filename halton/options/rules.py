@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -92,3 +93,13 @@ def choice(name: str, value: Any, allowed: tuple[str, ...]) -> str:
 def seed(value: Any, name: str = "seed") -> int:
     """A random seed: what torch and numpy accept."""
     return integer(name, value, 0, 2**32 - 1)
+
+
+def from_config(kind: type, node: Any, **limits):
+    """The option dataclass ``kind`` from the keys of a config node (a DictConfig or dict) that it knows;
+    ``limits``: its init-only values."""
+    from omegaconf import OmegaConf
+
+    values = {f.name: node[f.name] for f in dataclasses.fields(kind) if f.name in node}
+    values = {k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v for k, v in values.items()}
+    return kind(**values, **limits)

@@ -22,9 +22,12 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from halton.cli import entry_point, run
-from halton.options.choices import TEXT_EMBEDDINGS
-from halton.options.extraction import check_extraction_tokenizer
-from halton.options.rules import choice
+from halton.options.extraction import (
+    ExtractionOptions,
+    check_captions,
+    check_extraction_tokenizer,
+)
+from halton.options.rules import from_config
 
 log = logging.getLogger("halton.extract")
 
@@ -32,13 +35,11 @@ log = logging.getLogger("halton.extract")
 def build_text_encoder(cfg: DictConfig, source):
     """The frozen text encoder of ``text.embeddings=precompute`` (None for ``online``), checked against the data
     config's ``text_dim`` when it states one. A source without captions is refused before the encoder loads."""
-    from halton.data.writing.extraction import check_extraction_text
-
     text = cfg.get("text") or {}
-    mode = text.get("embeddings", "online")
-    if choice("text.embeddings", mode, TEXT_EMBEDDINGS) == "online":  # captions only, encoded in the training step
+    mode = check_captions(text.get("embeddings", "online"), source.has_captions(),
+                          f"the {source.describe()['kind']} source")
+    if mode == "online":  # captions only, encoded in the training step
         return None
-    check_extraction_text(source)
     from halton.text import TextEncoder
 
     # the encoder's dtype follows the extraction's precision: auto = bf16 on GPUs, float32 on CPUs
@@ -65,17 +66,18 @@ def main(cfg: DictConfig) -> None:
     from halton.data.writing.sources import build_source
 
     tokenizer = build_tokenizer(cfg)
+    encoding = from_config(ExtractionOptions, cfg)
     options = OmegaConf.to_container(cfg.source, resolve=True)
     kind, path = options.pop("format"), options.pop("path")
     if kind == "digits":  # the split of the data config (what DigitsShardsDataModule.prepare_data extracts)
         options.update(split=cfg.split, val_fraction=cfg.data.get("val_fraction", 0.1), seed=cfg.data.get("seed", 0))
         options["shard_size"] = options.get("shard_size") or cfg.data.get("shard_size")
-    source = build_source(kind, path, cfg.image_size, **options)
+    source = build_source(kind, path, encoding.image_size, **options)
     text_encoder = build_text_encoder(cfg, source)
     manifest = extract_with_lightning(
         source, tokenizer, cfg.out_dir, OmegaConf.to_container(cfg.trainer, resolve=True),
-        grid=list(cfg.data.grid), image_size=cfg.image_size, flip=cfg.flip, chunk_size=cfg.chunk_size,
-        batch_size=cfg.batch_size, num_workers=cfg.num_workers, precision=cfg.precision,
+        grid=list(cfg.data.grid), image_size=encoding.image_size, flip=encoding.flip, chunk_size=encoding.chunk_size,
+        batch_size=encoding.batch_size, num_workers=encoding.num_workers, precision=encoding.precision,
         checkpoint=cfg.get("vq_checkpoint"), text_encoder=text_encoder)
     if manifest is not None:
         log.info(f"wrote {manifest.samples} samples in {len(manifest.shards)} shards to {cfg.out_dir} "

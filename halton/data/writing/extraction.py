@@ -34,8 +34,7 @@ from halton.data.format.chunks import MAX_CODEBOOK, Chunk, bf16_bits, split_into
 from halton.data.format.manifest import Manifest, ShardRecord
 from halton.data.format.tokenizer_spec import tokenizer_spec
 from halton.data.writing.sources import Item, Skip, Source, Unit
-from halton.options.choices import PRECISIONS
-from halton.options.rules import choice
+from halton.options.extraction import ExtractionOptions, check_captions
 from halton.tokenizers import Tokenizer
 from halton.utils.files import atomic_write
 
@@ -108,8 +107,6 @@ class EncodeStream(IterableDataset):
 
     def __init__(self, source: Source, units: list[Unit], batch_size: int, require_captions: bool = False):
         super().__init__()
-        if batch_size < 1:
-            raise ValueError(f"batch_size={batch_size} is out of range; allowed: >= 1")
         self.source, self.units, self.batch_size = source, units, batch_size
         self.require_captions = require_captions
 
@@ -198,8 +195,6 @@ class ShardAssembler:
 
     def __init__(self, out_dir: str | Path, units: list[Unit], chunk_size: int, settings: dict[str, Any],
                  progress: tqdm | None = None, rank: int = 0):
-        if chunk_size < 1:
-            raise ValueError(f"chunk_size={chunk_size} is out of range; allowed: >= 1")
         self.out_dir, self.chunk_size, self.settings, self.progress = Path(out_dir), chunk_size, settings, progress
         self.units, self.rank = {u.index: u for u in units}, rank
         self.pending: dict[int, dict[str, list]] = {}
@@ -262,9 +257,10 @@ def finalize_manifest(out_dir: str | Path, source: Source, units: list[Unit], se
     return manifest
 
 
-def check_extraction(tokenizer: Tokenizer, image_size: int | None, grid: list[int], chunk_size: int,
-                     source: Source | None = None, text_encoder=None) -> None:
+def check_extraction(tokenizer: Tokenizer, grid: list[int], options: ExtractionOptions, source: Source | None = None,
+                     text_encoder=None) -> None:
     """Refuse settings that would write shards the data config cannot read, before any work."""
+    image_size = options.image_size
     if text_encoder is not None and source is not None:
         check_extraction_text(source)
     if tokenizer.codebook_size > MAX_CODEBOOK:
@@ -276,16 +272,11 @@ def check_extraction(tokenizer: Tokenizer, image_size: int | None, grid: list[in
             raise ValueError(f"image_size={image_size} with {type(tokenizer).__name__} (downsample "
                              f"{tokenizer.downsample}) gives {image_size / tokenizer.downsample:g}x"
                              f"{image_size / tokenizer.downsample:g} codes but data.grid={list(grid)}")
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size={chunk_size} is out of range; allowed: >= 1")
 
 
 def check_extraction_text(source: Source) -> None:
     """Precomputing text embeddings needs captions."""
-    if not source.has_captions():
-        raise ValueError(f"text.embeddings=precompute encodes captions, but the {source.describe()['kind']} source "
-                         "has none; allowed: a source with captions (webdataset .txt or a json caption; "
-                         "source.captions=true for the digits), or text.embeddings=online")
+    check_captions("precompute", source.has_captions(), f"the {source.describe()['kind']} source")
 
 
 def progress_bar(units: list[Unit], rank: int, world_size: int, enabled: bool = True) -> tqdm | None:
@@ -305,7 +296,7 @@ def extract_locally(source: Source, tokenizer: Tokenizer, out_dir: str | Path, *
     """Extract in this process (no Lightning, no workers): small data sets and tests. ``text_encoder`` (a
     :class:`~halton.text.TextEncoder`): also store the captions' embeddings."""
     out_dir = Path(out_dir)
-    check_extraction(tokenizer, image_size, grid, chunk_size, source, text_encoder)
+    check_extraction(tokenizer, grid, ExtractionOptions(image_size, flip, chunk_size, batch_size), source, text_encoder)
     settings = extraction_settings(tokenizer, source, image_size, flip, chunk_size, grid, checkpoint, text_encoder)
     units = source.units()
     todo = assigned_units(units, 0, 1, finished_units(out_dir, units, settings))
@@ -328,7 +319,6 @@ class TokenizerPredictor(pl.LightningModule):
 
     def __init__(self, tokenizer: Tokenizer, flip: bool, autocast: str = "auto", text_encoder=None):
         super().__init__()
-        choice("precision", autocast, PRECISIONS)
         self.tokenizer, self.flip, self.autocast = tokenizer.eval(), flip, autocast
         self.text_encoder = text_encoder
 
@@ -375,7 +365,8 @@ def extract_with_lightning(source: Source, tokenizer: Tokenizer, out_dir: str | 
     """Extract on every device Lightning is given; returns the manifest on rank 0 (None elsewhere).
     ``text_encoder``: also store the captions' embeddings."""
     out_dir = Path(out_dir)
-    check_extraction(tokenizer, image_size, grid, chunk_size, source, text_encoder)
+    options = ExtractionOptions(image_size, flip, chunk_size, batch_size, num_workers, precision)
+    check_extraction(tokenizer, grid, options, source, text_encoder)
     settings = extraction_settings(tokenizer, source, image_size, flip, chunk_size, grid, checkpoint, text_encoder)
     units = source.units()
     done = finished_units(out_dir, units, settings)

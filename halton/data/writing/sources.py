@@ -30,6 +30,8 @@ import torch
 import webdataset as wds
 from PIL import Image
 
+from halton.options.choices import SOURCE_FORMATS
+
 log = logging.getLogger("halton.data")
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
@@ -265,9 +267,8 @@ class DigitsSource(Source):
 
 def build_source(kind: str, path: str | None, image_size: int | None, **options) -> Source:
     """``kind``: imagefolder, webdataset, digits or auto (a folder of class folders, else shards)."""
-    allowed = ("auto", "imagefolder", "webdataset", "digits")
-    if kind not in allowed:
-        raise ValueError(f"unknown source format {kind!r}; allowed: {', '.join(allowed)}")
+    if kind not in SOURCE_FORMATS:
+        raise ValueError(f"unknown source format {kind!r}; allowed: {', '.join(SOURCE_FORMATS)}")
     if kind == "digits":
         return DigitsSource(split=options.get("split", "train"), val_fraction=options.get("val_fraction", 0.1),
                             seed=options.get("seed", 0), shard_size=options.get("shard_size") or 256,
