@@ -29,6 +29,7 @@ from halton.build import build_from_config
 from halton.cli import entry_point, fail, resolve_autocast, resolve_device, run
 from halton.options import SamplingOptions
 from halton.options.rules import integer
+from halton.options.sampling import check_top_k
 
 if TYPE_CHECKING:
     import numpy as np
@@ -84,14 +85,9 @@ def parse_prompts(text) -> list[str]:
 
 
 def parse_top_k(text, codebook_size: int) -> int | None:
-    """Empty: no top-k."""
+    """The typed top-k, checked by the sampling options' rule: empty (None) or 0 draw from every code."""
     text = str(text if text is not None else "").strip()
-    if not text:
-        return None
-    if not re.fullmatch(r"\d+", text) or not 1 <= int(text) <= codebook_size:
-        raise ValueError(f"top-k={text!r} is out of range; allowed: empty (none) or a whole number 1 to "
-                         f"{codebook_size} (the codebook size)")
-    return int(text)
+    return check_top_k(int(text) if re.fullmatch(r"-?\d+", text) else text or None, codebook_size)
 
 
 def parse_box(text, image_size: tuple[int, int]) -> list[float] | None:
@@ -392,7 +388,7 @@ def build_page(studio: Studio, defaults: dict, title: str):
                 with gr.Row():
                     temp_min = gr.Number(defaults["temp_min"], label="temp_min", elem_id="temp_min")
                     temp_max = gr.Number(defaults["temp_max"], label="temp_max", elem_id="temp_max")
-                top_k = gr.Textbox(defaults["top_k"], label="Top-k (empty: none)", elem_id="top_k")
+                top_k = gr.Textbox(defaults["top_k"], label="Top-k (empty or 0: none)", elem_id="top_k")
                 with gr.Row():
                     seed = gr.Number(defaults["seed"], precision=0, label="Seed", elem_id="seed")
                     per_condition = gr.Number(defaults["per_condition"], precision=0, elem_id="per_condition",

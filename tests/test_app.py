@@ -74,7 +74,7 @@ def settings(studio, conditions=("3", "5"), scheduler="halton", steps=4, cfg_wei
 def test_the_page_values_are_parsed():
     assert parse_classes(["3", "5"], 10) == [3, 5] and parse_classes("1, 7 9;0", 10) == [1, 7, 9, 0]
     assert parse_prompts("the digit 3\n\n  a handwritten seven \n") == ["the digit 3", "a handwritten seven"]
-    assert parse_top_k("", 17) is None and parse_top_k(" 5 ", 17) == 5
+    assert parse_top_k("", 17) is None and parse_top_k(" 5 ", 17) == 5 and parse_top_k("0", 17) == 0
     assert parse_box("", (8, 8)) is None and parse_box("[2, 1, 6.5, 5]", (8, 8)) == [2, 1, 6.5, 5]
 
 
@@ -83,7 +83,8 @@ def test_the_page_values_are_parsed():
     (lambda s: parse_classes("3, seven", 10), "'seven' is not a class id; allowed: whole numbers 0 to 9"),
     (lambda s: parse_classes([], 10), "no class picked; allowed: class ids 0 to 9"),
     (lambda s: parse_prompts(" \n "), "no prompt given; type one prompt per line"),
-    (lambda s: parse_top_k("0", 17), "top-k='0' is out of range; allowed: empty (none) or a whole number 1 to 17"),
+    (lambda s: parse_top_k("18", 17), "top_k=18 is out of range; allowed: 0 to 17"),
+    (lambda s: parse_top_k("five", 17), "top_k='five' is not a whole number; allowed: 0 to 17 or null"),
     (lambda s: parse_box("1,2,3", (8, 8)), "box '1,2,3' is not four numbers; allowed: x0,y0,x1,y1 in pixels of the "
                                            "8x8 image"),
     (lambda s: settings(s, steps=0), "steps=0 is out of range; allowed: 1 to 64 (the number of tokens)"),

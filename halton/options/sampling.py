@@ -28,6 +28,11 @@ def check_steps(steps: Any, num_tokens: int | None = None) -> int:
     return integer("steps", steps, 1, num_tokens, note=" (the number of tokens)" if num_tokens else "")
 
 
+def check_top_k(value: Any, codebook_size: int | None = None) -> int | None:
+    """Sample among the ``top_k`` likeliest codes (None or 0: all), at most the codebook (when known)."""
+    return integer("top_k", value, 0, codebook_size, optional=True, note=" (0: off)" if codebook_size is None else "")
+
+
 def check_cfg_interval(value: Any) -> tuple[float, float] | None:
     """None (always guided), or (t_min, t_max) as floats with 0 <= t_min < t_max <= 1."""
     if value is None:
@@ -72,7 +77,7 @@ class SamplingOptions:
         number("temp_max", self.temp_max, above=0)
         number("temp_pow", self.temp_pow, above=0)
         integer("temp_warmup", self.temp_warmup, 0, self.steps)
-        integer("top_k", self.top_k, 0, codebook_size, optional=True, note=" (0: off)" if codebook_size is None else "")
+        check_top_k(self.top_k, codebook_size)
         check_schedule(self.schedule, self.schedule_power, self.schedule_rate)
         object.__setattr__(self, "cfg_interval", check_cfg_interval(self.cfg_interval))
         seed(self.seed)
