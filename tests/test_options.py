@@ -11,13 +11,18 @@ import pytest
 
 from halton.options import (
     EditOptions,
+    EvaluationOptions,
+    ExtractionOptions,
     Invalid,
     MaskingOptions,
     OptimizerOptions,
+    PromptSetOptions,
+    ReferenceOptions,
     SamplingOptions,
     typed_keys,
     under,
 )
+from halton.options.extraction import captioned, check_captions
 
 
 @pytest.mark.parametrize("values,message", [
@@ -141,3 +146,52 @@ def test_a_type_the_schema_refuses_is_answered_by_the_options_rule(entry, argv, 
     with pytest.raises(Invalid) as error:
         preflight([*argv, f"paths.root_dir={tmp_path}"], entry)
     assert str(error.value).startswith(message)
+
+
+@pytest.mark.parametrize("make,message", [
+    (lambda: EvaluationOptions(num_images=105, num_classes=10),
+     "num_images=105 is not a multiple of the 10 classes (class-balanced samples); allowed: 100, 110, ..."),
+    (lambda: EvaluationOptions(num_images=0), "num_images=0 is out of range; allowed: >= 1"),
+    (lambda: EvaluationOptions(batch_size=0), "batch_size=0 is out of range; allowed: >= 1"),
+    (lambda: EvaluationOptions(extractor="clip"), "extractor='clip' is not one of the choices; allowed: inception"),
+    (lambda: EvaluationOptions(intermediate_steps=[0], steps=32),
+     "intermediate_steps=0 is out of range; allowed: 1 to 32"),
+    (lambda: EvaluationOptions(intermediate_steps=4), "intermediate_steps=4 is not a list"),
+    (lambda: EvaluationOptions(precision="fp16"), "precision='fp16' is not one of the choices; allowed: auto, fp32"),
+    (lambda: EvaluationOptions(devices=0), "devices=0 is out of range; allowed: >= 1"),
+    (lambda: ReferenceOptions(kind="magic"), "kind='magic' is not one of the choices; allowed: digits"),
+    (lambda: ReferenceOptions(kind="webdataset"), "path is not set; allowed: webdataset image shards"),
+    (lambda: PromptSetOptions(source="poems"), "source='poems' is not one of the choices; allowed: coco, file, digits"),
+    (lambda: PromptSetOptions(phrasings="odd"), "phrasings='odd' is not one of the choices; allowed: seen, unseen"),
+    (lambda: ExtractionOptions(chunk_size=0), "chunk_size=0 is out of range; allowed: >= 1"),
+    (lambda: ExtractionOptions(batch_size=0), "batch_size=0 is out of range; allowed: >= 1"),
+    (lambda: ExtractionOptions(num_workers=-1), "num_workers=-1 is out of range; allowed: >= 0"),
+    (lambda: ExtractionOptions(image_size=0), "image_size=0 is out of range; allowed: >= 1"),
+    (lambda: ExtractionOptions(flip="yes"), "flip='yes' is not a boolean"),
+    (lambda: check_captions("precompute", False, "source.format=imagefolder"),
+     "text.embeddings=precompute encodes captions, but source.format=imagefolder has none"),
+    (lambda: check_captions("later", None, "x"), "text.embeddings='later' is not one of the choices"),
+])
+def test_evaluation_and_extraction_options_refuse_bad_values(make, message):
+    with pytest.raises(Invalid) as error:
+        make()
+    assert str(error.value).startswith(message), str(error.value)
+
+
+def test_evaluation_and_extraction_options_take_good_values_and_name_their_keys():
+    from omegaconf import OmegaConf
+
+    from halton.options.rules import from_config
+
+    options = EvaluationOptions(num_images=50, num_classes=10, intermediate_steps=[4, 8], steps=8)
+    assert options.num_images == 50 and options.intermediate_steps == [4, 8]
+    assert EvaluationOptions(num_images=7).num_images == 7  # a text model: no classes to balance
+    assert ExtractionOptions(image_size=256, flip=True).chunk_size == 1000
+    cfg = OmegaConf.create({"captions": None, "kind": "folder", "path": "/x", "max_images": 0})
+    with under("reference."), pytest.raises(Invalid, match=r"^reference.max_images=0 is out of range"):
+        from_config(ReferenceOptions, cfg)
+    assert from_config(PromptSetOptions, {"source": "digits", "seed": 3}).seed == 3
+    assert check_captions("online", False, "x") == "online"
+    assert check_captions("precompute", None, "x") == "precompute"  # webdataset: its files tell
+    assert [captioned("imagefolder"), captioned("digits", True), captioned("digits"), captioned("webdataset")] == [
+        False, True, False, None]

@@ -18,11 +18,12 @@ from tqdm.auto import tqdm
 from halton.evaluation.coco import sample_captions
 from halton.evaluation.features import FeatureExtractor, fingerprint
 from halton.evaluation.metrics import feature_statistics
+from halton.options.choices import REFERENCE_KINDS
 from halton.utils.checkpoint import read_checkpoint
 from halton.utils.files import atomic_write, file_sha256, require_file
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
-KINDS = ("digits", "folder", "webdataset", "coco", "file")
+KINDS = REFERENCE_KINDS  # halton.options.choices
 
 
 @dataclass

@@ -12,6 +12,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from halton.options.editing import EditOptions
+from halton.options.evaluation import EvaluationOptions, PromptSetOptions, ReferenceOptions
+from halton.options.extraction import ExtractionOptions
 from halton.options.rules import Invalid, under
 from halton.options.sampling import SCHEDULES, SamplingOptions
 from halton.options.training import (
@@ -35,9 +37,13 @@ __all__ = [
     "TRAIN_METRICS",
     "T_PER",
     "EditOptions",
+    "EvaluationOptions",
+    "ExtractionOptions",
     "Invalid",
     "MaskingOptions",
     "OptimizerOptions",
+    "PromptSetOptions",
+    "ReferenceOptions",
     "SamplingOptions",
     "register_schemas",
     "typed_keys",
