@@ -29,16 +29,12 @@ from halton.options import (
     rules,
     under,
 )
-from halton.options.choices import (
-    ACCELERATORS,
-    PRECISIONS,
-    SOURCE_FORMATS,
-    TRAINER_PRECISIONS,
-)
+from halton.options.choices import PRECISIONS, SOURCE_FORMATS
 from halton.options.evaluation import EvaluationOptions, PromptSetOptions, ReferenceOptions
 from halton.options.extraction import ExtractionOptions, captioned, check_captions, check_extraction_tokenizer
 from halton.options.rules import Invalid
 from halton.options.text import TextDataOptions
+from halton.options.trainer import TrainerOptions
 from halton.utils.files import reads_as_path
 from halton.utils.hub import hub_parts, is_hub_path
 
@@ -271,34 +267,11 @@ def check_evaluate(c: Checks) -> None:
     check_checkpoint(c)
 
 
-def check_trainer_devices(c: Checks, prefix: str = "trainer.") -> None:
-    devices = c.get(f"{prefix}devices")
-    if devices in ("auto", -1) or (isinstance(devices, str) and re.fullmatch(r"\d+(,\d*)*", devices)):
-        return
-    for value in devices if isinstance(devices, list) else [devices]:
-        c.integer(f"{prefix}devices", 0 if isinstance(devices, list) else 1, value=value)
-
-
 def check_train(c: Checks) -> None:
     check_common(c)
     c.boolean("resume")
     c.input_file("ckpt_path", optional=True, hub=True)
-    c.integer("trainer.max_steps", 1)
-    c.integer("trainer.max_epochs", -1)
-    c.choice("trainer.accelerator", ACCELERATORS + ("tpu",))
-    check_trainer_devices(c)
-    c.integer("trainer.num_nodes", 1)
-    precision = str(c.get("trainer.precision"))
-    if precision not in TRAINER_PRECISIONS:
-        raise Invalid(f"trainer.precision={precision!r} is not a precision; allowed: {', '.join(TRAINER_PRECISIONS)}")
-    c.number("trainer.gradient_clip_val", low=0, optional=True)
-    c.integer("trainer.accumulate_grad_batches", 1)
-    c.integer("trainer.check_val_every_n_epoch", 1, optional=True)
-    if isinstance(c.get("trainer.val_check_interval"), float):
-        c.number("trainer.val_check_interval", above=0, high=1)
-    else:
-        c.integer("trainer.val_check_interval", 1, optional=True)
-    c.integer("trainer.log_every_n_steps", 1)
+    c.options(TrainerOptions, "trainer.")
     c.options(OptimizerOptions, "model.")
     c.options(MaskingOptions, "model.")
     c.boolean("model.compile")
@@ -388,9 +361,7 @@ def check_extract(c: Checks) -> None:
             raise Invalid("text.encoder is not set; allowed: minilm, a local model folder or a hub name (org/name)")
         c.local_path("text.encoder")
     c.input_file("vq_checkpoint", optional=True, hub=True)
-    c.choice("trainer.accelerator", ACCELERATORS)
-    check_trainer_devices(c)
-    c.integer("trainer.num_nodes", 1)
+    c.options(TrainerOptions, "trainer.", tpu=False)
     c.writable("out_dir")
 
 

@@ -19,6 +19,7 @@ from halton.options import (
     PromptSetOptions,
     ReferenceOptions,
     SamplingOptions,
+    TrainerOptions,
     typed_keys,
     under,
 )
@@ -195,3 +196,21 @@ def test_evaluation_and_extraction_options_take_good_values_and_name_their_keys(
     assert check_captions("precompute", None, "x") == "precompute"  # webdataset: its files tell
     assert [captioned("imagefolder"), captioned("digits", True), captioned("digits"), captioned("webdataset")] == [
         False, True, False, None]
+
+
+@pytest.mark.parametrize("values,message", [
+    ({"max_steps": 0}, "trainer.max_steps=0 is out of range; allowed: >= 1"),
+    ({"devices": [0, -1]}, "trainer.devices=-1 is out of range; allowed: >= 0"),
+    ({"devices": 0}, "trainer.devices=0 is out of range; allowed: >= 1"),
+    ({"precision": "fp8"}, "trainer.precision='fp8' is not a precision; allowed: 32-true"),
+    ({"val_check_interval": 1.5}, "trainer.val_check_interval=1.5 is out of range; allowed: > 0 and <= 1"),
+    ({"val_check_interval": 0}, "trainer.val_check_interval=0 is out of range; allowed: >= 1"),
+    ({"accelerator": "tpu", "tpu": False}, "trainer.accelerator='tpu' is not one of the choices"),
+])
+def test_trainer_options_refuse_bad_values(values, message):
+    with under("trainer."), pytest.raises(Invalid) as error:
+        TrainerOptions(**values)
+    assert str(error.value).startswith(message), str(error.value)
+    for good in ({"devices": "0,1"}, {"devices": -1}, {"precision": 32}, {"val_check_interval": 0.25},
+                 {"accelerator": "tpu"}):
+        TrainerOptions(**good)

@@ -16,6 +16,7 @@ from halton.options.evaluation import EvaluationOptions, PromptSetOptions, Refer
 from halton.options.extraction import ExtractionOptions
 from halton.options.rules import Invalid, under
 from halton.options.sampling import SCHEDULES, SamplingOptions
+from halton.options.trainer import TrainerOptions
 from halton.options.training import (
     LOSS_ON,
     LOSS_WEIGHTS,
@@ -45,6 +46,7 @@ __all__ = [
     "PromptSetOptions",
     "ReferenceOptions",
     "SamplingOptions",
+    "TrainerOptions",
     "register_schemas",
     "typed_keys",
     "under",
