@@ -20,7 +20,6 @@ from omegaconf.errors import OmegaConfBaseException
 
 from halton.models.loading import TRAIN_HINT, is_model_folder
 from halton.options import (
-    TRAIN_METRICS,
     EditOptions,
     MaskingOptions,
     OptimizerOptions,
@@ -34,7 +33,7 @@ from halton.options.evaluation import EvaluationOptions, PromptSetOptions, Refer
 from halton.options.extraction import ExtractionOptions, captioned, check_captions, check_extraction_tokenizer
 from halton.options.rules import Invalid
 from halton.options.text import TextDataOptions
-from halton.options.trainer import TrainerOptions
+from halton.options.trainer import TrainerOptions, check_callbacks
 from halton.utils.files import reads_as_path
 from halton.utils.hub import hub_parts, is_hub_path
 
@@ -286,19 +285,9 @@ def check_train(c: Checks) -> None:
         check_scheduler(c, "model.sample_grid.scheduler")
     c.integer("data.batch_size", 1)
     c.integer("data.num_workers", 0)
-    if c.get("callbacks.ema") is not None:
-        c.number("callbacks.ema.decay", low=0, high=1)
-    if c.get("callbacks.progress_bar") is not None:
-        c.integer("callbacks.progress_bar.refresh_rate", 0, note=" (0 hides the bar)")
-        shown = c.get("callbacks.progress_bar.train_metrics")
-        for name in shown if isinstance(shown, list) else [shown]:
-            if name not in TRAIN_METRICS:
-                raise Invalid(f"callbacks.progress_bar.train_metrics: {name!r} is not logged in training; allowed: "
-                              f"a list of {', '.join(TRAIN_METRICS)}")
-    if c.get("callbacks.throughput") is not None:
-        c.number("callbacks.throughput.peak_tflops", above=0, optional=True)
+    check_callbacks({name: c.get(f"callbacks.{name}") for name in ("ema", "progress_bar", "throughput",
+                                                                      "model_checkpoint")})
     if c.get("callbacks.model_checkpoint") is not None:
-        c.integer("callbacks.model_checkpoint.every_n_train_steps", 1, optional=True)
         c.writable("callbacks.model_checkpoint.dirpath")
     c.writable("trainer.default_root_dir")
     check_text_data(c)

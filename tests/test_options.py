@@ -214,3 +214,16 @@ def test_trainer_options_refuse_bad_values(values, message):
     for good in ({"devices": "0,1"}, {"devices": -1}, {"precision": 32}, {"val_check_interval": 0.25},
                  {"accelerator": "tpu"}):
         TrainerOptions(**good)
+
+
+def test_the_callbacks_values_are_checked_by_one_function():
+    from halton.options.trainer import check_callbacks
+
+    check_callbacks({"ema": {"decay": 0.999}, "progress_bar": {"refresh_rate": 0, "train_metrics": ["train/loss"]},
+                     "throughput": {"peak_tflops": None}, "model_checkpoint": None})
+    with pytest.raises(Invalid, match=r"^callbacks.ema.decay=2 is out of range; allowed: >= 0 and <= 1"):
+        check_callbacks({"ema": {"decay": 2}})
+    with pytest.raises(Invalid, match=r"^callbacks.progress_bar.train_metrics: 'train/los' is not logged"):
+        check_callbacks({"progress_bar": {"refresh_rate": 1, "train_metrics": ["train/los"]}})
+    with pytest.raises(Invalid, match=r"^callbacks.model_checkpoint.every_n_train_steps=0 is out of range"):
+        check_callbacks({"model_checkpoint": {"every_n_train_steps": 0}})

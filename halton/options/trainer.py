@@ -8,7 +8,8 @@ from dataclasses import InitVar, dataclass
 from typing import Any, Optional
 
 from halton.options.choices import ACCELERATORS, TRAINER_PRECISIONS
-from halton.options.rules import Invalid, choice, integer, key, number
+from halton.options.rules import Invalid, choice, integer, key, number, under
+from halton.options.training import TRAIN_METRICS
 
 
 def check_devices(devices: Any) -> Any:
@@ -55,3 +56,24 @@ class TrainerOptions:
         else:
             integer("val_check_interval", self.val_check_interval, 1, optional=True)
         integer("log_every_n_steps", self.log_every_n_steps, 1)
+
+
+def check_callbacks(callbacks: dict | None) -> None:
+    """The values of the training callbacks a config has (``callbacks.*``, conf/callbacks)."""
+    callbacks = callbacks or {}
+    with under("callbacks."):
+        if callbacks.get("ema") is not None:
+            number("ema.decay", callbacks["ema"].get("decay"), low=0, high=1)
+        bar = callbacks.get("progress_bar")
+        if bar is not None:
+            integer("progress_bar.refresh_rate", bar.get("refresh_rate"), 0, note=" (0 hides the bar)")
+            shown = bar.get("train_metrics")
+            for name in shown if isinstance(shown, list) else [shown]:
+                if name not in TRAIN_METRICS:
+                    raise Invalid(f"{key('progress_bar.train_metrics')}: {name!r} is not logged in training; allowed: "
+                                  f"a list of {', '.join(TRAIN_METRICS)}")
+        if callbacks.get("throughput") is not None:
+            number("throughput.peak_tflops", callbacks["throughput"].get("peak_tflops"), above=0, optional=True)
+        if callbacks.get("model_checkpoint") is not None:
+            integer("model_checkpoint.every_n_train_steps", callbacks["model_checkpoint"].get("every_n_train_steps"), 1,
+                    optional=True)
