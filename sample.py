@@ -17,6 +17,8 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from halton.build import build_from_config
 from halton.cli import entry_point, read_prompts, resolve_autocast, resolve_device, run
 from halton.options import SamplingOptions
+from halton.options.drawing import DrawOptions
+from halton.options.rules import from_config
 
 log = logging.getLogger("halton.sample")
 
@@ -37,20 +39,21 @@ def main(cfg: DictConfig) -> None:
     from halton.sampling.schedules import schedule_label
     from halton.utils.images import class_grid, progression_grid, save_png
 
-    device = resolve_device(cfg.device)
-    autocast = resolve_autocast(cfg.precision, device)
+    draw = from_config(DrawOptions, cfg)
+    device = resolve_device(draw.device)
+    autocast = resolve_autocast(draw.precision, device)
     built = build_from_config(cfg, device)
     scheduler, datamodule, net, kind, tokenizer = built.scheduler, built.data, built.net, built.kind, built.tokenizer
     classes = None if cfg.classes is None else [cfg.classes] if isinstance(cfg.classes, int) else list(cfg.classes)
     values = kind.requested(net, classes, read_prompts(cfg))
-    rows = torch.arange(len(values), device=device).repeat_interleave(cfg.per_class)
+    rows = torch.arange(len(values), device=device).repeat_interleave(draw.per_class)
     condition = kind.make(values, device).index(rows)
     edit = None if cfg.edit.image is None else prepare_edit(  # validated: an image with exactly one region
         net, tokenizer, cfg.edit.image, box=plain(cfg.edit.box), mask=cfg.edit.mask, outpaint=plain(cfg.edit.outpaint),
         dilate=cfg.edit.dilate, device=device)
     init_codes = None if edit is None else edit.init_codes.expand(len(rows), -1, -1)  # the same edit for every row
     options = SamplingOptions.from_config(cfg)
-    result = sample(net, scheduler, condition, options, init_codes=init_codes, return_history=cfg.progression,
+    result = sample(net, scheduler, condition, options, init_codes=init_codes, return_history=draw.progression,
                     autocast_dtype=autocast, progress=True)
     log.info(f"{result.nfe_per_image} network evaluations per image")
     images = tokenizer.decode(result.codes)
@@ -60,18 +63,18 @@ def main(cfg: DictConfig) -> None:
     out_dir = Path(cfg.out_dir)
     labels = [kind.label(v) for v in values]
     if edit is None:
-        path = save_png(class_grid(images, len(values), cfg.per_class, labels), out_dir / f"{stem}.png")
+        path = save_png(class_grid(images, len(values), draw.per_class, labels), out_dir / f"{stem}.png")
     else:
         images = edit.finish(images, paste_back=cfg.edit.composite)
-        path = save_png(edit_grid(edit, images, labels, cfg.per_class), out_dir / f"{stem}_edit-{edit.region}.png")
+        path = save_png(edit_grid(edit, images, labels, draw.per_class), out_dir / f"{stem}_edit-{edit.region}.png")
     log.info(f"wrote {path}")
-    if cfg.report_accuracy and edit is None and hasattr(datamodule, "recognition_accuracy"):
+    if draw.report_accuracy and edit is None and hasattr(datamodule, "recognition_accuracy"):
         asked = [values[int(r)] for r in rows]
         accuracy = datamodule.recognition_accuracy(images, asked)
         log.info(f"{scheduler.label()}, {cfg.steps} steps: a digit classifier reads the requested digit in "
                  f"{100 * accuracy:.1f}% of {len(asked)} samples")
-    if cfg.progression:
-        first = [r * cfg.per_class for r in range(min(cfg.progression_samples, len(values)))]
+    if draw.progression:
+        first = [r * draw.per_class for r in range(min(draw.progression_samples, len(values)))]
         painted = [paint_tokens(tokenizer.decode(codes[first]), codes[first] == net.mask_id)
                    for codes in result.codes_per_step]
         labels_per_step = [f"{i + 1}" for i in range(cfg.steps)]

@@ -28,7 +28,8 @@ from omegaconf import DictConfig
 from halton.build import build_from_config
 from halton.cli import entry_point, fail, resolve_autocast, resolve_device, run
 from halton.options import SamplingOptions
-from halton.options.rules import integer
+from halton.options.drawing import DrawOptions, ServeOptions
+from halton.options.rules import from_config, integer
 from halton.options.sampling import check_top_k
 
 if TYPE_CHECKING:
@@ -149,12 +150,13 @@ class Studio:
     def from_config(cls, cfg: DictConfig) -> Studio:
         from halton.sampling import SCHEDULERS, build_scheduler
 
-        device = resolve_device(cfg.device)
+        draw = from_config(DrawOptions, cfg)
+        device = resolve_device(draw.device)
         built = build_from_config(cfg, device)  # a text model's encoder loads now rather than at the first request
         net, tokenizer, kind, chosen = built.net, built.tokenizer, built.kind, built.scheduler
         schedulers = {name: chosen if name == chosen.name else build_scheduler(name) for name in SCHEDULERS}
         return cls(net, tokenizer, kind, device, schedulers, SamplingOptions.from_config(cfg),
-                   default_scheduler=chosen.name, autocast_dtype=resolve_autocast(cfg.precision, device))
+                   default_scheduler=chosen.name, autocast_dtype=resolve_autocast(draw.precision, device))
 
     @property
     def num_tokens(self) -> int:
@@ -500,9 +502,10 @@ def main(cfg: DictConfig) -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's own requests to the page, one line each
     studio = Studio.from_config(cfg)
     page = build_page(studio, page_defaults(cfg, studio), str(cfg.name))
-    port = cfg.port or free_port(cfg.host)
-    log.info(f"serving {cfg.name} ({cfg.checkpoint}) on http://{cfg.host}:{port}")
-    page.queue().launch(server_name=cfg.host, server_port=port, share=cfg.share, show_error=True, quiet=True)
+    serve = from_config(ServeOptions, cfg)
+    port = serve.port or free_port(serve.host)
+    log.info(f"serving {cfg.name} ({cfg.checkpoint}) on http://{serve.host}:{port}")
+    page.queue().launch(server_name=serve.host, server_port=port, share=serve.share, show_error=True, quiet=True)
 
 
 if __name__ == "__main__":

@@ -336,12 +336,9 @@ def resolve_device(name: str):
 
 
 def resolve_autocast(precision: str, device):
+    """The autocast dtype of a checked ``precision`` (an option object's: auto, fp32, bf16) on ``device``."""
     import torch
 
-    from halton.options.choices import PRECISIONS
-    from halton.options.rules import choice
-
-    choice("precision", precision, PRECISIONS)
     if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
         return torch.bfloat16
     return None

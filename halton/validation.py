@@ -28,7 +28,8 @@ from halton.options import (
     rules,
     under,
 )
-from halton.options.choices import PRECISIONS, SOURCE_FORMATS
+from halton.options.choices import SOURCE_FORMATS
+from halton.options.drawing import DrawOptions, ServeOptions
 from halton.options.evaluation import EvaluationOptions, PromptSetOptions, ReferenceOptions
 from halton.options.extraction import ExtractionOptions, captioned, check_captions, check_extraction_tokenizer
 from halton.options.rules import Invalid
@@ -38,7 +39,6 @@ from halton.utils.files import reads_as_path
 from halton.utils.hub import hub_parts, is_hub_path
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "conf"
-DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 _ABSENT = object()
 register_schemas()  # conf/sampling/default.yaml merges sampling/schema: registered before any config is composed
 
@@ -221,11 +221,7 @@ def check_drawing(c: Checks) -> None:
     sampling_options(c)
     check_scheduler(c)
     check_conditions(c)
-    c.choice("precision", PRECISIONS)
-    c.integer("per_class", 1)
-    device = str(c.get("device"))
-    if not DEVICE.fullmatch(device):
-        raise Invalid(f"device={device!r} is not a device; allowed: auto, cpu, cuda, cuda:N, mps")
+    c.options(DrawOptions)
     c.input_file("vq_checkpoint", optional=True, hub=True)
     check_checkpoint(c)
 
@@ -235,9 +231,6 @@ def check_sample(c: Checks) -> None:
     c.input_file("edit.image", optional=True)
     c.input_file("edit.mask", optional=True)
     c.options(EditOptions, "edit.")
-    c.boolean("progression")
-    c.integer("progression_samples", 1)
-    c.boolean("report_accuracy")
     c.writable("out_dir")
 
 
@@ -362,12 +355,7 @@ def check_export(c: Checks) -> None:
 def check_app(c: Checks) -> None:
     """python -m halton.app: sample.py's checks of the page's first values, and where to serve it."""
     check_drawing(c)
-    host = c.get("host")
-    if not isinstance(host, str) or not host.strip():
-        raise Invalid(f"host={host!r} is not a host name; allowed: e.g. 127.0.0.1 (this machine), 0.0.0.0 (every "
-                      "interface)")
-    c.integer("port", 0, 65535, optional=True, note=" (0 or null: a free port)")
-    c.boolean("share")
+    c.options(ServeOptions)
 
 
 RULES = {"train": check_train, "sample": check_sample, "evaluate": check_evaluate, "extract": check_extract,

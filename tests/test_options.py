@@ -227,3 +227,20 @@ def test_the_callbacks_values_are_checked_by_one_function():
         check_callbacks({"progress_bar": {"refresh_rate": 1, "train_metrics": ["train/los"]}})
     with pytest.raises(Invalid, match=r"^callbacks.model_checkpoint.every_n_train_steps=0 is out of range"):
         check_callbacks({"model_checkpoint": {"every_n_train_steps": 0}})
+
+
+def test_drawing_and_serving_options():
+    from halton.options.drawing import DrawOptions, ServeOptions
+
+    assert DrawOptions(device="cuda:1", precision="bf16", per_class=3).per_class == 3
+    for values, message in [({"device": "gpu7"}, "device='gpu7' is not a device; allowed: auto, cpu, cuda, cuda:N"),
+                            ({"per_class": 0}, "per_class=0 is out of range; allowed: >= 1"),
+                            ({"progression": "maybe"}, "progression='maybe' is not a boolean")]:
+        with pytest.raises(Invalid) as error:
+            DrawOptions(**values)
+        assert str(error.value).startswith(message)
+    assert ServeOptions(port=None).port is None
+    with pytest.raises(Invalid, match=r"^port=70000 is out of range; allowed: 0 to 65535 \(0 or null: a free port\)"):
+        ServeOptions(port=70000)
+    with pytest.raises(Invalid, match=r"^host=' ' is not a host name"):
+        ServeOptions(host=" ")
