@@ -31,7 +31,13 @@ from halton.options import (
 from halton.options.choices import SOURCE_FORMATS
 from halton.options.drawing import DrawOptions, ServeOptions
 from halton.options.evaluation import EvaluationOptions, PromptSetOptions, ReferenceOptions
-from halton.options.extraction import ExtractionOptions, captioned, check_captions, check_extraction_tokenizer
+from halton.options.extraction import (
+    ExtractionOptions,
+    TextEncodingOptions,
+    captioned,
+    check_captions,
+    check_extraction_tokenizer,
+)
 from halton.options.rules import Invalid
 from halton.options.text import TextDataOptions
 from halton.options.trainer import TrainerOptions, check_callbacks
@@ -314,9 +320,7 @@ def check_shards(c: Checks) -> None:
 
 
 def check_extract(c: Checks) -> None:
-    split = str(c.get("split"))
-    if not split or "/" in split or split.startswith("."):
-        raise Invalid(f"split={split!r} is not a folder name; allowed: train, val, or another plain name")
+    c.options(ExtractionOptions)
     kind = c.choice("source.format", SOURCE_FORMATS)
     if kind != "digits":
         path = str(c.get("source.path") or "")
@@ -334,13 +338,9 @@ def check_extract(c: Checks) -> None:
                           "vq_checkpoint=...) for images")
     check_extraction_tokenizer(c.get("data"), c.get("vq_checkpoint"))
     c.integer("source.shard_size", 1, optional=True)
-    c.options(ExtractionOptions)
     c.boolean("source.captions")
-    if check_captions(c.get("text.embeddings"), captioned(kind, c.get("source.captions")),
-                      f"source.format={kind}") == "precompute":
-        c.integer("text.max_length", 1)
-        if not str(c.get("text.encoder") or "").strip():
-            raise Invalid("text.encoder is not set; allowed: minilm, a local model folder or a hub name (org/name)")
+    check_captions(c.get("text.embeddings"), captioned(kind, c.get("source.captions")), f"source.format={kind}")
+    if c.options(TextEncodingOptions, "text.").embeddings == "precompute":
         c.local_path("text.encoder")
     c.input_file("vq_checkpoint", optional=True, hub=True)
     c.options(TrainerOptions, "trainer.", tpu=False)

@@ -244,3 +244,15 @@ def test_drawing_and_serving_options():
         ServeOptions(port=70000)
     with pytest.raises(Invalid, match=r"^host=' ' is not a host name"):
         ServeOptions(host=" ")
+
+
+def test_extraction_split_and_text_options():
+    from halton.options.extraction import TextEncodingOptions
+
+    with pytest.raises(Invalid, match=r"^split='\.\./x' is not a folder name; allowed: train, val"):
+        ExtractionOptions(split="../x")
+    with under("text."), pytest.raises(Invalid, match=r"^text.encoder is not set; allowed: minilm"):
+        TextEncodingOptions(embeddings="precompute", encoder=" ")
+    with under("text."), pytest.raises(Invalid, match=r"^text.max_length=0 is out of range; allowed: >= 1"):
+        TextEncodingOptions(embeddings="precompute", encoder="minilm", max_length=0)
+    assert TextEncodingOptions(embeddings="online", encoder=None, max_length=0).embeddings == "online"

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from halton.options.choices import PRECISIONS, TEXT_EMBEDDINGS
-from halton.options.rules import Invalid, boolean, choice, integer
+from halton.options.rules import Invalid, boolean, choice, integer, key
 
 
 @dataclass(frozen=True)
@@ -18,6 +18,7 @@ class ExtractionOptions:
     (``flip``), ``batch_size`` images per encoder batch, ``num_workers`` decoding processes, ``precision``; written
     ``chunk_size`` samples per chunk."""
 
+    split: str = "train"
     image_size: Optional[int] = None
     flip: bool = False
     chunk_size: int = 1000
@@ -26,12 +27,32 @@ class ExtractionOptions:
     precision: str = "auto"
 
     def __post_init__(self) -> None:
+        if not str(self.split) or "/" in str(self.split) or str(self.split).startswith("."):
+            raise Invalid(f"{key('split')}={self.split!r} is not a folder name; allowed: train, val, or another plain "
+                          "name")
         integer("image_size", self.image_size, 1, optional=True)
         boolean("flip", self.flip)
         integer("chunk_size", self.chunk_size, 1)
         integer("batch_size", self.batch_size, 1)
         integer("num_workers", self.num_workers, 0)
         choice("precision", self.precision, PRECISIONS)
+
+
+@dataclass(frozen=True)
+class TextEncodingOptions:
+    """``text.*``: the captions' token embeddings are stored (``precompute``, by ``encoder``, ``max_length``
+    tokens per caption) or computed by the training step (``online``)."""
+
+    embeddings: str = "online"
+    encoder: Optional[str] = None
+    max_length: int = 120
+
+    def __post_init__(self) -> None:
+        if choice("embeddings", self.embeddings, TEXT_EMBEDDINGS) == "precompute":
+            integer("max_length", self.max_length, 1)
+            if not str(self.encoder or "").strip():
+                raise Invalid(f"{key('encoder')} is not set; allowed: minilm, a local model folder or a hub name "
+                              "(org/name)")
 
 
 def captioned(source_format: str, captions: Any = False) -> bool | None:

@@ -22,12 +22,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from halton.cli import entry_point, run
-from halton.options.extraction import (
-    ExtractionOptions,
-    check_captions,
-    check_extraction_tokenizer,
-)
-from halton.options.rules import from_config
+from halton.options.extraction import ExtractionOptions, TextEncodingOptions, check_captions, check_extraction_tokenizer
+from halton.options.rules import from_config, under
 
 log = logging.getLogger("halton.extract")
 
@@ -35,15 +31,14 @@ log = logging.getLogger("halton.extract")
 def build_text_encoder(cfg: DictConfig, source):
     """The frozen text encoder of ``text.embeddings=precompute`` (None for ``online``), checked against the data
     config's ``text_dim`` when it states one. A source without captions is refused before the encoder loads."""
-    text = cfg.get("text") or {}
-    mode = check_captions(text.get("embeddings", "online"), source.has_captions(),
-                          f"the {source.describe()['kind']} source")
-    if mode == "online":  # captions only, encoded in the training step
-        return None
+    with under("text."):
+        text = from_config(TextEncodingOptions, cfg.get("text") or {})
+    if check_captions(text.embeddings, source.has_captions(), f"the {source.describe()['kind']} source") == "online":
+        return None  # captions only, encoded in the training step
     from halton.text import TextEncoder
 
     # the encoder's dtype follows the extraction's precision: auto = bf16 on GPUs, float32 on CPUs
-    encoder = TextEncoder(str(text.get("encoder")), max_length=int(text.get("max_length")), dtype=cfg.precision)
+    encoder = TextEncoder(str(text.encoder), max_length=text.max_length, dtype=cfg.precision)
     if cfg.data.get("text_dim") is not None:
         encoder.check_width(cfg.data.text_dim, what="data.text_dim")
     return encoder

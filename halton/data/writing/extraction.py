@@ -296,7 +296,8 @@ def extract_locally(source: Source, tokenizer: Tokenizer, out_dir: str | Path, *
     """Extract in this process (no Lightning, no workers): small data sets and tests. ``text_encoder`` (a
     :class:`~halton.text.TextEncoder`): also store the captions' embeddings."""
     out_dir = Path(out_dir)
-    check_extraction(tokenizer, grid, ExtractionOptions(image_size, flip, chunk_size, batch_size), source, text_encoder)
+    options = ExtractionOptions(image_size=image_size, flip=flip, chunk_size=chunk_size, batch_size=batch_size)
+    check_extraction(tokenizer, grid, options, source, text_encoder)
     settings = extraction_settings(tokenizer, source, image_size, flip, chunk_size, grid, checkpoint, text_encoder)
     units = source.units()
     todo = assigned_units(units, 0, 1, finished_units(out_dir, units, settings))
@@ -365,7 +366,8 @@ def extract_with_lightning(source: Source, tokenizer: Tokenizer, out_dir: str | 
     """Extract on every device Lightning is given; returns the manifest on rank 0 (None elsewhere).
     ``text_encoder``: also store the captions' embeddings."""
     out_dir = Path(out_dir)
-    options = ExtractionOptions(image_size, flip, chunk_size, batch_size, num_workers, precision)
+    options = ExtractionOptions(image_size=image_size, flip=flip, chunk_size=chunk_size, batch_size=batch_size,
+                                num_workers=num_workers, precision=precision)
     check_extraction(tokenizer, grid, options, source, text_encoder)
     settings = extraction_settings(tokenizer, source, image_size, flip, chunk_size, grid, checkpoint, text_encoder)
     units = source.units()
