@@ -1,6 +1,6 @@
 """Draw a labelled sample grid, a row per class or per prompt: python sample.py experiment=digits scheduler=halton
 steps=16, or for a text model prompt="a red fox in the snow" (several: prompts=[...] or prompt_file=PATH; see
-conf/sample.yaml). progression=true also writes the step-by-step image (paper Fig. 3).
+conf/sample.yaml and conf/sampling/default.yaml). progression=true also writes the step-by-step image (paper Fig. 3).
 
 Editing: edit.image=PATH with one of edit.box=[x0,y0,x1,y1], edit.mask=PATH (white = regenerate) or
 edit.outpaint=[top,right,bottom,left] regenerates that region for every class or prompt and writes a
@@ -14,7 +14,11 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from halton.cli import condition_kind, entry_point, load_network, read_prompts, resolve_autocast, resolve_device, run
+from halton.build import build_from_config
+from halton.cli import entry_point, read_prompts, resolve_autocast, resolve_device, run
+from halton.options import SamplingOptions
+from halton.options.drawing import DrawOptions
+from halton.options.rules import from_config
 
 log = logging.getLogger("halton.sample")
 
@@ -28,7 +32,6 @@ def plain(value):
 @entry_point
 def main(cfg: DictConfig) -> None:
     import torch
-    from hydra.utils import instantiate
 
     from halton.evaluation.results import file_stem, interval_text
     from halton.sampling import sample
@@ -36,47 +39,42 @@ def main(cfg: DictConfig) -> None:
     from halton.sampling.schedules import schedule_label
     from halton.utils.images import class_grid, progression_grid, save_png
 
-    device = resolve_device(cfg.device)
-    autocast = resolve_autocast(cfg.precision, device)
-    scheduler = instantiate(cfg.scheduler)
-    datamodule = instantiate(cfg.data)
-    net = load_network(cfg.model.net, cfg.checkpoint, cfg.official_heads).to(device)
-    kind = condition_kind(cfg)
+    draw = from_config(DrawOptions, cfg)
+    device = resolve_device(draw.device)
+    autocast = resolve_autocast(draw.precision, device)
+    built = build_from_config(cfg, device)
+    scheduler, datamodule, net, kind, tokenizer = built.scheduler, built.data, built.net, built.kind, built.tokenizer
     classes = None if cfg.classes is None else [cfg.classes] if isinstance(cfg.classes, int) else list(cfg.classes)
     values = kind.requested(net, classes, read_prompts(cfg))
-    kind.check_model(net)  # e.g. the text encoder's width against the model's
-    rows = torch.arange(len(values), device=device).repeat_interleave(cfg.per_class)
+    rows = torch.arange(len(values), device=device).repeat_interleave(draw.per_class)
     condition = kind.make(values, device).index(rows)
-    tokenizer = datamodule.tokenizer.to(device)
     edit = None if cfg.edit.image is None else prepare_edit(  # validated: an image with exactly one region
         net, tokenizer, cfg.edit.image, box=plain(cfg.edit.box), mask=cfg.edit.mask, outpaint=plain(cfg.edit.outpaint),
         dilate=cfg.edit.dilate, device=device)
     init_codes = None if edit is None else edit.init_codes.expand(len(rows), -1, -1)  # the same edit for every row
-    cfg_interval = plain(cfg.cfg_interval)
-    result = sample(net, scheduler, condition, steps=cfg.steps, cfg_weight=cfg.cfg_weight, temp_min=cfg.temp_min,
-                    temp_max=cfg.temp_max, temp_pow=cfg.temp_pow, temp_warmup=cfg.temp_warmup, top_k=cfg.top_k,
-                    schedule=cfg.schedule, schedule_power=cfg.schedule_power, schedule_rate=cfg.schedule_rate,
-                    seed=cfg.seed, cfg_interval=cfg_interval, init_codes=init_codes,
-                    return_history=cfg.progression, autocast_dtype=autocast, progress=True)
+    options = SamplingOptions.from_config(cfg)
+    result = sample(net, scheduler, condition, options, init_codes=init_codes, return_history=draw.progression,
+                    autocast_dtype=autocast, progress=True)
     log.info(f"{result.nfe_per_image} network evaluations per image")
     images = tokenizer.decode(result.codes)
-    stem = file_stem(scheduler.label(), cfg.steps, cfg.cfg_weight, cfg.seed, interval_text(cfg_interval),
-                     schedule_label(cfg.schedule, cfg.schedule_power, cfg.schedule_rate))
+    stem = file_stem(scheduler.label(), options.steps, options.cfg_weight, options.seed,
+                     interval_text(options.cfg_interval),
+                     schedule_label(options.schedule, options.schedule_power, options.schedule_rate))
     out_dir = Path(cfg.out_dir)
     labels = [kind.label(v) for v in values]
     if edit is None:
-        path = save_png(class_grid(images, len(values), cfg.per_class, labels), out_dir / f"{stem}.png")
+        path = save_png(class_grid(images, len(values), draw.per_class, labels), out_dir / f"{stem}.png")
     else:
         images = edit.finish(images, paste_back=cfg.edit.composite)
-        path = save_png(edit_grid(edit, images, labels, cfg.per_class), out_dir / f"{stem}_edit-{edit.region}.png")
+        path = save_png(edit_grid(edit, images, labels, draw.per_class), out_dir / f"{stem}_edit-{edit.region}.png")
     log.info(f"wrote {path}")
-    if cfg.report_accuracy and edit is None and hasattr(datamodule, "recognition_accuracy"):
+    if draw.report_accuracy and edit is None and hasattr(datamodule, "recognition_accuracy"):
         asked = [values[int(r)] for r in rows]
         accuracy = datamodule.recognition_accuracy(images, asked)
         log.info(f"{scheduler.label()}, {cfg.steps} steps: a digit classifier reads the requested digit in "
                  f"{100 * accuracy:.1f}% of {len(asked)} samples")
-    if cfg.progression:
-        first = [r * cfg.per_class for r in range(min(cfg.progression_samples, len(values)))]
+    if draw.progression:
+        first = [r * draw.per_class for r in range(min(draw.progression_samples, len(values)))]
         painted = [paint_tokens(tokenizer.decode(codes[first]), codes[first] == net.mask_id)
                    for codes in result.codes_per_step]
         labels_per_step = [f"{i + 1}" for i in range(cfg.steps)]

@@ -335,9 +335,9 @@ def make_fixtures(pipeline: Pipeline) -> None:
     from PIL import Image
 
     from halton.cli import composed_runs
-    from halton.data.chunks import Chunk, strings, write_shard
-    from halton.data.manifest import Manifest
-    from halton.data.tokenizer_spec import tokenizer_spec
+    from halton.data.format.chunks import Chunk, strings, write_shard
+    from halton.data.format.manifest import Manifest
+    from halton.data.format.tokenizer_spec import tokenizer_spec
     from halton.tokenizers import LlamaGenVQ
 
     s, work = pipeline.size, pipeline.work

@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from halton.data.chunks import Chunk, split_into_chunks, strings, write_shard
-from halton.data.manifest import Manifest
-from halton.data.shard_stream import CodeShardStream
+from halton.data.format.chunks import Chunk, split_into_chunks, strings, write_shard
+from halton.data.format.manifest import Manifest
+from halton.data.reading.shard_stream import CodeShardStream
 
 
 OURS, VERIFIED, PICKLES = "code shards (ours)", "code shards, verify_checksums=true", "one pickle per sample"

@@ -1,5 +1,5 @@
 """Precomputed text embeddings against online encoding: the bytes a code shard grows per caption with embeddings
-(halton.data.chunks format, chunks of 1,000), and the time to encode captions on this machine with the packaged
+(halton.data.format.chunks format, chunks of 1,000), and the time to encode captions on this machine with the packaged
 MiniLM (batch 64 x 120 tokens) and, with --xl, with a random-weight encoder of Flan-T5-XL's shape (the same FLOPs as
 the real one; batch 4 x 120, fp32).
 
@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from halton.data.chunks import Chunk, bf16_bits, strings, write_shard
+from halton.data.format.chunks import Chunk, bf16_bits, strings, write_shard
 from halton.text import TextEncoder
 
 

@@ -11,6 +11,7 @@ The model and tokenizer load once, at start-up. Gradio is an optional extra: pip
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib.util
 import logging
@@ -22,10 +23,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import hydra
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig
 
-from halton.cli import condition_kind, entry_point, fail, load_network, resolve_autocast, resolve_device, run
-from halton.validation import Checks
+from halton.build import build_from_config
+from halton.cli import entry_point, fail, resolve_autocast, resolve_device, run
+from halton.options import SamplingOptions
+from halton.options.drawing import DrawOptions, ServeOptions
+from halton.options.rules import from_config, integer
+from halton.options.sampling import check_top_k
 
 if TYPE_CHECKING:
     import numpy as np
@@ -38,7 +43,6 @@ MAX_IMAGES = 256        # per request: conditions x samples per condition
 MAX_PER_CONDITION = 16
 MAX_CHECKBOXES = 32     # class models with more classes take typed ids
 EDIT_VIEW = 256         # a generated sample goes to the editor at least this large, so that strokes are easy to paint
-FIELDS = Checks(OmegaConf.create({}))  # the command line's checks of numbers, applied to the page's fields
 
 
 def one_line(error: BaseException) -> str:
@@ -46,12 +50,14 @@ def one_line(error: BaseException) -> str:
     return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
+def as_whole(value):
+    """A number field's value (the page sends floats, or None for an empty field) as an int when it is one."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
 def whole(value, name: str, low: int, high: int | None = None, note: str = "") -> int:
-    """A number field's value as a whole number in [low, high] (the page sends floats, or None for an empty
-    field), checked as the command line's values are."""
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    return FIELDS.integer(name, low, high, value=value, note=note)
+    """A number field's value as a whole number in [low, high], checked as the command line's values are."""
+    return integer(name, as_whole(value), low, high, note=note)
 
 
 def parse_classes(value, num_classes: int) -> list[int]:
@@ -80,14 +86,9 @@ def parse_prompts(text) -> list[str]:
 
 
 def parse_top_k(text, codebook_size: int) -> int | None:
-    """Empty: no top-k."""
+    """The typed top-k, checked by the sampling options' rule: empty (None) or 0 draw from every code."""
     text = str(text if text is not None else "").strip()
-    if not text:
-        return None
-    if not re.fullmatch(r"\d+", text) or not 1 <= int(text) <= codebook_size:
-        raise ValueError(f"top-k={text!r} is out of range; allowed: empty (none) or a whole number 1 to "
-                         f"{codebook_size} (the codebook size)")
-    return int(text)
+    return check_top_k(int(text) if re.fullmatch(r"-?\d+", text) else text or None, codebook_size)
 
 
 def parse_box(text, image_size: tuple[int, int]) -> list[float] | None:
@@ -133,36 +134,29 @@ class Drawn:
 
 
 class Studio:
-    """The loaded model with its tokenizer and kind of condition, and the sampling options the page does not show
-    (``options``: sample()'s schedule, temp_pow, cfg_interval, ...). Every method takes the page's raw values and
-    raises ValueError in one line for a bad one."""
+    """The loaded model with its tokenizer and kind of condition, and the sampling options (``options``: the
+    command line's; the page's fields replace steps, cfg_weight, temperatures, top_k and seed per request).
+    Every method takes the page's raw values and raises ValueError in one line for a bad one."""
 
-    def __init__(self, net, tokenizer, kind, device, schedulers: dict, options: dict | None = None,
-                 default_scheduler: str | None = None):
+    def __init__(self, net, tokenizer, kind, device, schedulers: dict, options: SamplingOptions | None = None,
+                 default_scheduler: str | None = None, autocast_dtype=None):
         self.net, self.tokenizer, self.kind, self.device = net, tokenizer, kind, device
-        self.schedulers, self.options = schedulers, dict(options or {})
+        self.schedulers, self.options = schedulers, options or SamplingOptions()
+        self.autocast_dtype = autocast_dtype
         self.default_scheduler = default_scheduler or next(iter(schedulers))
         self.is_text = kind.name == "text"
 
     @classmethod
     def from_config(cls, cfg: DictConfig) -> Studio:
-        from hydra.utils import instantiate
-
         from halton.sampling import SCHEDULERS, build_scheduler
 
-        device = resolve_device(cfg.device)
-        net = load_network(cfg.model.net, cfg.checkpoint, cfg.official_heads).to(device)
-        kind = condition_kind(cfg)
-        kind.check_model(net)  # loads a text model's encoder now rather than at the first request
-        tokenizer = instantiate(cfg.data).tokenizer.to(device)
-        chosen = instantiate(cfg.scheduler)  # with the command line's options (scheduler.r_temp=3, ...)
+        draw = from_config(DrawOptions, cfg)
+        device = resolve_device(draw.device)
+        built = build_from_config(cfg, device)  # a text model's encoder loads now rather than at the first request
+        net, tokenizer, kind, chosen = built.net, built.tokenizer, built.kind, built.scheduler
         schedulers = {name: chosen if name == chosen.name else build_scheduler(name) for name in SCHEDULERS}
-        interval = cfg.cfg_interval
-        options = {"temp_pow": cfg.temp_pow, "temp_warmup": cfg.temp_warmup, "schedule": cfg.schedule,
-                   "schedule_power": cfg.schedule_power, "schedule_rate": cfg.schedule_rate,
-                   "cfg_interval": OmegaConf.to_container(interval) if isinstance(interval, ListConfig) else interval,
-                   "autocast_dtype": resolve_autocast(cfg.precision, device)}
-        return cls(net, tokenizer, kind, device, schedulers, options, default_scheduler=chosen.name)
+        return cls(net, tokenizer, kind, device, schedulers, SamplingOptions.from_config(cfg),
+                   default_scheduler=chosen.name, autocast_dtype=resolve_autocast(draw.precision, device))
 
     @property
     def num_tokens(self) -> int:
@@ -181,11 +175,12 @@ class Studio:
         if len(values) * per_condition > MAX_IMAGES:
             raise ValueError(f"{len(values)} conditions x {per_condition} samples = {len(values) * per_condition} "
                              f"images; allowed: at most {MAX_IMAGES} per request")
-        return Settings(values, scheduler, whole(steps, "steps", 1, self.num_tokens, " (the number of tokens)"),
-                        FIELDS.number("CFG weight", low=0, value=cfg_weight),
-                        FIELDS.number("temp_min", above=0, value=temp_min),
-                        FIELDS.number("temp_max", above=0, value=temp_max), parse_top_k(top_k, self.net.codebook_size),
-                        whole(seed, "seed", 0, 2**32 - 1), per_condition)
+        top_k = parse_top_k(top_k, self.net.codebook_size)
+        options = dataclasses.replace(self.options, steps=as_whole(steps), cfg_weight=cfg_weight, temp_min=temp_min,
+                                      temp_max=temp_max, top_k=top_k, seed=as_whole(seed), num_tokens=self.num_tokens,
+                                      codebook_size=self.net.codebook_size)  # checked as the command line's
+        return Settings(values, scheduler, options.steps, float(options.cfg_weight), float(options.temp_min),
+                        float(options.temp_max), options.top_k, options.seed, per_condition)
 
     def sample(self, settings: Settings, scheduler: str | None = None, init_codes=None, history: bool = False):
         """sample() for every condition x samples per condition, row by row; the decoded images and the result."""
@@ -198,10 +193,10 @@ class Studio:
         if init_codes is not None:
             init_codes = init_codes.expand(len(rows), -1, -1)
         with torch.inference_mode():
-            result = sample(self.net, self.schedulers[scheduler or settings.scheduler], condition, steps=settings.steps,
-                            cfg_weight=settings.cfg_weight, temp_min=settings.temp_min, temp_max=settings.temp_max,
-                            top_k=settings.top_k, seed=settings.seed, init_codes=init_codes, return_history=history,
-                            progress=True, **self.options)
+            result = sample(self.net, self.schedulers[scheduler or settings.scheduler], condition, self.options,
+                            steps=settings.steps, cfg_weight=settings.cfg_weight, temp_min=settings.temp_min,
+                            temp_max=settings.temp_max, top_k=settings.top_k, seed=settings.seed, init_codes=init_codes,
+                            return_history=history, progress=True, autocast_dtype=self.autocast_dtype)
             return self.decode(result.codes), result
 
     def decode(self, codes):
@@ -395,7 +390,7 @@ def build_page(studio: Studio, defaults: dict, title: str):
                 with gr.Row():
                     temp_min = gr.Number(defaults["temp_min"], label="temp_min", elem_id="temp_min")
                     temp_max = gr.Number(defaults["temp_max"], label="temp_max", elem_id="temp_max")
-                top_k = gr.Textbox(defaults["top_k"], label="Top-k (empty: none)", elem_id="top_k")
+                top_k = gr.Textbox(defaults["top_k"], label="Top-k (empty or 0: none)", elem_id="top_k")
                 with gr.Row():
                     seed = gr.Number(defaults["seed"], precision=0, label="Seed", elem_id="seed")
                     per_condition = gr.Number(defaults["per_condition"], precision=0, elem_id="per_condition",
@@ -507,9 +502,10 @@ def main(cfg: DictConfig) -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's own requests to the page, one line each
     studio = Studio.from_config(cfg)
     page = build_page(studio, page_defaults(cfg, studio), str(cfg.name))
-    port = cfg.port or free_port(cfg.host)
-    log.info(f"serving {cfg.name} ({cfg.checkpoint}) on http://{cfg.host}:{port}")
-    page.queue().launch(server_name=cfg.host, server_port=port, share=cfg.share, show_error=True, quiet=True)
+    serve = from_config(ServeOptions, cfg)
+    port = serve.port or free_port(serve.host)
+    log.info(f"serving {cfg.name} ({cfg.checkpoint}) on http://{serve.host}:{port}")
+    page.queue().launch(server_name=serve.host, server_port=port, share=serve.share, show_error=True, quiet=True)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Shared plumbing of the entry points: the checks that run before Hydra starts (spellings, then every value of
-the composed config, then the input files), one-line errors, cleaning up after a failed run, devices, loading
-trained weights. Importing this module imports no torch: a bad value is answered before anything heavy loads."""
+the composed config, then the input files), one-line errors, cleaning up after a failed run, devices (checkpoints
+are read, checked and loaded by :mod:`halton.models.loading`). Importing this module imports no torch: a bad value
+is answered before anything heavy loads."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import difflib
 import functools
 import logging
 import os
+import re
 import shutil
 import sys
 import warnings
@@ -60,11 +62,13 @@ def _keys_of(path: Path) -> tuple[set[str], set[str]]:
 
 def known_keys(config_name: str, config_dir: Path = CONFIG_DIR) -> tuple[set[str], set[str]]:
     """(keys a command line may set, config groups) of an entry point's primary config, counting the keys that
-    experiments add (they are ``@package _global_``)."""
+    experiments and other ``@package _global_`` configs add."""
     keys, groups = _keys_of(config_dir / f"{config_name}.yaml")
     groups = {g for g in groups if not g.startswith("hydra")}
-    for experiment in choices("experiment", config_dir):
-        keys |= _keys_of(config_dir / "experiment" / f"{experiment}.yaml")[0]
+    global_configs = [config_dir / group / f"{name}.yaml" for group in groups for name in choices(group, config_dir)]
+    for path in global_configs:  # the experiments, and the sampling options (conf/sampling)
+        if path.read_text().startswith("# @package _global_"):
+            keys |= _keys_of(path)[0]
     return keys | groups | {"hydra"}, groups
 
 
@@ -82,8 +86,8 @@ def check_overrides(argv: list[str], config_name: str, config_dir: Path = CONFIG
         if top in SCHEDULER_SPELLINGS:
             use = f"scheduler.{rest}={value}" if dot else (f"scheduler={value}" if top == "sampler" else
                                                              "scheduler.OPTION=value")
-            fail(f"unknown option {arg}; use {use} (scheduler=NAME picks one of {schedulers}, "
-                 "scheduler.OPTION=value sets its options)")
+            raise Invalid(f"unknown option {arg}; use {use} (scheduler=NAME picks one of {schedulers}, "
+                          "scheduler.OPTION=value sets its options)")
         if key.startswith("+"):
             continue  # adds a key on purpose
         if top == "scheduler" and dot:
@@ -91,15 +95,15 @@ def check_overrides(argv: list[str], config_name: str, config_dir: Path = CONFIG
         if top not in keys:
             close = difflib.get_close_matches(top, keys, n=1)
             hint = f"did you mean {close[0]}? " if close else ""
-            fail(f"unknown option {arg}: there is no key {top!r}; {hint}allowed: {', '.join(sorted(keys))}")
+            raise Invalid(f"unknown option {arg}: there is no key {top!r}; {hint}allowed: {', '.join(sorted(keys))}")
         if dot or top not in groups or "(" in value:
             continue
         allowed = choices(top, config_dir)
         if top == "experiment" and value in ("", "null"):
-            fail(f"experiment={value} leaves the run without an experiment; allowed: {', '.join(allowed)}")
+            raise Invalid(f"experiment={value} leaves the run without an experiment; allowed: {', '.join(allowed)}")
         for choice in value.split(","):
             if choice not in allowed and choice not in ("", "null"):
-                fail(f"unknown {top} {choice!r}; allowed: {', '.join(allowed)}")
+                raise Invalid(f"unknown {top} {choice!r}; allowed: {', '.join(allowed)}")
 
 
 def check_scheduler_option(option: str, argv: list[str], config_dir: Path = CONFIG_DIR) -> None:
@@ -109,8 +113,8 @@ def check_scheduler_option(option: str, argv: list[str], config_dir: Path = CONF
         path = config_dir / "scheduler" / f"{name}.yaml"
         options = sorted(set(OmegaConf.load(path)) - {"_target_"}) if path.is_file() else None
         if options is not None and option.split(".")[0] not in options:
-            fail(f"scheduler.{option} is not an option of the {name} scheduler; allowed: "
-                 f"{', '.join(f'scheduler.{o}' for o in options) or 'none (it has no options)'}")
+            raise Invalid(f"scheduler.{option} is not an option of the {name} scheduler; allowed: "
+                          f"{', '.join(f'scheduler.{o}' for o in options) or 'none (it has no options)'}")
 
 
 def composed_runs(argv: list[str], config_name: str) -> list[DictConfig] | None:
@@ -122,7 +126,7 @@ def composed_runs(argv: list[str], config_name: str) -> list[DictConfig] | None:
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.hydra_config import HydraConfig
     from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import OverrideParseException
+    from hydra.errors import ConfigCompositionException, OverrideParseException
 
     overrides = [arg for arg in argv if not arg.startswith("-")]
     parser = OverridesParser.create()
@@ -140,10 +144,34 @@ def composed_runs(argv: list[str], config_name: str) -> list[DictConfig] | None:
     configs = []
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3", job_name=config_name):
         for cell in cells:
-            cfg = compose(config_name, overrides=cell, return_hydra_config=True)
+            try:
+                cfg = compose(config_name, overrides=cell, return_hydra_config=True)
+            except ConfigCompositionException as error:
+                refused_by_schema(error, cell, config_name)
+                raise
             HydraConfig.instance().set_config(cfg)  # ${hydra:runtime.choices.experiment} in name
             configs.append(cfg)
     return configs
+
+
+def refused_by_schema(error: Exception, cell: list[str], config_name: str) -> None:
+    """An override of the wrong type, refused by an option schema when the config was composed (``steps=3.5``):
+    raise the option object's own message, the config being composed without it and given the value as typed."""
+    from hydra import compose
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    refused = str(getattr(error.__cause__, "full_key", None))  # the key, or an item of it: cfg_interval[0]
+    matches = [a for a in cell if re.fullmatch(rf"{re.escape(a.partition('=')[0].lstrip('+~'))}([.\[].*)?", refused)]
+    if not matches:
+        return
+    arg = max(matches, key=lambda a: len(a.partition("=")[0]))  # model.lr=x rather than model=c2i_xl
+    key = arg.partition("=")[0].lstrip("+~")
+    cfg = compose(config_name, overrides=[a for a in cell if a != arg], return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    untyped = OmegaConf.create(OmegaConf.to_container(cfg))
+    OmegaConf.update(untyped, key, OverridesParser.create().parse_override(arg).value(), force_add=True)
+    validate(untyped, config_name)
 
 
 def check_inputs(cfg: DictConfig, entry: str) -> None:
@@ -152,6 +180,7 @@ def check_inputs(cfg: DictConfig, entry: str) -> None:
     import torch
     from hydra.utils import instantiate
 
+    from halton.models import loading
     from halton.utils.checkpoint import read_checkpoint
 
     gpu_wanted = {"train": "trainer.accelerator", "evaluate": "accelerator", "extract": "trainer.accelerator"}
@@ -164,101 +193,19 @@ def check_inputs(cfg: DictConfig, entry: str) -> None:
     if entry in ("sample", "evaluate", "app"):
         instantiate(cfg.scheduler)
     if entry in ("sample", "evaluate", "export", "app"):
-        check_fits(read_model(cfg.checkpoint), cfg, cfg.checkpoint)
+        loading.check_fits(loading.read(cfg.checkpoint), cfg)
     if entry == "train":
         if isinstance(OmegaConf.select(cfg, "model.sample_grid.scheduler"), DictConfig):
             instantiate(cfg.model.sample_grid.scheduler)
         if cfg.ckpt_path:
-            check_fits(read_checkpoint(cfg.ckpt_path, "ckpt_path"), cfg, cfg.ckpt_path)
+            loading.check_fits(loading.read(cfg.ckpt_path, "ckpt_path"), cfg)
         elif cfg.resume:
             path, state = resume_candidate(cfg, announce=False)
             if path:
-                check_fits(state, cfg, path)
+                loading.check_fits(loading.Checkpoint.of(state, path), cfg)
     for key in ("vq_checkpoint", "inception_weights"):
         if OmegaConf.select(cfg, key):
             read_checkpoint(OmegaConf.select(cfg, key), key)
-
-
-def read_model(path):
-    """What a checkpoint path holds, read without building the model: a Hugging Face format folder's config
-    (``{"pretrained": config}``) or the checkpoint's dict."""
-    from halton.models.hub import pretrained_config
-    from halton.utils.checkpoint import read_checkpoint
-    from halton.utils.hub import is_model_folder
-
-    if is_model_folder(path):
-        return {"pretrained": pretrained_config(str(path))}
-    return read_checkpoint(path, "checkpoint")
-
-
-def self_described_shapes(state: dict) -> dict:
-    """The token grid, codebook and classes or text width of a checkpoint that carries its own model shapes: a
-    Hugging Face format config (``{"pretrained": config}``) or a released checkpoint's weights."""
-    from halton.models.official import strip_prefixes
-    from halton.models.transformer import grid_of
-
-    if "pretrained" in state:
-        config = state["pretrained"]
-        height, width = grid_of(config.get("input_size", 16))
-        found = {"grid tokens": height * width, "codebook_size": config["codebook_size"]}
-        if "text_dim" in config:
-            return found | {"text width": config["text_dim"]}
-        return found | {"num_classes": config.get("num_classes", 1000)}
-    weights = strip_prefixes(state["model_state_dict"])
-    found = {"grid tokens": weights["pos_emb.weight"].shape[0], "codebook_size": weights["tok_emb.weight"].shape[0] - 1}
-    if "transformer.layers.0.cross_attn.mha.in_proj_weight" in weights:  # the text-to-image format
-        return found | {"text width": weights["transformer.layers.0.mlp.0.weight"].shape[1]}
-    return found | {"num_classes": weights["cls_emb.weight"].shape[0] - 1}
-
-
-def check_fits(state, cfg: DictConfig, path) -> None:
-    """A train.py checkpoint whose weights have the shapes of the config's model, or a released checkpoint or
-    Hugging Face format folder (which carry their own model shapes) whose token grid, codebook and classes or
-    text width are the data config's."""
-    import torch
-    from hydra.utils import instantiate
-
-    if isinstance(state, dict) and ("pretrained" in state or "model_state_dict" in state):
-        found = self_described_shapes(state)
-        wanted = {"grid tokens": cfg.data.grid[0] * cfg.data.grid[1], "codebook_size": cfg.data.codebook_size}
-        wanted |= {key: OmegaConf.select(cfg, option) for key, option in
-                   (("text width", "data.text_dim"), ("num_classes", "data.num_classes")) if key in found}
-        if found != wanted:
-            raise Invalid(f"checkpoint {path} is of another configuration: it has {found}, the experiment's data "
-                          f"config {wanted}")
-        if "model_state_dict" in state and OmegaConf.select(cfg, "official_heads") is None:
-            raise Invalid(f"checkpoint {path} is a released Halton-MaskGIT checkpoint; give its heads with "
-                          "official_heads=N (tiny 6, small 6, base 12, large 16; text-to-image 16)")
-        return
-    if not isinstance(state, dict) or not isinstance(state.get("state_dict"), dict):
-        raise Invalid(f"checkpoint {path} is neither a train.py checkpoint (state_dict) nor a released Halton-MaskGIT "
-                      "one (model_state_dict)")
-    weights = model_weights(state)
-    if not weights:
-        raise Invalid(f"checkpoint {path} holds no model weights (no model.* entries in its state_dict)")
-    with torch.device("meta"):
-        net = instantiate(cfg.model.net)
-    expected = {k: tuple(v.shape) for k, v in net.state_dict().items()}
-    found = {k: tuple(v.shape) for k, v in weights.items()}
-    differs = sorted(k for k in expected.keys() & found.keys() if expected[k] != found[k])
-    if differs:
-        key = differs[0]
-        raise Invalid(f"checkpoint {path} is of another configuration: {key} is {list(found[key])} there, "
-                      f"{list(expected[key])} in this model config ({len(differs)} weights differ)")
-    missing, extra = sorted(expected.keys() - found.keys()), sorted(found.keys() - expected.keys())
-    if missing or extra:
-        raise Invalid(f"checkpoint {path} is of another configuration: {len(missing)} weights of this model config "
-                      f"missing there{f' (e.g. {missing[0]})' if missing else ''}, {len(extra)} unknown"
-                      f"{f' (e.g. {extra[0]})' if extra else ''}")
-
-
-def model_weights(state: dict) -> dict:
-    """The transformer's weights in a train.py checkpoint: the ``model.`` entries of its ``state_dict`` (the EMA
-    weights when EMA was on), without the DDP and torch.compile prefixes."""
-    from halton.models.official import strip_prefixes
-
-    state_dict = strip_prefixes(state["state_dict"])
-    return strip_prefixes({k[len("model."):]: v for k, v in state_dict.items() if k.startswith("model.")})
 
 
 def resume_candidate(cfg: DictConfig, announce: bool = True) -> tuple[str | None, dict | None]:
@@ -288,31 +235,42 @@ def resume_candidate(cfg: DictConfig, announce: bool = True) -> tuple[str | None
     return None, None
 
 
-def run(main, config_name: str, argv: list[str] | None = None) -> None:
-    """Run an entry point: refuse bad spellings, bad values and bad input files in one line (exit 2) before Hydra
-    makes a run folder, then hand over to Hydra's ``main``."""
+def preflight(argv: list[str], config_name: str) -> list[DictConfig] | None:
+    """The entry point's checks of a command line, in order: spellings, then every run's composed config
+    (:func:`halton.validation.validate`), then the inputs (:func:`check_inputs`). Returns the configs; a bad value
+    raises :class:`Invalid` with the one line the user sees."""
     from hydra.errors import InstantiationException
 
-    argv = sys.argv[1:] if argv is None else argv
-    check_overrides(argv, config_name)
     try:
+        check_overrides(argv, config_name)
         configs = composed_runs(argv, config_name)
         for cfg in configs or []:
             validate(cfg, config_name)
         for cfg in configs or []:
             check_inputs(cfg, config_name)
-    except Invalid as error:
-        fail(str(error))
-    except USER_ERRORS as error:  # raised by code the checks call (a device)
-        fail(str(error).splitlines()[0])
+        return configs
+    except Invalid:
+        raise
+    except USER_ERRORS as error:  # raised by code the checks call (a device, a checkpoint)
+        raise Invalid(str(error).splitlines()[0]) from error
     except InstantiationException as error:  # a scheduler refusing its options
         if not isinstance(error.__cause__, USER_ERRORS) or os.environ.get("HALTON_DEBUG"):
             raise
-        fail(str(error.__cause__).splitlines()[0])
+        raise Invalid(str(error.__cause__).splitlines()[0]) from error
     except Exception as error:  # noqa: BLE001  Hydra's composition errors: one line too
         if os.environ.get("HALTON_DEBUG"):
             raise
-        fail(str(error).strip().splitlines()[0])
+        raise Invalid(str(error).strip().splitlines()[0]) from error
+
+
+def run(main, config_name: str, argv: list[str] | None = None) -> None:
+    """Run an entry point: refuse bad spellings, bad values and bad input files in one line (exit 2) before Hydra
+    makes a run folder (:func:`preflight`), then hand over to Hydra's ``main``."""
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        configs = preflight(argv, config_name)
+    except Invalid as error:
+        fail(str(error))
     if configs and len(configs) == 1 and "-m" not in argv and "--multirun" not in argv:
         run_dir = Path(str(configs[0].hydra.run.dir)).absolute()
         _before_run.update(top=next((p for p in reversed([run_dir, *run_dir.parents]) if not p.exists()), None),
@@ -378,24 +336,12 @@ def resolve_device(name: str):
 
 
 def resolve_autocast(precision: str, device):
+    """The autocast dtype of a checked ``precision`` (an option object's: auto, fp32, bf16) on ``device``."""
     import torch
 
-    allowed = ("auto", "fp32", "bf16")
-    if precision not in allowed:
-        raise ValueError(f"unknown precision {precision!r}; allowed: {', '.join(allowed)}")
     if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
         return torch.bfloat16
     return None
-
-
-def condition_kind(cfg: DictConfig):
-    """The model config's kind of condition (``model.condition``; class labels when it names none)."""
-    from hydra.utils import instantiate
-
-    from halton.conditions import ClassKind
-
-    node = OmegaConf.select(cfg, "model.condition")
-    return instantiate(node) if node is not None else ClassKind()
 
 
 def read_prompts(cfg: DictConfig) -> list[str]:
@@ -410,37 +356,3 @@ def read_prompts(cfg: DictConfig) -> list[str]:
 
         prompts += read_prompt_file(cfg.prompt_file)
     return prompts
-
-
-def load_network(net_config, checkpoint: str | None, official_heads: int | None = None):
-    """The transformer of a train.py checkpoint (its ``state_dict``: the EMA weights when EMA was on), built from
-    ``net_config``, a released Halton-MaskGIT ``.pth`` (then ``official_heads`` is needed), or a model in the Hugging
-    Face format (a folder with config.json and model.safetensors, or ``hf://owner/repo``: built from its own
-    config). Files may be named ``hf://owner/repo/file``."""
-    from hydra.utils import instantiate
-
-    from halton.models.hub import load_pretrained
-    from halton.models.official import from_official_checkpoint
-    from halton.utils.checkpoint import read_checkpoint
-    from halton.utils.hub import is_model_folder
-
-    if is_model_folder(checkpoint):  # a folder of save_pretrained / python -m halton.export, or hf://owner/repo
-        return load_pretrained(checkpoint)
-    state = read_checkpoint(checkpoint, "checkpoint",
-                            "; train.py writes runs/<name>/checkpoints/last.ckpt, or pass checkpoint=PATH")
-    if isinstance(state, dict) and "model_state_dict" in state:
-        if not official_heads:
-            raise ValueError(f"{checkpoint} is a released Halton-MaskGIT checkpoint; give its heads with "
-                             "official_heads=N (tiny 6, small 6, base 12, large 16; text-to-image 16)")
-        return from_official_checkpoint(checkpoint, official_heads)
-    if not isinstance(state, dict) or "state_dict" not in state:
-        raise ValueError(f"{checkpoint} is neither a train.py checkpoint (state_dict) nor a released one "
-                         "(model_state_dict)")
-    net = instantiate(net_config)
-    try:
-        net.load_state_dict(model_weights(state))
-    except RuntimeError as error:
-        detail = str(error).splitlines()
-        raise ValueError(f"{checkpoint} does not fit the model config: "
-                         f"{' '.join(d.strip() for d in detail[1:3])}") from None
-    return net.eval()

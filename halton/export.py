@@ -1,8 +1,8 @@
 """Write a model in the Hugging Face format: python -m halton.export checkpoint=runs/<name>/checkpoints/last.ckpt
 out=DIR (see conf/export.yaml). The folder holds config.json and model.safetensors (the EMA weights of a train.py
 checkpoint; a released .pth converts too) and loads with ``MaskTransformer.from_pretrained(DIR)`` (or
-``TextMaskTransformer``, or :func:`halton.models.hub.load_pretrained` for either), as ``checkpoint=DIR`` in every
-entry point, and uploads with ``model.push_to_hub("you/name")``."""
+``TextMaskTransformer``, or :func:`halton.models.load_pretrained` for either), as ``checkpoint=DIR`` in every entry
+point, and uploads with ``model.push_to_hub("you/name")``."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from halton.cli import entry_point, load_network, run
+from halton.cli import entry_point, run
 from halton.validation import CONFIG_DIR
 
 log = logging.getLogger("halton.export")
@@ -23,11 +23,12 @@ log = logging.getLogger("halton.export")
 def replace_folder(out: Path, write) -> Path:
     """``write(folder)`` into a new folder beside ``out``, then put it in place of ``out`` (a crash leaves ``out``
     as it was, never half-written). An existing ``out`` is replaced only when it is a model folder."""
-    from halton.models.hub import CONFIG
+    from halton.models.loading import is_model_folder
     from halton.utils.files import default_mode
+    from halton.utils.hub import MODEL_CONFIG
 
-    if out.exists() and not (out / CONFIG).is_file() and any(out.iterdir()):
-        raise ValueError(f"out={out} exists and is not a model folder (no {CONFIG}); allowed: a new or empty "
+    if out.exists() and not is_model_folder(out) and any(out.iterdir()):
+        raise ValueError(f"out={out} exists and is not a model folder (no {MODEL_CONFIG}); allowed: a new or empty "
                          "folder, or an earlier export")
     out.parent.mkdir(parents=True, exist_ok=True)
     new = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
@@ -48,7 +49,9 @@ def replace_folder(out: Path, write) -> Path:
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="export")
 @entry_point
 def main(cfg: DictConfig) -> None:
-    net = load_network(cfg.model.net, cfg.checkpoint, cfg.official_heads)
+    from halton.models.loading import load_model
+
+    net = load_model(cfg.checkpoint, cfg.model.net, cfg.official_heads)
     out = replace_folder(Path(cfg.out).expanduser(), net.save_pretrained)
     size = sum(p.numel() for p in net.parameters())
     log.info(f"wrote {out} ({type(net).__name__}, {size / 1e6:.2f}M parameters): load it with checkpoint={out} or "

@@ -1,5 +1,7 @@
+import logging
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -33,6 +35,42 @@ def run(script, *args, check=True, timeout=600, env=None):
     return result
 
 
+def run_in_process(script, *args, env=None) -> subprocess.CompletedProcess:
+    """What ``run`` gives (exit code, stdout, stderr) for a command line the entry point refuses before its task
+    starts, without starting Python, torch and Lightning again: the entry point's ``__main__`` code runs in this
+    process, so the same composition, validation and input checks answer. The command line itself (a fresh
+    process, nothing heavy imported, exit code 2) keeps its own subprocess tests."""
+    import contextlib
+    import io
+    import runpy
+    import warnings
+
+    stdout, stderr, root = io.StringIO(), io.StringIO(), logging.getLogger()
+    saved = dict(argv=sys.argv, environ=dict(os.environ), cwd=os.getcwd(), handlers=root.handlers[:])
+    code = 0
+    try:
+        os.environ.update(env or {})
+        os.chdir(ROOT)
+        sys.argv = [script, *args]
+        root.handlers = []  # as in a fresh process: halton.cli.fail prints its line to stderr
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr), warnings.catch_warnings():
+            # runpy's notice that the module was imported before (by the tests): a fresh process has no such line
+            warnings.filterwarnings("ignore", "'.*' found in sys.modules", RuntimeWarning)
+            if script.startswith("-m "):
+                runpy.run_module(script[3:], run_name="__main__", alter_sys=True)
+            else:
+                runpy.run_path(str(ROOT / script), run_name="__main__")
+    except SystemExit as exit:
+        code = exit.code if isinstance(exit.code, int) else (0 if exit.code is None else 1)
+    finally:
+        sys.argv = saved["argv"]
+        os.environ.clear()
+        os.environ.update(saved["environ"])
+        os.chdir(saved["cwd"])
+        root.handlers = saved["handlers"]
+    return subprocess.CompletedProcess([script, *args], code, stdout.getvalue(), stderr.getvalue())
+
+
 def log_messages(path) -> list[str]:
     """The messages of a run's log file, without the time, logger and level of each record."""
     prefix = re.compile(r"^\[[^]]*\]\[[^]]*\]\[[A-Z]+\] ")
@@ -52,10 +90,28 @@ def assert_logged(stdout: str, log_file) -> None:
 
 
 @pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory) -> Path:
-    """A tiny digits model trained for 4 steps through train.py; returns the runs folder (run name "tiny")."""
+def digits_features(tmp_path_factory):
+    """The classifier of the digits_* metrics, trained once per test run in an empty folder (as the first
+    evaluation of a data folder trains it): ``(folder, extractor)``. Give a data folder its cache with
+    ``digits_cache``, and its evaluations load the classifier instead of training it again."""
+    from halton.evaluation.features import DigitsFeatures
+
+    folder = tmp_path_factory.mktemp("digits_features")
+    return folder, DigitsFeatures(folder)
+
+
+def digits_cache(digits_features, data_dir: Path) -> None:
+    """Put the trained digits classifier where evaluate.py looks for it (``paths.data_dir``/cache)."""
+    shutil.copytree(digits_features[0], data_dir / "cache", dirs_exist_ok=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, digits_features) -> Path:
+    """A tiny digits model trained for 4 steps through train.py; returns the runs folder (run name "tiny"), whose
+    data folder (``paths.data_dir={runs}/data`` in the evaluation tests) holds the trained digits classifier."""
     runs = tmp_path_factory.mktemp("runs")
     run("train.py", *TINY, f"paths.runs_dir={runs}")
+    digits_cache(digits_features, runs / "data")
     return runs
 
 

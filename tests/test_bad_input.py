@@ -1,17 +1,16 @@
-"""Bad values and damaged files through the real entry points: one line on stderr that names the value or file,
-exit code 2, nothing written. Then what happens after a failure, on resume, and the permissions of written files."""
+"""Bad values and damaged files: the one line that names the value or file, from the checks every entry point runs
+before its task (in this process), and for a few of them the command line's contract (exit code 2, that line on
+stderr, nothing written). Then what happens after a failure, on resume, and the permissions of written files."""
 
 from __future__ import annotations
 
 import os
 import shutil
 import stat
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 import torch
-
 from conftest import ROOT, TINY, TINY_NET, run
 
 NO_GPU = not torch.cuda.is_available()
@@ -135,6 +134,9 @@ CASES = [
 ]
 
 
+ENTRIES = {"train.py": "train", "sample.py": "sample", "evaluate.py": "evaluate", "-m halton.data.extract": "extract"}
+
+
 def case_id(case) -> str:
     entry, args = (case.values if hasattr(case, "values") else case)[:2]
     return f"{entry.removeprefix('-m halton.data.').removesuffix('.py')}: {' '.join(args)}"
@@ -149,45 +151,47 @@ def arguments(entry: str, args: list[str], files: dict, folder) -> list[str]:
     return [*paths, *args]
 
 
-@pytest.fixture(scope="module")
-def outcomes(bad_files, tmp_path_factory):
-    """Every case run as a subprocess, two at a time (each takes 0.3 to 3 s, mostly Python starting)."""
-    root = tmp_path_factory.mktemp("cases")
-    cases = [c.values if hasattr(c, "values") else c for c in CASES]
+def refusal(entry: str, argv: list[str]) -> str:
+    """The line the entry point answers ``argv`` with, from the checks it runs before Hydra starts the task
+    (:func:`halton.cli.preflight`: the same composition, validation and input checks), in this process."""
+    from halton.cli import preflight
+    from halton.options import Invalid
 
-    def attempt(index_case):
-        index, (entry, args, _) = index_case
-        folder = root / str(index)
-        folder.mkdir()
-        return folder, run(entry, *arguments(entry, args, bad_files, folder), check=False)
-
-    with ThreadPoolExecutor(2) as pool:
-        return dict(zip((case_id(c) for c in cases), pool.map(attempt, enumerate(cases))))
+    with pytest.raises(Invalid) as error:
+        preflight(argv, ENTRIES[entry])
+    return str(error.value)
 
 
 @pytest.mark.parametrize("entry,args,message", CASES, ids=[case_id(c) for c in CASES])
-def test_bad_input_is_one_line_exit_2_and_writes_nothing(outcomes, bad_files, entry, args, message):
-    folder, result = outcomes[case_id((entry, args, message))]
-    expected = message.format(missing=folder / "missing.ckpt", **bad_files)
+def test_bad_input_is_refused_in_one_line_before_anything_is_written(bad_files, tmp_path, entry, args, message):
+    line = refusal(entry, arguments(entry, args, bad_files, tmp_path))
+    assert "\n" not in line and message.format(missing=tmp_path / "missing.ckpt", **bad_files) in line, line
+    assert sorted(p.name for p in tmp_path.iterdir()) == [], "a refused run wrote files"
+    assert not (ROOT / "PWNED").exists()  # the pickled code never ran
+
+
+# The command line's own contract, for a few rows of every kind (a value, a type the schema refuses while
+# composing, a sweep, a damaged checkpoint, extraction): a fresh process, one line on stderr, exit code 2.
+CONTRACT = [("train.py", ["trainer.max_steps=x"]), ("sample.py", ["steps=3.5"]),
+            ("sample.py", ["checkpoint={code}"]), ("evaluate.py", ["-m", "steps=16,99"]),
+            ("-m halton.data.extract", ["source.format=zip"])]
+
+
+@pytest.mark.parametrize("entry,args", CONTRACT, ids=[case_id(c) for c in CONTRACT])
+def test_the_command_line_says_one_line_exits_2_and_writes_nothing(bad_files, tmp_path, entry, args):
+    message = next(m for e, a, m in (c.values if hasattr(c, "values") else c for c in CASES) if (e, a) == (entry, args))
+    result = run(entry, *arguments(entry, args, bad_files, tmp_path), check=False)
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2, result.stderr[-2000:]
-    assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], result.stderr[-2000:]
-    assert sorted(p.name for p in folder.iterdir()) == [], "a failed run wrote files"
-    assert not (ROOT / "PWNED").exists()  # the pickled code never ran
+    assert lines == [f"error: {refusal(entry, arguments(entry, args, bad_files, tmp_path))}"], result.stderr[-2000:]
+    assert message.format(missing=tmp_path / "missing.ckpt", **bad_files) in lines[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [], "a failed run wrote files"
+    assert not (ROOT / "PWNED").exists()
 
 
 def test_the_table_covers_every_entry_point_and_forty_inputs():
     entries = {(c.values if hasattr(c, "values") else c)[0] for c in CASES}
-    assert entries == {"train.py", "sample.py", "evaluate.py", "-m halton.data.extract"} and len(CASES) >= 40
-
-
-def test_validation_lists_match_the_code():
-    from halton.sampling.schedules import SCHEDULES
-    from halton.training.module import LOSS_ON
-    from halton.validation import LOSS_ON as CHECKED_LOSS_ON
-    from halton.validation import SCHEDULES as CHECKED_SCHEDULES
-
-    assert (CHECKED_SCHEDULES, CHECKED_LOSS_ON) == (SCHEDULES, LOSS_ON)
+    assert entries == set(ENTRIES) and len(CASES) >= 40
 
 
 # ------------------------------------------------------------------ after validation
@@ -243,7 +247,7 @@ def test_a_pixel_tokenizer_refuses_colour_images():
 # ------------------------------------------------------------------ permissions
 @pytest.mark.parametrize("umask", [0o022, 0o027])
 def test_written_files_get_the_umask_mode(tmp_path, umask):
-    from halton.data.chunks import Chunk, strings, write_shard
+    from halton.data.format.chunks import Chunk, strings, write_shard
     from halton.evaluation.results import ResultsFile
     from halton.training import AtomicCheckpointIO
     from halton.utils.checkpoint import atomic_torch_save

@@ -3,7 +3,6 @@
 import shutil
 
 import pytest
-
 from conftest import TINY, assert_logged, run
 
 
@@ -53,6 +52,17 @@ def test_sample_writes_a_labelled_grid(trained, scheduler):
     assert_logged(result.stdout, log_file)
 
 
+def refusal(entry: str, *argv: str) -> str:
+    """The line ``python <entry>.py ARGV`` is refused with, from the checks it runs before its task (in this
+    process; tests/test_bad_input.py runs a few command lines in a fresh process too)."""
+    from halton.cli import preflight
+    from halton.options import Invalid
+
+    with pytest.raises(Invalid) as error:
+        preflight(list(argv), entry)
+    return f"error: {error.value}"
+
+
 @pytest.mark.parametrize("args,message", [
     (["scheduler=maskgit"], "error: unknown scheduler 'maskgit'; allowed: confidence, halton, random"),
     (["steps=0"], "error: steps=0 is out of range; allowed: 1 to 64 (the number of tokens)"),
@@ -64,41 +74,29 @@ def test_sample_writes_a_labelled_grid(trained, scheduler):
 ])
 def test_sample_rejects_bad_values(trained, args, message):
     ckpt = trained / "tiny" / "checkpoints" / "last.ckpt"
-    result = run("sample.py", "experiment=digits", f"checkpoint={ckpt}", "model.net.depth=1",
-                 "model.net.hidden_dim=32", "model.net.heads=2", f"out_dir={trained / 'bad'}",
-                 f"paths.runs_dir={trained}", *args, check=False)
-    assert result.returncode == 2, result.stderr
-    assert result.stderr.strip().splitlines() == [message]
+    assert refusal("sample", "experiment=digits", f"checkpoint={ckpt}", "model.net.depth=1", "model.net.hidden_dim=32",
+                   "model.net.heads=2", f"out_dir={trained / 'bad'}", f"paths.runs_dir={trained}", *args) == message
     assert not (trained / "bad").exists()  # nothing half-written
 
 
 def test_missing_checkpoint(tmp_path):
-    result = run("sample.py", "experiment=digits", f"checkpoint={tmp_path}/nope.ckpt", f"paths.runs_dir={tmp_path}",
-                 check=False)
-    assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [
+    assert refusal("sample", "experiment=digits", f"checkpoint={tmp_path}/nope.ckpt", f"paths.runs_dir={tmp_path}") == (
         f"error: checkpoint not found: {tmp_path}/nope.ckpt; train.py writes runs/<name>/checkpoints/last.ckpt, or "
-        "pass checkpoint=PATH"]
-    result = run("sample.py", "experiment=digits", f"paths.runs_dir={tmp_path}", check=False)  # nothing trained yet
-    assert result.stderr.strip().splitlines() == [
+        "pass checkpoint=PATH")
+    assert refusal("sample", "experiment=digits", f"paths.runs_dir={tmp_path}") == (  # nothing trained yet
         f"error: checkpoint not found: {tmp_path}/digits/checkpoints/last.ckpt; train.py writes "
-        "runs/<name>/checkpoints/last.ckpt, or pass checkpoint=PATH"]
-    result = run("sample.py", "experiment=hmaskgit_t_256", "checkpoint=null", f"paths.runs_dir={tmp_path}",
-                 check=False)
-    assert result.stderr.strip().splitlines() == ["error: no checkpoint given; pass checkpoint=PATH"]
+        "runs/<name>/checkpoints/last.ckpt, or pass checkpoint=PATH")
+    assert refusal("sample", "experiment=hmaskgit_t_256", "checkpoint=null", f"paths.runs_dir={tmp_path}") == (
+        "error: no checkpoint given; pass checkpoint=PATH")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_checkpoint_that_does_not_fit_the_config(trained):
     ckpt = trained / "tiny" / "checkpoints" / "last.ckpt"
-    result = run("sample.py", "experiment=digits", f"checkpoint={ckpt}", f"paths.runs_dir={trained}",
-                 check=False)  # the default 4-layer config
-    assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [
+    assert refusal("sample", "experiment=digits", f"checkpoint={ckpt}", f"paths.runs_dir={trained}") == (
         f"error: checkpoint {ckpt} is of another configuration: cls_emb.weight is [11, 32] there, [11, 128] in this "
-        "model config (20 weights differ)"]
+        "model config (20 weights differ)")  # the default 4-layer config
 
 
 def test_train_rejects_unknown_experiment():
-    result = run("train.py", "experiment=imagenet_xxl", check=False)
-    assert result.returncode == 2
-    assert result.stderr.strip().splitlines()[0].startswith("error: unknown experiment 'imagenet_xxl'; allowed: ")
+    assert refusal("train", "experiment=imagenet_xxl").startswith("error: unknown experiment 'imagenet_xxl'; allowed: ")

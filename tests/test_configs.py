@@ -14,8 +14,8 @@ from conftest import TINY_NET, run
 
 from halton.cli import CONFIG_DIR, choices
 from halton.data import Manifest
-from halton.data.chunks import Chunk, strings, write_shard
-from halton.data.tokenizer_spec import tokenizer_spec
+from halton.data.format.chunks import Chunk, strings, write_shard
+from halton.data.format.tokenizer_spec import tokenizer_spec
 
 ENTRY_POINTS = ("train", "sample", "evaluate")
 
@@ -57,13 +57,36 @@ def test_no_experiment_means_the_digits():
     assert compose_job("sample", []).checkpoint.endswith("runs/digits/checkpoints/last.ckpt")
 
 
+def refusal(entry: str, *argv: str) -> str:
+    """The one line an entry point refuses ``argv`` with, from its checks before the task (in this process)."""
+    from halton.cli import preflight
+    from halton.options import Invalid
+
+    with pytest.raises(Invalid) as error:
+        preflight(list(argv), entry)
+    return f"error: {error.value}"
+
+
 def test_evaluate_without_an_experiment_evaluates_the_digits_run(tmp_path):
-    result = run("evaluate.py", f"paths.root_dir={tmp_path}", check=False)  # nothing trained yet: says so
-    assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [
+    assert refusal("evaluate", f"paths.root_dir={tmp_path}") == (  # nothing trained yet: says so
         f"error: checkpoint not found: {tmp_path}/runs/digits/checkpoints/last.ckpt; train.py writes "
-        "runs/<name>/checkpoints/last.ckpt, or pass checkpoint=PATH"]
+        "runs/<name>/checkpoints/last.ckpt, or pass checkpoint=PATH")
     assert not (tmp_path / "runs").exists()  # no runs/None; checked before anything was written
+
+
+def test_the_sampling_options_are_one_group_shared_by_sample_evaluate_and_the_app():
+    from halton.cli import composed_runs
+    from halton.options import SamplingOptions
+
+    shown = {entry: SamplingOptions.from_config(compose_job(entry, [])) for entry in ("sample", "evaluate", "app")}
+    assert shown["sample"] == shown["app"] == SamplingOptions(steps=16, cfg_weight=1.0)
+    assert shown["evaluate"] == SamplingOptions(steps=32, cfg_weight=1.0)  # evaluate.yaml's own steps
+    cfg = compose_job("sample", ["steps=32", "cfg_weight=3", "cfg_interval=[0.1,0.3]", "schedule=poly"])
+    assert SamplingOptions.from_config(cfg) == SamplingOptions(steps=32, cfg_weight=3, cfg_interval=[0.1, 0.3],
+                                                               schedule="poly")
+    sweep = composed_runs(["-m", "scheduler=halton,confidence", "steps=8,16"], "evaluate")
+    assert [(c.scheduler._target_.split(".")[-1], c.steps) for c in sweep] == [
+        ("HaltonScheduler", 8), ("HaltonScheduler", 16), ("ConfidenceScheduler", 8), ("ConfidenceScheduler", 16)]
 
 
 @pytest.mark.parametrize("entry", ENTRY_POINTS)
@@ -95,10 +118,7 @@ def test_scheduler_name_and_options_in_every_entry_point(entry):
                                   "digits, "),
 ])
 def test_other_spellings_are_one_line_errors(entry, arg, message, tmp_path):
-    result = run(f"{entry}.py", arg, f"paths.root_dir={tmp_path}", check=False)
-    assert result.returncode == 2
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(message), result.stderr
+    assert refusal(entry, arg, f"paths.root_dir={tmp_path}").startswith(message)
     assert not any(tmp_path.iterdir())  # checked before Hydra made a run folder
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import TINY_NET, run
+from conftest import TINY_NET, run, run_in_process
 from halton.conditions import TextEmbeddings
 from halton.models import MaskTransformer
 from halton.sampling import (ConfidenceScheduler, HaltonScheduler, RandomScheduler, sample, tokens_per_step)
@@ -267,7 +267,7 @@ def test_sample_py_writes_the_before_masked_after_grid(tiny_run, tmp_path):
     assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].startswith(
         "error: box=[0, 0, 9, 9] is outside the 8x8 image")
     assert not (tmp_path / "bad").exists()
-    both = run("sample.py", *common, "edit.box=[0,0,2,2]", "edit.outpaint=[2,0,0,0]", f"out_dir={tmp_path / 'bad'}",
-               check=False)
+    both = run_in_process("sample.py", *common, "edit.box=[0,0,2,2]", "edit.outpaint=[2,0,0,0]",  # refused before the task
+                          f"out_dir={tmp_path / 'bad'}")
     assert both.returncode == 2 and "error: edit.image needs exactly one region, got 2 (box, outpaint)" in both.stderr
     assert not (tmp_path / "bad").exists()

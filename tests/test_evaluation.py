@@ -6,7 +6,7 @@ import re
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_NET, assert_logged, run
+from conftest import TINY_NET, assert_logged, run, run_in_process
 
 from halton.evaluation import ReferenceStats, ResultsFile, fid, generative_metrics, inception_score, precision_recall
 from halton.evaluation.diagnostics import step_diagnostics
@@ -112,14 +112,14 @@ def test_precomputed_statistics_formats(tmp_path):
 
 
 # ------------------------------------------------------------------ extractors
-def test_digits_classifier_is_cached_and_accurate(tmp_path):
-    from halton.data.digits import load_digits_split
+def test_digits_classifier_is_cached_and_accurate(digits_features):
+    from halton.data.digits.in_memory import load_digits_split
 
-    first = DigitsFeatures(tmp_path)
-    assert len(list(tmp_path.glob("*.safetensors"))) == 1
+    folder, first = digits_features  # trained in an empty folder, once for the test run
+    assert len(list(folder.glob("*.safetensors"))) == 1
     _, (images, labels) = load_digits_split()
     assert first.accuracy(images, labels) > 0.93
-    again = DigitsFeatures(tmp_path)  # loaded from the cache
+    again = DigitsFeatures(folder)  # loaded from the cache
     torch.testing.assert_close(again(images)["features"], first(images)["features"])
     out = first(images[:5])
     assert out["features"].shape == (5, 64) and out["logits"].shape == (5, 10)
@@ -194,7 +194,7 @@ def test_balanced_labels():
     labels = balanced_labels(50, 10)
     assert torch.bincount(labels).tolist() == [5] * 10
     assert torch.bincount(labels[:10]).tolist() == [1] * 10
-    with pytest.raises(ValueError, match="num_images=55 must be a positive multiple of the 10 classes"):
+    with pytest.raises(ValueError, match="num_images=55 is not a multiple of the 10 classes"):
         balanced_labels(55, 10)
     assert batch_seed(0, 3) != batch_seed(1, 3)
 
@@ -228,11 +228,14 @@ def test_fill_steps_complete_the_partial_codes():
 
 
 # ------------------------------------------------------------------ evaluate.py end to end
-def evaluate(runs, *args, check=True):
+def evaluate_args(runs, *args) -> list[str]:
     ckpt = runs / "tiny" / "checkpoints" / "last.ckpt"
-    return run("evaluate.py", "experiment=digits", f"checkpoint={ckpt}", *TINY_NET, f"paths.runs_dir={runs}",
-               f"paths.data_dir={runs / 'data'}", "num_images=40", "batch_size=20", "name=tiny", *args,
-               check=check)
+    return ["experiment=digits", f"checkpoint={ckpt}", *TINY_NET, f"paths.runs_dir={runs}",
+            f"paths.data_dir={runs / 'data'}", "num_images=40", "batch_size=20", "name=tiny", *args]
+
+
+def evaluate(runs, *args, check=True):
+    return run("evaluate.py", *evaluate_args(runs, *args), check=check)
 
 
 def test_evaluate_writes_rows_grids_and_diagnostics_then_skips(tiny_run):
@@ -333,7 +336,7 @@ def test_mismatched_reference_file_is_refused(tiny_run, tmp_path):
     (["intermediate_steps=[9]", "steps=8"], "error: intermediate_steps=9 is out of range; allowed: 1 to 8"),
 ])
 def test_evaluate_rejects_bad_values(tiny_run, args, message):
-    result = evaluate(tiny_run, *args, check=False)
+    result = run_in_process("evaluate.py", *evaluate_args(tiny_run, *args))
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[0].startswith(message)
 

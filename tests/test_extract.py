@@ -16,9 +16,10 @@ import torch
 from PIL import Image
 
 from halton.data import CodeShardsDataModule, DigitsShardsDataModule, Manifest, load_digits_split
-from halton.data.epoch_loader import EpochDataLoader
-from halton.data.extraction import CodesOutOfRange, extract_locally
-from halton.data.sources import DigitsSource, ImageFolderSource, WebDatasetSource, build_source, center_crop, to_tensor
+from halton.data.reading.epoch_loader import EpochDataLoader
+from halton.data.writing.extraction import CodesOutOfRange, extract_locally
+from halton.data.writing.sources import (DigitsSource, ImageFolderSource, WebDatasetSource, build_source, center_crop,
+                                         to_tensor)
 from halton.tokenizers import LlamaGenVQ, PixelTokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -249,12 +250,13 @@ def test_webdataset_image_shards_with_labels_and_captions(tokenizer, tmp_path):
 
 # ------------------------------------------------------------------------------------------------ Lightning, 2 ranks
 def test_the_command_extracts_on_two_ranks_each_writing_its_own_shards(tmp_path):
-    """python -m halton.data.extract through Lightning (DDP on CPU, 2 processes): same shards as in-process."""
+    """python -m halton.data.writing.extract_codes through Lightning (DDP on CPU, 2 processes): same shards as
+    in-process; its first path, python -m halton.data.extract, runs the same command."""
     args = ["data=digits_shards", "source.format=digits", "source.shard_size=400", "split=train", "flip=false",
             "chunk_size=32", "num_workers=0", "trainer.accelerator=cpu", f"paths.data_dir={tmp_path}",
             f"paths.runs_dir={tmp_path / 'runs'}"]
     two_ranks = ["trainer.devices=2", "trainer.strategy=ddp"]
-    result = subprocess.run([sys.executable, "-m", "halton.data.extract", *args, *two_ranks], cwd=ROOT,
+    result = subprocess.run([sys.executable, "-m", "halton.data.writing.extract_codes", *args, *two_ranks], cwd=ROOT,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "wrote 1617 samples in 5 shards" in result.stdout
@@ -275,7 +277,10 @@ def test_the_command_extracts_on_two_ranks_each_writing_its_own_shards(tmp_path)
     assert rerun.returncode == 0 and "wrote 1617 samples in 5 shards" in rerun.stdout
     assert "5 of 5 shards already finished" in rerun.stdout + rerun.stderr  # all finished: skipped
     assert [json.loads((out / f"{i:06d}.json").read_text())["rank"] for i in range(5)] == writers
-    bad = subprocess.run([sys.executable, "-m", "halton.data.extract", "data=imagenet_codes", "source.path=/nowhere",
-                          f"paths.runs_dir={tmp_path / 'runs'}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    runs = sorted((tmp_path / "runs" / "extract").iterdir())
+    assert len(runs) == 2 and all((run / "extract.log").is_file() for run in runs)  # either path: extract.log
+    bad = subprocess.run([sys.executable, "-m", "halton.data.writing.extract_codes", "data=imagenet_codes",
+                          "source.path=/nowhere", f"paths.runs_dir={tmp_path / 'runs'}"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2
     assert bad.stderr.strip().splitlines() == ["error: source.path=/nowhere: no such file or folder"]

@@ -10,9 +10,8 @@ import torch
 from conftest import TINY_NET, run
 from safetensors.torch import load_file
 
-from halton.cli import load_network
 from halton.models import MaskTransformer, TextMaskTransformer, from_official_checkpoint
-from halton.models.hub import load_pretrained
+from halton.models.loading import load_model, load_pretrained
 from halton.utils.checkpoint import read_checkpoint
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -105,7 +104,7 @@ def test_export_reloads_with_identical_logits_and_samples_identically(tiny_run, 
     from test_configs import compose_job
 
     net_config = compose_job("sample", common).model.net
-    from_ckpt = load_network(net_config, str(ckpt))
+    from_ckpt = load_model(str(ckpt), net_config)
     exported = MaskTransformer.from_pretrained(out)
     ema = read_checkpoint(ckpt)["state_dict"]
     weights = load_file(out / "model.safetensors")

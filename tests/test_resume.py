@@ -11,7 +11,7 @@ import torch
 from conftest import SIGTERM_CALLBACK
 
 from halton.data import CodesDataset
-from halton.data.memory import pass_through
+from halton.data.reading.codes_dataset import pass_through
 from halton.training import PreemptionCheckpoint, ResumableLoader
 
 ROOT = Path(__file__).resolve().parent.parent

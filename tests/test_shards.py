@@ -17,9 +17,9 @@ import torch
 from conftest import SIGTERM_CALLBACK
 
 from halton.data import CodeShardsDataModule, CodeShardStream, DigitsShardsDataModule, Manifest, ManifestMismatch
-from halton.data.chunks import Chunk, strings, write_shard
-from halton.data.epoch_loader import EpochDataLoader, resume_position
-from halton.data.partition import plan_reader
+from halton.data.format.chunks import Chunk, strings, write_shard
+from halton.data.reading.epoch_loader import EpochDataLoader, resume_position
+from halton.data.reading.partition import plan_reader
 
 ROOT = Path(__file__).resolve().parent.parent
 GRID, CODEBOOK = [4, 4], 64
@@ -472,6 +472,7 @@ def test_files_opened_grow_with_shards_not_samples(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ through train.py
+@pytest.mark.slow  # the default run resumes exactly end to end in test_resume.py; the shard loader's resume: above
 def test_training_on_shards_resumes_mid_epoch_exactly(tmp_path):
     """train.py on the digits shards, stopped by SIGTERM after step 5 and resumed, ends bitwise where an
     uninterrupted run ends (the loader continues with the very next batch)."""

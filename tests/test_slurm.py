@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 import torch
 
-pytestmark = [pytest.mark.slurm, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.slurm, pytest.mark.timeout(900),
+              pytest.mark.xdist_group("slurm")]  # one pytest-xdist worker: one cluster
 
 ROOT = Path(__file__).resolve().parent.parent
 SBIN = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin", "/usr/local/sbin"])

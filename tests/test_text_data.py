@@ -16,11 +16,11 @@ import torch
 from PIL import Image
 
 from halton.data import CodeShardStream, DigitsShardsDataModule, Manifest, ManifestMismatch
-from halton.data.chunks import BadChunk, Chunk, bf16_bits, chunk_members, decode_chunk, strings, write_shard
-from halton.data.digits_captions import (TRAIN_PHRASINGS, UNSEEN_PHRASINGS, WORDS, captions_for, digit_caption,
+from halton.data.digits.captions import (TRAIN_PHRASINGS, UNSEEN_PHRASINGS, WORDS, captions_for, digit_caption,
                                          prompts)
-from halton.data.extraction import extract_locally
-from halton.data.sources import DigitsSource, WebDatasetSource
+from halton.data.format.chunks import BadChunk, Chunk, bf16_bits, chunk_members, decode_chunk, strings, write_shard
+from halton.data.writing.extraction import extract_locally
+from halton.data.writing.sources import DigitsSource, WebDatasetSource
 from halton.text import TextEncoder
 from halton.tokenizers import LlamaGenVQ, PixelTokenizer
 

@@ -43,9 +43,9 @@ def test_loss_is_cross_entropy_on_the_scored_tokens(loss_on, monkeypatch):
 
 
 def test_bad_options():
-    with pytest.raises(ValueError, match="unknown loss_on 'some'; allowed: masked, all"):
+    with pytest.raises(ValueError, match="loss_on='some' is not one of the choices; allowed: masked, all"):
         tiny_module(loss_on="some")
-    with pytest.raises(ValueError, match="unknown schedule 'exp2'"):
+    with pytest.raises(ValueError, match="mask_schedule='exp2' is not one of the choices"):
         tiny_module(mask_schedule="exp2")
 
 

@@ -107,7 +107,7 @@ class DigitsFeatures(FeatureExtractor):
         self.net.eval().requires_grad_(False)
 
     def _train(self) -> None:
-        from halton.data.digits import load_digits_split
+        from halton.data.digits.in_memory import load_digits_split
 
         (images, labels), _ = load_digits_split(seed=0)
         generator = torch.Generator().manual_seed(self.seed)

@@ -9,15 +9,13 @@ import torch
 
 from halton.conditions import ConditionKind, TextKind
 from halton.conditions.text import read_prompt_file
-
-PROMPT_SOURCES = ("coco", "file", "digits")
+from halton.options.evaluation import PromptSetOptions, balanced
+from halton.options.rules import from_config, under
 
 
 def balanced_labels(num_images: int, num_classes: int) -> torch.Tensor:
     """Class ids cycling 0, 1, ..., C-1, 0, ...: every class equally often, and every batch balanced too."""
-    if num_images < num_classes or num_images % num_classes:
-        raise ValueError(f"num_images={num_images} must be a positive multiple of the {num_classes} classes "
-                         f"(the same number of images per class)")
+    balanced(num_images, num_classes)
     return torch.arange(num_images) % num_classes
 
 
@@ -27,9 +25,12 @@ def cycled(values: list, count: int) -> list:
 
 def evaluation_values(kind: ConditionKind, num_classes: int, num_images: int, source) -> tuple[list, str]:
     """The conditions to draw and how the results file names them ("" for class labels): ``source`` is the
-    evaluate config's ``prompt_set`` (``source``, ``path``, ``seed``, ``phrasings``)."""
+    evaluate config's ``prompt_set`` (a :class:`PromptSetOptions` or its config)."""
     if not isinstance(kind, TextKind):
         return balanced_labels(num_images, num_classes).tolist(), ""
+    if not isinstance(source, PromptSetOptions):
+        with under("prompt_set."):
+            source = from_config(PromptSetOptions, source)
     if source.source == "coco":
         from halton.evaluation.coco import sample_captions
 
@@ -38,7 +39,7 @@ def evaluation_values(kind: ConditionKind, num_classes: int, num_images: int, so
     if source.source == "file":
         return cycled(read_prompt_file(source.path), num_images), f"file:{Path(source.path).name}"
     if source.source == "digits":
-        from halton.data.digits_captions import evaluation_prompts
+        from halton.data.digits.captions import evaluation_prompts
 
         return evaluation_prompts(num_images, seen=source.phrasings == "seen"), f"digits:{source.phrasings}"
-    raise ValueError(f"prompt_set.source={source.source!r} is not a prompt source; allowed: {', '.join(PROMPT_SOURCES)}")
+    raise AssertionError(f"a prompt source without a branch: {source.source}")

@@ -18,11 +18,12 @@ from tqdm.auto import tqdm
 from halton.evaluation.coco import sample_captions
 from halton.evaluation.features import FeatureExtractor, fingerprint
 from halton.evaluation.metrics import feature_statistics
+from halton.options.choices import REFERENCE_KINDS
 from halton.utils.checkpoint import read_checkpoint
 from halton.utils.files import atomic_write, file_sha256, require_file
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
-KINDS = ("digits", "folder", "webdataset", "coco", "file")
+KINDS = REFERENCE_KINDS  # halton.options.choices
 
 
 @dataclass
@@ -167,7 +168,7 @@ def reference_source(kind: str, path: str | None, image_size: tuple[int, int], m
     ``coco``, ``path`` is the image folder, ``captions`` the captions file, and the ``max_images`` images are the
     ones ``sample_captions(captions, max_images, seed)`` chooses (the prompts' images)."""
     if kind == "digits":
-        from halton.data.digits import load_digits_split
+        from halton.data.digits.in_memory import load_digits_split
 
         (images, _), _ = load_digits_split(seed=0)
         if tuple(image_size) != tuple(images.shape[-2:]):

@@ -51,7 +51,7 @@ def generate_and_extract(model, tokenizer, extractor: FeatureExtractor, schedule
     out = Generated()
     batches = [values[i:i + batch_size] for i in range(0, len(values), batch_size)]
     mine = range(rank, len(batches), world_size)
-    final = sampling["steps"] - 1
+    final = sampling["options"].steps - 1
     fill = tuple(s - 1 for s in eval_steps if s - 1 != final)
     for index in tqdm(mine, desc=f"generating ({scheduler.name})", disable=rank != 0, leave=False):
         generator = torch.Generator(device=device).manual_seed(batch_seed(seed, index))

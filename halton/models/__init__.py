@@ -1,9 +1,21 @@
-"""MaskGIT transformers: class-to-image (AdaLN), text-to-image (cross-attention), and the loader of checkpoints in
-the Halton-MaskGIT formats."""
+"""MaskGIT transformers: class-to-image (AdaLN), text-to-image (cross-attention), and the loaders of every kind of
+checkpoint (:mod:`halton.models.loading`). The names below are imported on first use, so that the torch-free part
+of :mod:`halton.models.loading` (telling checkpoint kinds apart) imports without torch."""
 
-from halton.models.official import from_official_checkpoint
-from halton.models.text_transformer import PAPER_T2I, TextMaskTransformer, build_text_transformer
-from halton.models.transformer import SIZES, ClassConditioning, MaskTransformer, build_transformer
+import importlib
+
+_HOMES = {"PAPER_T2I": "text_transformer", "TextMaskTransformer": "text_transformer",
+          "build_text_transformer": "text_transformer", "SIZES": "transformer", "ClassConditioning": "transformer",
+          "MaskTransformer": "transformer", "build_transformer": "transformer",
+          "from_official_checkpoint": "official", "load_model": "loading", "load_pretrained": "loading"}
+
+
+def __getattr__(name: str):
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_HOMES[name]}"), name)
+    globals()[name] = value
+    return value
 
 
 def compile_blocks(model, mode: str | None = None) -> None:
@@ -14,5 +26,4 @@ def compile_blocks(model, mode: str | None = None) -> None:
         block.compile(mode=mode)
 
 
-__all__ = ["PAPER_T2I", "SIZES", "ClassConditioning", "MaskTransformer", "TextMaskTransformer", "build_text_transformer",
-           "build_transformer", "compile_blocks", "from_official_checkpoint"]
+__all__ = [*_HOMES, "compile_blocks"]

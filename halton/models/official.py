@@ -30,8 +30,8 @@ def strip_prefixes(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
     return cleaned
 
 
-def official_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    checkpoint = read_checkpoint(path, "checkpoint")
+def official_state_dict(checkpoint, path: str | Path) -> dict[str, torch.Tensor]:
+    """The model weights of a released checkpoint as read (``model_state_dict``, or the weights themselves)."""
     state = checkpoint.get("model_state_dict", checkpoint) if isinstance(checkpoint, dict) else None
     if not isinstance(state, dict) or "tok_emb.weight" not in strip_prefixes(state):
         raise ValueError(f"{path} is not a Halton-MaskGIT checkpoint (no model_state_dict with tok_emb.weight)")
@@ -55,7 +55,12 @@ def from_official_checkpoint(path: str | Path, heads: int) -> MaskTransformer | 
     weights: a :class:`TextMaskTransformer` for the text-to-image format (a ``cross_attn`` in its blocks), else a
     :class:`MaskTransformer`. The head count is not stored in the file, so it is given (class-to-image: tiny 6,
     small 6, base 12, large 16; the paper's text-to-image model 16)."""
-    state = official_state_dict(path)
+    return from_official_state(read_checkpoint(path, "checkpoint"), heads, path)
+
+
+def from_official_state(checkpoint: dict, heads: int, path: str | Path) -> MaskTransformer | TextMaskTransformer:
+    """:func:`from_official_checkpoint` of a checkpoint already read (``path`` names it in errors)."""
+    state = official_state_dict(checkpoint, path)
     if "transformer.layers.0.cross_attn.mha.in_proj_weight" in state:
         return _text_model(state, heads, path)
     num_classes = state["cls_emb.weight"].shape[0] - 1

@@ -9,8 +9,8 @@ candidate positions, and editing (generating only the masked tokens of given cod
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import inspect
-import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,7 +19,8 @@ import torch
 from tqdm.auto import tqdm
 
 from halton.conditions import Condition, as_condition
-from halton.sampling.schedules import check_schedule, tokens_per_step
+from halton.options.sampling import SamplingOptions
+from halton.sampling.schedules import tokens_per_step
 
 
 class Scheduler(ABC):
@@ -116,36 +117,6 @@ class SamplingResult:
         return sum(self.nfe_per_step)
 
 
-def check_sampling_args(steps: int, num_tokens: int, cfg_weight: float, temp_min: float, temp_max: float,
-                        top_k: int | None, codebook_size: int, temp_pow: float = 1.0, temp_warmup: int = 0) -> None:
-    if not isinstance(steps, int) or not 1 <= steps <= num_tokens:
-        raise ValueError(f"steps={steps} is out of range; allowed: 1 to {num_tokens} (the number of tokens)")
-    if not (math.isfinite(cfg_weight) and cfg_weight >= 0):  # nan passes a plain comparison
-        raise ValueError(f"cfg_weight={cfg_weight} is out of range; allowed: >= 0 (0 disables guidance)")
-    if not all(math.isfinite(t) and t > 0 for t in (temp_min, temp_max)):
-        raise ValueError(f"softmax temperatures must be finite and > 0, got temp_min={temp_min}, temp_max={temp_max}")
-    if not (math.isfinite(temp_pow) and temp_pow > 0):
-        raise ValueError(f"temp_pow={temp_pow} is out of range; allowed: > 0 (1: the linear temperatures)")
-    if not (isinstance(temp_warmup, int) and temp_warmup >= 0):
-        raise ValueError(f"temp_warmup={temp_warmup} is out of range; allowed: >= 0 (steps at half temperature)")
-    if top_k is not None and not 0 <= top_k <= codebook_size:
-        raise ValueError(f"top_k={top_k} is out of range; allowed: 0 (off) to {codebook_size}")
-
-
-def check_cfg_interval(cfg_interval) -> tuple[float, float] | None:
-    """None, or (t_min, t_max) as floats with 0 <= t_min < t_max <= 1."""
-    if cfg_interval is None:
-        return None
-    try:
-        low, high = (float(t) for t in cfg_interval)
-    except (TypeError, ValueError):
-        low = high = math.nan
-    if not (0 <= low < high <= 1):  # nan fails every comparison
-        raise ValueError(f"cfg_interval={cfg_interval!r} is not an interval; allowed: null (always guided) or "
-                         "[t_min, t_max] with 0 <= t_min < t_max <= 1, e.g. [0.1, 0.3]")
-    return low, high
-
-
 def check_init_codes(init_codes: torch.Tensor, batch: int, height: int, width: int, codebook_size: int,
                      mask_id: int) -> tuple[torch.Tensor, int]:
     """The masked positions [B, N] of ``init_codes`` [B, H, W] (codes in [0, codebook_size) or ``mask_id``) and
@@ -208,13 +179,10 @@ def step_temperatures(steps: int, temp_min: float = 1.0, temp_max: float = 1.0, 
 
 
 @torch.no_grad()
-def sample(model, scheduler: Scheduler, condition: Condition | torch.Tensor, steps: int = 32, cfg_weight: float = 0.0,
-           temp_min: float = 1.0, temp_max: float = 1.0, top_k: int | None = None, schedule: str = "arccos",
-           generator: torch.Generator | None = None, seed: int | None = None, return_history: bool = False,
-           fill_steps: tuple[int, ...] = (), autocast_dtype: torch.dtype | None = None,
-           progress: bool = False, temp_pow: float = 1.0, temp_warmup: int = 0,
-           cfg_interval: tuple[float, float] | None = None, init_codes: torch.Tensor | None = None,
-           schedule_power: float = 0.5, schedule_rate: float = 5.0) -> SamplingResult:
+def sample(model, scheduler: Scheduler, condition: Condition | torch.Tensor, options: SamplingOptions | None = None, *,
+           generator: torch.Generator | None = None, return_history: bool = False, fill_steps: tuple[int, ...] = (),
+           autocast_dtype: torch.dtype | None = None, progress: bool = False, init_codes: torch.Tensor | None = None,
+           **option_values: Any) -> SamplingResult:
     """Generate token grids for ``condition`` (a :class:`halton.conditions.Condition` of any kind, or class labels
     [B]) with ``model`` (any model with ``condition``, ``trunk_conditioned`` and ``logits``).
 
@@ -235,12 +203,18 @@ def sample(model, scheduler: Scheduler, condition: Condition | torch.Tensor, ste
     as it is. The same number M must be masked in every sample; the per-step counts split M
     (``scheduler.counts(M, steps, schedule, ...)``, so steps <= M), and order schedulers walk their order restricted to
     the masked positions. None: every token is generated.
+
+    The sampling options come as :class:`halton.options.SamplingOptions` (``options``), as keywords (``steps=16,
+    cfg_weight=2.0, ...``: its fields, ``seed=None`` meaning 0), or both (the keywords replace the options' values);
+    they are checked against the model's token count and codebook.
     """
     height, width = model.grid
     num_tokens, vocab = height * width, model.codebook_size
-    check_sampling_args(steps, num_tokens, cfg_weight, temp_min, temp_max, top_k, vocab, temp_pow, temp_warmup)
-    check_schedule(schedule, schedule_power, schedule_rate)
-    cfg_interval = check_cfg_interval(cfg_interval)
+    if option_values.get("seed", 0) is None:
+        option_values.pop("seed")
+    options = dataclasses.replace(options or SamplingOptions(), **option_values, num_tokens=num_tokens,
+                                  codebook_size=vocab)
+    steps, cfg_weight, cfg_interval, top_k = options.steps, options.cfg_weight, options.cfg_interval, options.top_k
     condition = as_condition(condition)
     condition.check(model)
     device = condition.device
@@ -258,9 +232,9 @@ def sample(model, scheduler: Scheduler, condition: Condition | torch.Tensor, ste
                              f"{to_generate} (the number of masked tokens)")
     if generator is None:
         generator = torch.Generator(device=device)
-        generator.manual_seed(0 if seed is None else seed)
-    counts = scheduler.counts(to_generate, steps, schedule, schedule_power, schedule_rate)
-    temperatures = step_temperatures(steps, temp_min, temp_max, temp_pow, temp_warmup)
+        generator.manual_seed(options.seed)
+    counts = scheduler.counts(to_generate, steps, options.schedule, options.schedule_power, options.schedule_rate)
+    temperatures = step_temperatures(steps, options.temp_min, options.temp_max, options.temp_pow, options.temp_warmup)
     # The positions this run generates [B, M]: where a redrawing scheduler draws at every step (all of them without
     # an edit); the known tokens of an edit are never drawn, so never changed.
     generated = masked.clone()

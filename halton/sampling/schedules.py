@@ -14,17 +14,17 @@ import math
 
 import torch
 
-SCHEDULES = ("arccos", "cosine", "linear", "square", "root", "poly", "exp", "log")
+from halton.options.rules import integer
+from halton.options.sampling import SCHEDULES, check_steps
+from halton.options.sampling import check_schedule as check_options_schedule
+
+__all__ = ["SCHEDULES", "check_schedule", "cumulative_unmasked", "loss_weight", "mask_ratio", "schedule_label",
+           "tokens_per_step", "unmasked_fraction"]
 
 
 def check_schedule(schedule: str, power: float = 0.5, rate: float = 5.0) -> str:
-    if schedule not in SCHEDULES:
-        raise ValueError(f"unknown schedule {schedule!r}; allowed: {', '.join(SCHEDULES)}")
-    limits = {"power": (power, "the poly exponent"), "rate": (rate, "the exp and log rate")}
-    for name, (value, what) in limits.items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
-            raise ValueError(f"{name}={value!r} is out of range; allowed: a finite number > 0 ({what})")
-    return schedule
+    """The schedule's rule (:func:`halton.options.sampling.check_schedule`), naming this module's arguments."""
+    return check_options_schedule(schedule, power, rate, ("schedule", "power", "rate"))
 
 
 def schedule_label(schedule: str, power: float = 0.5, rate: float = 5.0) -> str:
@@ -93,11 +93,8 @@ def tokens_per_step(num_tokens: int, steps: int, schedule: str = "arccos", power
     ``power`` and ``rate`` are the ``poly`` schedule's exponent and the ``exp``/``log`` rate.
     """
     check_schedule(schedule, power, rate)
-    num_tokens, steps = int(num_tokens), int(steps)
-    if num_tokens < 1:
-        raise ValueError(f"num_tokens must be >= 1, got {num_tokens}")
-    if not 1 <= steps <= num_tokens:
-        raise ValueError(f"steps={steps} is out of range; allowed: 1 to {num_tokens} (the number of tokens)")
+    num_tokens = integer("num_tokens", int(num_tokens), 1)
+    steps = check_steps(int(steps), num_tokens)
     cumulative = cumulative_unmasked(torch.tensor([num_tokens]), steps, schedule, power, rate)[0]
     return torch.diff(cumulative, prepend=cumulative.new_zeros(1))
 

@@ -19,42 +19,29 @@ from __future__ import annotations
 
 import torch
 
+from halton.options.training import LOSS_WEIGHTS, MASKINGS, T_PER, MaskingOptions
 from halton.sampling.order import halton_order
-from halton.sampling.schedules import check_schedule, loss_weight, mask_ratio
+from halton.sampling.schedules import loss_weight, mask_ratio
 
-MASKINGS = ("independent", "exact", "halton")
-LOSS_WEIGHTS = ("none", "schedule")
-T_PER = ("sample", "batch")
+__all__ = ["LOSS_WEIGHTS", "MASKINGS", "T_PER", "WEIGHT_OFFSET", "TrainingMask"]
 WEIGHT_OFFSET = 1e-3  # eMIGM's p = offset + (1 - offset) t: the weight ~ 1/p stays finite
-
-
-def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ValueError(f"{name}={value!r} is not one of the choices; allowed: {', '.join(allowed)}")
 
 
 class TrainingMask:
     """Draws training masks; ``TrainingMask(...)(codes)`` gives (mask [B, N] bool, True = hidden; loss weights [B]
     or None). ``schedule_power``, ``schedule_rate``: the ``poly`` exponent, the ``exp``/``log``
-    rate. Every draw comes from ``generator`` (torch's global generator by default)."""
+    rate. Every draw comes from ``generator`` (torch's global generator by default). ``options``: the same values
+    as a :class:`halton.options.MaskingOptions` (which checks them)."""
 
     def __init__(self, schedule: str = "arccos", masking: str = "independent", loss_weight: str = "none",
-                 t_min: float = 0.0, t_per: str = "sample", schedule_power: float = 0.5, schedule_rate: float = 5.0):
-        _choice("masking", masking, MASKINGS)
-        _choice("loss_weight", loss_weight, LOSS_WEIGHTS)
-        _choice("t_per", t_per, T_PER)
-        if isinstance(t_min, bool) or not isinstance(t_min, (int, float)) or not 0 <= t_min < 1:
-            raise ValueError(f"t_min={t_min!r} is out of range; allowed: >= 0 and < 1")
-        for name, value in (("schedule_power", schedule_power), ("schedule_rate", schedule_rate)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
-                raise ValueError(f"{name}={value!r} is out of range; allowed: a finite number > 0")
-        check_schedule(schedule, schedule_power, schedule_rate)
-        if loss_weight == "schedule" and schedule == "root":
-            raise ValueError("loss_weight='schedule' with schedule='root' is not allowed: its weight is infinite "
-                             "at full masking; allowed: any other schedule, or loss_weight='none'")
-        self.schedule, self.masking, self.loss_weight, self.t_per = schedule, masking, loss_weight, t_per
-        self.t_min = float(t_min)
-        self.options = {"power": float(schedule_power), "rate": float(schedule_rate)}
+                 t_min: float = 0.0, t_per: str = "sample", schedule_power: float = 0.5, schedule_rate: float = 5.0,
+                 options: MaskingOptions | None = None):
+        if options is None:
+            options = MaskingOptions(mask_schedule=schedule, masking=masking, loss_weight=loss_weight, t_min=t_min,
+                                     t_per=t_per, schedule_power=schedule_power, schedule_rate=schedule_rate)
+        self.schedule, self.masking, self.loss_weight = options.mask_schedule, options.masking, options.loss_weight
+        self.t_min, self.t_per = float(options.t_min), options.t_per
+        self.options = {"power": float(options.schedule_power), "rate": float(options.schedule_rate)}
         self._orders: dict[tuple, torch.Tensor] = {}
 
     def _order(self, height: int, width: int, device: torch.device) -> torch.Tensor:

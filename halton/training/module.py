@@ -13,11 +13,12 @@ from torch import nn
 
 from halton.conditions import ClassKind, ConditionKind
 from halton.models import compile_blocks
+from halton.options.training import LOSS_ON, MaskingOptions, OptimizerOptions
 from halton.sampling import as_scheduler, sample
 from halton.training.float8 import check_float8_device, convert_blocks_to_float8
 from halton.training.masking import TrainingMask
 
-LOSS_ON = ("masked", "all")
+__all__ = ["LOSS_ON", "MaskGITModule", "masked_token_loss"]
 
 
 def masked_token_loss(model: nn.Module, hidden: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor,
@@ -60,16 +61,12 @@ class MaskGITModule(pl.LightningModule):
                  t_min: float = 0.0, t_per: str = "sample", schedule_power: float = 0.5,
                  schedule_rate: float = 5.0, fp8: bool = False):
         super().__init__()
-        self.training_mask = TrainingMask(mask_schedule, masking, loss_weight, t_min, t_per, schedule_power,
-                                          schedule_rate)
-        if loss_on not in LOSS_ON:
-            raise ValueError(f"unknown loss_on {loss_on!r}; allowed: {', '.join(LOSS_ON)}")
-        if not 0 <= label_dropout <= 1:
-            raise ValueError(f"label_dropout={label_dropout} is out of range; allowed: 0 to 1")
-        if warmup_steps < 0 or total_steps < 1:
-            raise ValueError(f"need warmup_steps >= 0 and total_steps >= 1, got {warmup_steps} and {total_steps}")
-        # Plain containers only, so checkpoints load with torch.load(weights_only=True).
-        betas = tuple(float(b) for b in betas)
+        # The option objects check every value (the pre-flight stage builds the same ones from the config).
+        self.masking_options = MaskingOptions(mask_schedule, masking, loss_weight, t_min, t_per, schedule_power,
+                                              schedule_rate, loss_on, label_dropout)
+        self.optimizer_options = OptimizerOptions(lr, betas, weight_decay, warmup_steps, total_steps, min_lr_ratio)
+        self.training_mask = TrainingMask(options=self.masking_options)
+        betas = self.optimizer_options.betas  # plain floats, so checkpoints load with torch.load(weights_only=True)
         self.grid_scheduler = None
         if sample_grid is not None:
             # The scheduler comes as an object (Hydra instantiates the config's scheduler group), a name or a spec.

@@ -8,6 +8,9 @@ import os
 from pathlib import Path
 
 PREFIX = "hf://"
+# A model folder in the Hugging Face format (huggingface_hub's CONFIG_NAME and SAFETENSORS_SINGLE_FILE)
+MODEL_CONFIG = "config.json"
+MODEL_WEIGHTS = "model.safetensors"
 
 
 def is_hub_path(path) -> bool:
@@ -34,15 +37,6 @@ def hub_parts(path: str) -> tuple[str, str | None] | None:
         return parse(path)
     except ValueError:
         return None
-
-
-def is_model_folder(path) -> bool:
-    """Whether ``path`` names a model in the Hugging Face format: a local folder with config.json, or
-    ``hf://owner/repo`` (a repository rather than a file in it)."""
-    if is_hub_path(path):
-        parts = hub_parts(path)
-        return parts is not None and parts[1] is None
-    return path is not None and (Path(str(path)).expanduser() / "config.json").is_file()
 
 
 def offline() -> bool:

@@ -1,4 +1,4 @@
-"""A training loader that resumes mid-epoch exactly.
+"""A training loader over a data set in memory that resumes mid-epoch exactly, and the contract of resuming.
 
 What a data module must provide so that a resumed run sees exactly the batches the uninterrupted run would have:
 
@@ -19,7 +19,9 @@ What a data module must provide so that a resumed run sees exactly the batches t
 
 ``ResumableLoader`` does all of this for map-style data sets held in memory (``CodesDataset``). A streaming (shard)
 loader satisfies the same contract by shuffling shards with a generator seeded from (seed, epoch), splitting them
-over ranks and workers deterministically, and fast-forwarding over the consumed batches in ``load_state_dict``.
+over ranks and workers deterministically, and fast-forwarding over the consumed batches in ``load_state_dict``
+(:class:`~halton.data.reading.epoch_loader.EpochDataLoader`). Both keep their place, and write and read their state,
+with :class:`~halton.data.reading.loader_position.LoaderPosition`.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset
+
+from halton.data.reading.loader_position import LoaderPosition
 
 
 def rank_and_world_size() -> tuple[int, int]:
@@ -85,8 +89,7 @@ class ResumableLoader:
         self.batch_size, self.num_workers, self.collate_fn, self.pin_memory = (batch_size, num_workers, collate_fn,
                                                                                pin_memory)
         self._resume_at = 0       # batch of the next epoch iterated to start from (set by load_state_dict)
-        self._epoch = 0           # epoch of the current iteration
-        self._handed_out = 0      # batches of that epoch handed out so far, counting the skipped ones
+        self.position = LoaderPosition("ResumableLoader")
 
     def __len__(self) -> int:
         return self.sampler.num_batches(rank_and_world_size()[1])
@@ -97,28 +100,18 @@ class ResumableLoader:
         self._resume_at = 0
         rank, world_size = rank_and_world_size()
         batches = self.sampler.batches(epoch, rank, world_size)[start:]
-        self._epoch, self._handed_out = epoch, start
         loader = DataLoader(self.dataset, batch_sampler=batches.tolist(), num_workers=self.num_workers,
                             collate_fn=self.collate_fn, pin_memory=self.pin_memory,
                             generator=torch.Generator().manual_seed(epoch_seed(self.sampler.seed, epoch)))
-        for batch in loader:
-            self._handed_out += 1
-            yield batch
+        yield from self.position.count(loader, epoch, start)
 
     def state_dict(self) -> dict[str, int]:
         # Every batch handed out has been trained on: Lightning reads a loader with a length on demand (contract 2).
-        world_size = rank_and_world_size()[1]
-        return {"seed": self.sampler.seed, "epoch": self._epoch,
-                "samples": self._handed_out * self.batch_size * world_size}  # all ranks: survives a new world size
+        return self.position.state_dict(self.sampler.seed, self.batch_size, rank_and_world_size()[1])
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        missing = {"seed", "epoch", "samples"} - set(state)
-        if missing:
-            raise ValueError(f"the data loader state in the checkpoint lacks {sorted(missing)}; allowed: a state "
-                             "written by ResumableLoader.state_dict")
         world_size = rank_and_world_size()[1]
-        self.sampler.seed = int(state["seed"])
-        epoch, start = int(state["epoch"]), int(state["samples"]) // (self.batch_size * world_size)
+        self.sampler.seed, epoch, start = self.position.read_state(state, self.batch_size, world_size)
         if start >= self.sampler.num_batches(world_size):  # saved at the end of an epoch: go on with the next one
             epoch, start = epoch + 1, 0
         self.sampler.set_epoch(epoch)

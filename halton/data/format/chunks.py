@@ -15,8 +15,8 @@ about a thousand images::
     00001.codes.npy ...
 
 The text embeddings are padded to the encoder's ``max_length`` L and are D wide; the manifest's ``text`` says
-which encoder, L and D (``python -m halton.data.extract text.embeddings=precompute``). They are by far the largest
-member: 120 x 2048 bf16 is 480 KiB per caption against 2 KiB for 32x32 codes.
+which encoder, L and D (``python -m halton.data.writing.extract_codes text.embeddings=precompute``). They are by far
+the largest member: 120 x 2048 bf16 is 480 KiB per caption against 2 KiB for 32x32 codes.
 
 Why chunks rather than one tar member per image: 16x16 codes are 512 bytes, so per-member Python work (tar
 header parsing, decoding, collation) would cost far more than the data; a chunk is decoded with one
@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import webdataset as wds
 
-from halton.data.manifest import ShardRecord
+from halton.data.format.manifest import ShardRecord
 from halton.utils.files import atomic_write
 
 CODE_DTYPE = np.uint16

@@ -8,26 +8,26 @@ import re
 
 import torch
 
-from halton.data.digits import CLASSES, LEVELS, SIDE, DigitsDataModule
-from halton.data.extraction import extract_locally
-from halton.data.manifest import MANIFEST_NAME, Manifest, ManifestMismatch
-from halton.data.shard_datamodule import CodeShardsDataModule
-from halton.data.sources import DigitsSource
+from halton.data.digits.in_memory import CLASSES, LEVELS, SIDE, DigitsDataModule
+from halton.data.format.manifest import MANIFEST_NAME, Manifest, ManifestMismatch
+from halton.data.reading.shard_datamodule import CodeShardsDataModule
+from halton.data.writing.extraction import extract_locally
+from halton.data.writing.sources import DigitsSource
+from halton.options.text import TextDataOptions
 from halton.tokenizers import PixelTokenizer
 
 SPLITS = ("train", "val")
-TEXT_MODES = ("online", "precompute")
 OWN_FILE = re.compile(r"\d{6}\.(tar|json)|manifest\.json")  # only what extraction writes is ever deleted
 log = logging.getLogger(__name__)
 
 
 class DigitsShardsDataModule(CodeShardsDataModule):
-    """Shards of the seeded digits split (:func:`halton.data.digits.load_digits_split`) under ``root``, made by
+    """Shards of the seeded digits split (:func:`halton.data.digits.in_memory.load_digits_split`) under ``root``, made by
     :meth:`prepare_data` when they are missing, damaged or were made from another split (with a warning saying
     which file and why, unless it is the first extraction). Small chunks (``chunk_size``) so that even 1,617
     training digits make enough chunks for the loader's mixing.
 
-    Text: ``captions`` gives each image a caption (:mod:`halton.data.digits_captions`); ``text_embeddings``:
+    Text: ``captions`` gives each image a caption (:mod:`halton.data.digits.captions`); ``text_embeddings``:
     ``online`` stores the captions only (the training step encodes them), ``precompute`` also stores their
     embeddings by ``text_encoder`` (``minilm``: the packaged all-MiniLM-L6-v2) at ``text_max_length`` tokens.
     ``text_dim`` / ``text_length``: the facts a text model config reads, checked against the encoder and the
@@ -45,14 +45,7 @@ class DigitsShardsDataModule(CodeShardsDataModule):
         if (codebook_size, [int(g) for g in grid], num_classes) != (LEVELS, [SIDE, SIDE], CLASSES):
             raise ValueError(f"the digits have codebook_size={LEVELS}, grid=[{SIDE}, {SIDE}], num_classes={CLASSES}; "
                              f"got {codebook_size}, {list(grid)}, {num_classes}")
-        if text_embeddings not in TEXT_MODES:
-            raise ValueError(f"text_embeddings={text_embeddings!r} is not one of the choices; allowed: "
-                             f"{', '.join(TEXT_MODES)}")
-        if text_embeddings == "precompute" and not captions:
-            raise ValueError("text_embeddings=precompute encodes the captions; allowed with captions=true only")
-        if text_length is not None and text_length != text_max_length:
-            raise ValueError(f"text_length={text_length} but text_max_length={text_max_length}; allowed: the same "
-                             "number (the model reads text_length, the encoder pads to text_max_length)")
+        TextDataOptions(captions, text_embeddings, text_max_length, text_length)  # checks them
         super().__init__(root, batch_size=batch_size, num_workers=num_workers, flip=flip, resampled=resampled,
                          seed=seed, pool_chunks=pool_chunks, shuffle_chunks=shuffle_chunks, codebook_size=LEVELS,
                          grid=(SIDE, SIDE), num_classes=CLASSES, tokenizer=PixelTokenizer(LEVELS), with_keys=with_keys,
@@ -126,7 +119,7 @@ class DigitsShardsDataModule(CodeShardsDataModule):
         return encoder
 
     def setup(self, stage: str | None = None) -> None:
-        if not all((self.split_dir(s) / "manifest.json").is_file() for s in SPLITS):
+        if not all((self.split_dir(s) / MANIFEST_NAME).is_file() for s in SPLITS):
             self.prepare_data()  # used outside a Trainer (tests, notebooks): nobody called prepare_data
         super().setup(stage)
 

@@ -1,4 +1,5 @@
-"""scikit-learn's bundled handwritten digits (1,797 images, 8x8 pixels, 17 grey levels, 10 classes) as codes."""
+"""scikit-learn's bundled handwritten digits (1,797 images, 8x8 pixels, 17 grey levels, 10 classes) as codes held in
+memory: the seeded train/val split, and the data module with its digit classifier."""
 
 from __future__ import annotations
 
@@ -10,12 +11,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from halton.data.memory import CodesDataset, pass_through
+from halton.data.digits.captions import WORDS
+from halton.data.reading.codes_dataset import CodesDataset, pass_through
+from halton.data.reading.resumable_loader import ResumableLoader
 from halton.tokenizers import PixelTokenizer
-from halton.training.resumable_loader import ResumableLoader
 
 LEVELS, SIDE, CLASSES = 17, 8, 10
-DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
 
 def digit_named(prompt: str) -> int:
@@ -23,8 +24,8 @@ def digit_named(prompt: str) -> int:
     for token in re.findall(r"[a-z]+|\d", prompt.lower()):
         if token.isdigit():
             return int(token)
-        if token in DIGIT_WORDS:
-            return DIGIT_WORDS.index(token)
+        if token in WORDS:
+            return WORDS.index(token)
     return -1
 
 

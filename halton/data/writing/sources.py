@@ -6,8 +6,8 @@
   few classes only) and a resumed extraction cuts the same shards.
 - :class:`WebDatasetSource`: image shards as img2dataset writes them (``.jpg``/``.png``/``.webp`` with ``.cls``,
   ``.txt`` and/or ``.json``); one output shard per input shard.
-- :class:`DigitsSource`: scikit-learn's digits (one split of :func:`halton.data.digits.load_digits_split`),
-  optionally captioned (:mod:`halton.data.digits_captions`).
+- :class:`DigitsSource`: scikit-learn's digits (one split of :func:`halton.data.digits.in_memory.load_digits_split`),
+  optionally captioned (:mod:`halton.data.digits.captions`).
 
 ``Source.has_captions()`` says whether the images come with captions (what storing text embeddings needs).
 """
@@ -29,6 +29,8 @@ import numpy as np
 import torch
 import webdataset as wds
 from PIL import Image
+
+from halton.options.choices import SOURCE_FORMATS
 
 log = logging.getLogger("halton.data")
 
@@ -217,7 +219,7 @@ class WebDatasetSource(Source):
 
 class DigitsSource(Source):
     """One split of the seeded digits split, as float images in [-1, 1] (the PixelTokenizer's input). ``captions``:
-    each image also gets a caption, one of :data:`~halton.data.digits_captions.TRAIN_PHRASINGS` of its digit,
+    each image also gets a caption, one of :data:`~halton.data.digits.captions.TRAIN_PHRASINGS` of its digit,
     drawn per image from ``seed`` and the split."""
 
     classes = [str(d) for d in range(10)]
@@ -225,8 +227,8 @@ class DigitsSource(Source):
 
     def __init__(self, split: str = "train", val_fraction: float = 0.1, seed: int = 0, shard_size: int = 256,
                  captions: bool = False):
-        from halton.data.digits import load_digits_split
-        from halton.data.digits_captions import captions_for
+        from halton.data.digits.in_memory import load_digits_split
+        from halton.data.digits.captions import captions_for
 
         if split not in ("train", "val"):
             raise ValueError(f"unknown digits split {split!r}; allowed: train, val")
@@ -251,7 +253,7 @@ class DigitsSource(Source):
                        None if self.captions is None else self.captions[index])
 
     def describe(self) -> dict[str, Any]:
-        from halton.data.digits_captions import PHRASINGS_ID
+        from halton.data.digits.captions import PHRASINGS_ID
 
         described = {"kind": "digits", "split": self.split, "val_fraction": self.val_fraction, "seed": self.seed,
                      "shard_size": self.shard_size}
@@ -265,9 +267,8 @@ class DigitsSource(Source):
 
 def build_source(kind: str, path: str | None, image_size: int | None, **options) -> Source:
     """``kind``: imagefolder, webdataset, digits or auto (a folder of class folders, else shards)."""
-    allowed = ("auto", "imagefolder", "webdataset", "digits")
-    if kind not in allowed:
-        raise ValueError(f"unknown source format {kind!r}; allowed: {', '.join(allowed)}")
+    if kind not in SOURCE_FORMATS:
+        raise ValueError(f"unknown source format {kind!r}; allowed: {', '.join(SOURCE_FORMATS)}")
     if kind == "digits":
         return DigitsSource(split=options.get("split", "train"), val_fraction=options.get("val_fraction", 0.1),
                             seed=options.get("seed", 0), shard_size=options.get("shard_size") or 256,

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Iterator
 import numpy as np
 import torch
 
-from halton.data.chunks import Chunk
+from halton.data.format.chunks import Chunk
 
 
 class ReaderStarved(RuntimeError):

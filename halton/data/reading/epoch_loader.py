@@ -1,11 +1,12 @@
-"""The DataLoader of a :class:`~halton.data.shard_stream.CodeShardStream`: epochs, and exact mid-epoch resume.
+"""The DataLoader of a :class:`~halton.data.reading.shard_stream.CodeShardStream`: epochs, and exact mid-epoch resume.
 
-It follows the contract of :mod:`halton.training.resumable_loader`: ``state_dict()`` names the next batch to train
-on (Lightning reads a loader with a length on demand, so every batch handed out has been trained on; it fetches
-one batch ahead from an endless one, which is then not counted), an epoch's batches depend only on (seed, epoch,
-rank, world size, workers), and ``load_state_dict`` makes the next iteration of that epoch skip the batches
-already trained on. The stream still draws the skipped batches (they are
-cheap) so that every random choice after them is the one the uninterrupted run made.
+It follows the contract of :mod:`halton.data.reading.resumable_loader` and keeps its place with
+:class:`~halton.data.reading.loader_position.LoaderPosition`: ``state_dict()`` names the next batch to train on
+(Lightning reads a loader with a length on demand, so every batch handed out has been trained on; it fetches one
+batch ahead from an endless one, which is then not counted), an epoch's batches depend only on (seed, epoch, rank,
+world size, workers), and ``load_state_dict`` makes the next iteration of that epoch skip the batches already
+trained on. The stream still draws the skipped batches (they are cheap) so that every random choice after them is
+the one the uninterrupted run made.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
+
+from halton.data.reading.loader_position import LoaderPosition
 
 
 def resume_position(skip: int, worker_batches: list[int]) -> tuple[list[int], int]:
@@ -46,7 +49,7 @@ class EpochDataLoader(DataLoader):
         self.epoch_source = epoch_source
         self._iterations = 0
         self._resume: tuple[int, int] | None = None   # (epoch, batches already trained) from load_state_dict
-        self._epoch, self._handed_out, self._exhausted = 0, 0, False
+        self.position = LoaderPosition("EpochDataLoader")
 
     def __iter__(self) -> Iterator[Any]:
         # A generator: nothing happens until the first batch is asked for (an iter() only to check costs nothing).
@@ -57,26 +60,17 @@ class EpochDataLoader(DataLoader):
         stream = self.dataset
         stream.set_epoch(epoch)
         stream.set_skip(skip)
-        self._epoch, self._handed_out, self._exhausted = epoch, skip, False
-        for batch in super().__iter__():
-            self._handed_out += 1
-            yield batch
-        self._exhausted = True
+        yield from self.position.count(super().__iter__(), epoch, skip)
 
     def state_dict(self) -> dict[str, int]:
         stream = self.dataset
         ahead = 1 if stream.resampled else 0  # the batch Lightning fetched ahead of an endless loader
-        trained = self._handed_out if self._exhausted else max(self._handed_out - ahead, 0)
-        return {"seed": stream.seed, "epoch": self._epoch,
-                "samples": trained * stream.batch_size * stream.world_size}  # over all ranks
+        return self.position.state_dict(stream.seed, stream.batch_size, stream.world_size, ahead)
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        missing = {"seed", "epoch", "samples"} - set(state)
-        if missing:
-            raise ValueError(f"the data loader state in the checkpoint lacks {sorted(missing)}; allowed: a state "
-                             "written by EpochDataLoader.state_dict")
         stream = self.dataset
-        stream.seed = int(state["seed"])  # the order of the interrupted run, whatever this run's data.seed says
-        self._resume = (int(state["epoch"]), int(state["samples"]) // (stream.batch_size * stream.world_size))
+        seed, epoch, trained = self.position.read_state(state, stream.batch_size, stream.world_size)
+        stream.seed = seed  # the order of the interrupted run, whatever this run's data.seed says
+        self._resume = (epoch, trained)
         if self.epoch_source is None:  # counting its own epochs: continue from the saved one
             self._iterations = self._resume[0]

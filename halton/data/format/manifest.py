@@ -13,6 +13,7 @@ from halton.utils.files import atomic_write, file_sha256
 
 FORMAT, VERSION = "halton-code-shards", 1
 MANIFEST_NAME = "manifest.json"
+EXTRACT_COMMAND = "python -m halton.data.writing.extract_codes"  # what makes a folder of shards and its manifest
 
 
 class ManifestMismatch(ValueError):
@@ -91,7 +92,7 @@ class Manifest:
         path = Path(folder) / MANIFEST_NAME
         if not path.is_file():
             raise FileNotFoundError(f"no {MANIFEST_NAME} in {folder}: extract the shards first "
-                                    "(python -m halton.data.extract ...), or an extraction there is unfinished")
+                                    f"({EXTRACT_COMMAND} ...), or an extraction there is unfinished")
         try:
             data = json.loads(path.read_text())
         except (UnicodeDecodeError, json.JSONDecodeError) as error:

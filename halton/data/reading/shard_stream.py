@@ -1,7 +1,7 @@
 """An IterableDataset of ready batches read from code shards with webdataset.
 
 Epoch mode (default): each rank and DataLoader worker reads its own contiguous range of the (per-epoch
-shuffled) samples (see :mod:`halton.data.partition`), so within an epoch every sample of a rank's partition
+shuffled) samples (see :mod:`halton.data.reading.partition`), so within an epoch every sample of a rank's partition
 appears exactly once, the ranks' partitions are disjoint, and every rank yields the same number of batches.
 Resampled mode (``resampled=True``): an endless stream for step-based training; each rank and worker draws shards
 with replacement from its own seeded stream (webdataset's ``ResampledShards``).
@@ -27,11 +27,11 @@ import webdataset as wds
 from torch.utils.data import IterableDataset, get_worker_info
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
-from halton.data.chunks import BadChunk, chunk_name, decode_chunk
-from halton.data.epoch_loader import resume_position
-from halton.data.manifest import Manifest
-from halton.data.mixing import ChunkMixer
-from halton.data.partition import batches_per_rank, plan_reader, worker_sizes
+from halton.data.format.chunks import BadChunk, chunk_name, decode_chunk
+from halton.data.format.manifest import Manifest
+from halton.data.reading.epoch_loader import resume_position
+from halton.data.reading.mixing import ChunkMixer
+from halton.data.reading.partition import batches_per_rank, plan_reader, worker_sizes
 
 log = logging.getLogger("halton.data")
 

@@ -1,12 +1,12 @@
-"""Extraction: images -> tokenizer codes -> shards of chunks (see :mod:`halton.data.chunks`) and a manifest.
+"""Extraction: images -> tokenizer codes -> shards of chunks (see :mod:`halton.data.format.chunks`) and a manifest.
 
-The work is cut into units (one unit = one output shard, see :mod:`halton.data.sources`); unit i belongs to rank
+The work is cut into units (one unit = one output shard, see :mod:`halton.data.writing.sources`); unit i belongs to rank
 i mod world_size, so every rank writes its own shards and a resumed run assigns the same units. A unit is finished
 when its shard and its record (``<shard>.json``, written after the shard, both atomically) exist and agree;
 finished units are skipped. When every unit is finished, rank 0 writes ``manifest.json``.
 
 Two drivers share everything but the loop: :func:`extract_locally` (one process: the digits, tests) and, in
-:mod:`halton.data.extract`, Lightning's ``Trainer.predict`` on several devices.
+:mod:`halton.data.writing.extract_codes`, Lightning's ``Trainer.predict`` on several devices.
 
 Text: the captions of a captioned source are always stored. Given a :class:`~halton.text.TextEncoder`
 (``text.embeddings=precompute``), each batch's captions are also encoded next to its images and the embeddings
@@ -30,10 +30,11 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from tqdm.auto import tqdm
 
-from halton.data.chunks import MAX_CODEBOOK, Chunk, bf16_bits, split_into_chunks, strings, write_shard
-from halton.data.manifest import Manifest, ShardRecord
-from halton.data.sources import Item, Skip, Source, Unit
-from halton.data.tokenizer_spec import tokenizer_spec
+from halton.data.format.chunks import MAX_CODEBOOK, Chunk, bf16_bits, split_into_chunks, strings, write_shard
+from halton.data.format.manifest import Manifest, ShardRecord
+from halton.data.format.tokenizer_spec import tokenizer_spec
+from halton.data.writing.sources import Item, Skip, Source, Unit
+from halton.options.extraction import ExtractionOptions, check_captions
 from halton.tokenizers import Tokenizer
 from halton.utils.files import atomic_write
 
@@ -106,8 +107,6 @@ class EncodeStream(IterableDataset):
 
     def __init__(self, source: Source, units: list[Unit], batch_size: int, require_captions: bool = False):
         super().__init__()
-        if batch_size < 1:
-            raise ValueError(f"batch_size={batch_size} is out of range; allowed: >= 1")
         self.source, self.units, self.batch_size = source, units, batch_size
         self.require_captions = require_captions
 
@@ -196,8 +195,6 @@ class ShardAssembler:
 
     def __init__(self, out_dir: str | Path, units: list[Unit], chunk_size: int, settings: dict[str, Any],
                  progress: tqdm | None = None, rank: int = 0):
-        if chunk_size < 1:
-            raise ValueError(f"chunk_size={chunk_size} is out of range; allowed: >= 1")
         self.out_dir, self.chunk_size, self.settings, self.progress = Path(out_dir), chunk_size, settings, progress
         self.units, self.rank = {u.index: u for u in units}, rank
         self.pending: dict[int, dict[str, list]] = {}
@@ -260,9 +257,10 @@ def finalize_manifest(out_dir: str | Path, source: Source, units: list[Unit], se
     return manifest
 
 
-def check_extraction(tokenizer: Tokenizer, image_size: int | None, grid: list[int], chunk_size: int,
-                     source: Source | None = None, text_encoder=None) -> None:
+def check_extraction(tokenizer: Tokenizer, grid: list[int], options: ExtractionOptions, source: Source | None = None,
+                     text_encoder=None) -> None:
     """Refuse settings that would write shards the data config cannot read, before any work."""
+    image_size = options.image_size
     if text_encoder is not None and source is not None:
         check_extraction_text(source)
     if tokenizer.codebook_size > MAX_CODEBOOK:
@@ -274,16 +272,11 @@ def check_extraction(tokenizer: Tokenizer, image_size: int | None, grid: list[in
             raise ValueError(f"image_size={image_size} with {type(tokenizer).__name__} (downsample "
                              f"{tokenizer.downsample}) gives {image_size / tokenizer.downsample:g}x"
                              f"{image_size / tokenizer.downsample:g} codes but data.grid={list(grid)}")
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size={chunk_size} is out of range; allowed: >= 1")
 
 
 def check_extraction_text(source: Source) -> None:
     """Precomputing text embeddings needs captions."""
-    if not source.has_captions():
-        raise ValueError(f"text.embeddings=precompute encodes captions, but the {source.describe()['kind']} source "
-                         "has none; allowed: a source with captions (webdataset .txt or a json caption; "
-                         "source.captions=true for the digits), or text.embeddings=online")
+    check_captions("precompute", source.has_captions(), f"the {source.describe()['kind']} source")
 
 
 def progress_bar(units: list[Unit], rank: int, world_size: int, enabled: bool = True) -> tqdm | None:
@@ -303,7 +296,8 @@ def extract_locally(source: Source, tokenizer: Tokenizer, out_dir: str | Path, *
     """Extract in this process (no Lightning, no workers): small data sets and tests. ``text_encoder`` (a
     :class:`~halton.text.TextEncoder`): also store the captions' embeddings."""
     out_dir = Path(out_dir)
-    check_extraction(tokenizer, image_size, grid, chunk_size, source, text_encoder)
+    options = ExtractionOptions(image_size=image_size, flip=flip, chunk_size=chunk_size, batch_size=batch_size)
+    check_extraction(tokenizer, grid, options, source, text_encoder)
     settings = extraction_settings(tokenizer, source, image_size, flip, chunk_size, grid, checkpoint, text_encoder)
     units = source.units()
     todo = assigned_units(units, 0, 1, finished_units(out_dir, units, settings))
@@ -326,9 +320,6 @@ class TokenizerPredictor(pl.LightningModule):
 
     def __init__(self, tokenizer: Tokenizer, flip: bool, autocast: str = "auto", text_encoder=None):
         super().__init__()
-        allowed = ("auto", "fp32", "bf16")
-        if autocast not in allowed:
-            raise ValueError(f"unknown precision {autocast!r}; allowed: {', '.join(allowed)}")
         self.tokenizer, self.flip, self.autocast = tokenizer.eval(), flip, autocast
         self.text_encoder = text_encoder
 
@@ -375,7 +366,9 @@ def extract_with_lightning(source: Source, tokenizer: Tokenizer, out_dir: str | 
     """Extract on every device Lightning is given; returns the manifest on rank 0 (None elsewhere).
     ``text_encoder``: also store the captions' embeddings."""
     out_dir = Path(out_dir)
-    check_extraction(tokenizer, image_size, grid, chunk_size, source, text_encoder)
+    options = ExtractionOptions(image_size=image_size, flip=flip, chunk_size=chunk_size, batch_size=batch_size,
+                                num_workers=num_workers, precision=precision)
+    check_extraction(tokenizer, grid, options, source, text_encoder)
     settings = extraction_settings(tokenizer, source, image_size, flip, chunk_size, grid, checkpoint, text_encoder)
     units = source.units()
     done = finished_units(out_dir, units, settings)

@@ -12,15 +12,15 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader
 
-from halton.data.epoch_loader import EpochDataLoader
-from halton.data.manifest import Manifest, ManifestMismatch
-from halton.data.shard_stream import CodeShardStream
-from halton.data.tokenizer_spec import tokenizer_spec, same_tokenizer
+from halton.data.format.manifest import EXTRACT_COMMAND, MANIFEST_NAME, Manifest, ManifestMismatch
+from halton.data.format.tokenizer_spec import same_tokenizer, tokenizer_spec
+from halton.data.reading.epoch_loader import EpochDataLoader
+from halton.data.reading.shard_stream import CodeShardStream
 from halton.tokenizers import Tokenizer
 
 log = logging.getLogger("halton.data")
 
-# Our streams know their exact length per rank (see halton.data.partition); Lightning's generic caution about
+# Our streams know their exact length per rank (see halton.data.reading.partition); Lightning's generic caution about
 # __len__ on iterable data sets does not apply.
 warnings.filterwarnings("ignore", message=r".*`IterableDataset` has `__len__` defined.*")
 
@@ -96,9 +96,9 @@ class CodeShardsDataModule(pl.LightningDataModule):
     def load_manifest(self, split: str) -> Manifest:
         """The split's manifest, checked against the config's facts, the tokenizer and the files on disk."""
         folder = self.split_dir(split)
-        if split == self.val_split and not (folder / "manifest.json").is_file():
-            raise FileNotFoundError(f"no manifest.json in {folder}: extract the validation split (python -m "
-                                    "halton.data.extract ... split=val) or set data.val_split=null")
+        if split == self.val_split and not (folder / MANIFEST_NAME).is_file():
+            raise FileNotFoundError(f"no {MANIFEST_NAME} in {folder}: extract the validation split "
+                                    f"({EXTRACT_COMMAND} ... split=val) or set data.val_split=null")
         manifest = Manifest.load(folder)
         manifest.check_facts(self.codebook_size, self.grid, self.num_classes, self.flip and split == self.train_split,
                              str(folder))

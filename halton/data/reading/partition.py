@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from halton.data.manifest import Manifest
+from halton.data.format.manifest import Manifest
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,57 @@
+"""The options of sample.py and the app beside the sampling options: the device and precision they draw with, the
+samples per class or prompt, sample.py's extra images, and where the app serves its page."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from halton.options.choices import PRECISIONS
+from halton.options.rules import Invalid, boolean, choice, integer, key
+
+DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+
+def check_device(device: Any) -> str:
+    """A torch device name, or auto (a GPU when there is one)."""
+    if not DEVICE.fullmatch(str(device)):
+        raise Invalid(f"{key('device')}={str(device)!r} is not a device; allowed: auto, cpu, cuda, cuda:N, mps")
+    return str(device)
+
+
+@dataclass(frozen=True)
+class DrawOptions:
+    """sample.py's and the app's: ``per_class`` samples per class or prompt on ``device`` with ``precision``;
+    sample.py's step-by-step image (``progression``, of ``progression_samples`` rows) and digit accuracy."""
+
+    device: str = "auto"
+    precision: str = "auto"
+    per_class: int = 8
+    progression: bool = False
+    progression_samples: int = 4
+    report_accuracy: bool = True
+
+    def __post_init__(self) -> None:
+        choice("precision", self.precision, PRECISIONS)
+        integer("per_class", self.per_class, 1)
+        check_device(self.device)
+        boolean("progression", self.progression)
+        integer("progression_samples", self.progression_samples, 1)
+        boolean("report_accuracy", self.report_accuracy)
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    """Where the app serves its page: ``host``, ``port`` (0 or None: a free one), a public Gradio link (``share``)."""
+
+    host: str = "127.0.0.1"
+    port: Optional[int] = 7860
+    share: bool = False
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.host, str) or not self.host.strip():
+            raise Invalid(f"{key('host')}={self.host!r} is not a host name; allowed: e.g. 127.0.0.1 (this machine), "
+                          "0.0.0.0 (every interface)")
+        integer("port", self.port, 0, 65535, optional=True, note=" (0 or null: a free port)")
+        boolean("share", self.share)

@@ -1,0 +1,100 @@
+"""The sampling options of ``sample()``, sample.py, evaluate.py and the app (the config group ``conf/sampling``),
+and the rules of their values."""
+
+# ruff: noqa: UP006, UP035, UP045  (OmegaConf reads these annotations to type the config keys)
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import InitVar, dataclass
+from typing import Any, List, Optional
+
+from halton.options.rules import Invalid, choice, integer, key, number, seed
+
+SCHEDULES = ("arccos", "cosine", "linear", "square", "root", "poly", "exp", "log")
+
+
+def check_schedule(schedule: str, power: float = 0.5, rate: float = 5.0,
+                   names: tuple[str, str, str] = ("schedule", "schedule_power", "schedule_rate")) -> str:
+    """A schedule of :mod:`halton.sampling.schedules` with its poly exponent and exp/log rate; ``names``: how the
+    caller calls the three values."""
+    choice(names[0], schedule, SCHEDULES)
+    number(names[1], power, above=0, note=" (the poly exponent)")
+    number(names[2], rate, above=0, note=" (the exp and log rate)")
+    return schedule
+
+
+def check_steps(steps: Any, num_tokens: int | None = None) -> int:
+    """Steps of a sampling run: each unmasks at least one of the ``num_tokens`` tokens (when known)."""
+    return integer("steps", steps, 1, num_tokens, note=" (the number of tokens)" if num_tokens else "")
+
+
+def check_top_k(value: Any, codebook_size: int | None = None) -> int | None:
+    """Sample among the ``top_k`` likeliest codes (None or 0: all), at most the codebook (when known)."""
+    return integer("top_k", value, 0, codebook_size, optional=True, note=" (0: off)" if codebook_size is None else "")
+
+
+def check_cfg_interval(value: Any) -> tuple[float, float] | None:
+    """None (always guided), or (t_min, t_max) as floats with 0 <= t_min < t_max <= 1."""
+    if value is None:
+        return None
+    try:
+        low, high = (float(t) for t in value)
+        ok = not any(isinstance(t, (bool, str)) for t in value) and 0 <= low < high <= 1  # nan fails it
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise Invalid(f"{key('cfg_interval')}={value!r} is not an interval; allowed: null (always guided) or "
+                      "[t_min, t_max] with 0 <= t_min < t_max <= 1, e.g. [0.1, 0.3]")
+    return low, high
+
+
+@dataclass(frozen=True)
+class SamplingOptions:
+    """How ``sample()`` draws: steps, classifier-free guidance (``cfg_weight``, only inside ``cfg_interval`` when
+    given), the softmax temperature ``linspace(temp_min, temp_max, steps)[i] ** temp_pow`` (halved for the first
+    ``temp_warmup`` steps), ``top_k``, the tokens-per-step ``schedule`` (with the poly exponent and exp/log rate)
+    and the seed. ``num_tokens`` and ``codebook_size`` (the model's, when known) bound ``steps`` and ``top_k``."""
+
+    steps: int = 32
+    cfg_weight: float = 0.0
+    cfg_interval: Optional[List[float]] = None
+    temp_min: float = 1.0
+    temp_max: float = 1.0
+    temp_pow: float = 1.0
+    temp_warmup: int = 0
+    top_k: Optional[int] = None
+    schedule: str = "arccos"
+    schedule_power: float = 0.5
+    schedule_rate: float = 5.0
+    seed: int = 0
+    num_tokens: InitVar[Optional[int]] = None
+    codebook_size: InitVar[Optional[int]] = None
+
+    def __post_init__(self, num_tokens: int | None, codebook_size: int | None) -> None:
+        check_steps(self.steps, num_tokens)
+        number("cfg_weight", self.cfg_weight, low=0, note=" (0 disables guidance)")
+        number("temp_min", self.temp_min, above=0)
+        number("temp_max", self.temp_max, above=0)
+        number("temp_pow", self.temp_pow, above=0)
+        integer("temp_warmup", self.temp_warmup, 0, self.steps)
+        check_top_k(self.top_k, codebook_size)
+        check_schedule(self.schedule, self.schedule_power, self.schedule_rate)
+        object.__setattr__(self, "cfg_interval", check_cfg_interval(self.cfg_interval))
+        seed(self.seed)
+
+    def fit(self, num_tokens: int, codebook_size: int) -> SamplingOptions:
+        """These options checked against a model's token count and codebook."""
+        return dataclasses.replace(self, num_tokens=num_tokens, codebook_size=codebook_size)
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    @classmethod
+    def from_config(cls, cfg, num_tokens: int | None = None, codebook_size: int | None = None) -> SamplingOptions:
+        """The options an entry point's composed config holds (its top-level keys, conf/sampling)."""
+        from omegaconf import OmegaConf
+
+        values = {name: OmegaConf.select(cfg, name) for name in cls.names()}
+        values = {k: OmegaConf.to_container(v) if OmegaConf.is_config(v) else v for k, v in values.items()}
+        return cls(**values, num_tokens=num_tokens, codebook_size=codebook_size)
