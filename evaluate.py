@@ -59,7 +59,7 @@ def main(cfg: DictConfig) -> None:
     values, cell["prompts"] = evaluation_values(kind, cfg.data.num_classes, cfg.num_images, cfg.prompt_set)
     results = ResultsFile(cfg.results)
     wanted = [{**cell, "eval_step": s} for s in sorted(set(eval_steps) | {cfg.steps})]
-    if not cfg.force and results.has(wanted):
+    if results.has(wanted) and not cfg.force:  # read first: a damaged results file is refused before the work
         log.info(f"skipping {scheduler.label()}, {cfg.steps} steps: already in {results.path} (force=true recomputes)")
         return
 
