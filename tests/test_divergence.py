@@ -14,7 +14,8 @@ from halton.models import MaskTransformer
 from halton.models.loading import load_model, load_pretrained
 from halton.sampling import build_scheduler, sample
 from halton.training import AtomicCheckpointIO, MaskGITModule
-from conftest import ROOT, TINY_NET, run_in_process
+
+from conftest import ROOT, TINY_NET, run, run_in_process
 
 NET = {"_target_": "halton.models.MaskTransformer", "codebook_size": 17, "input_size": 8, "hidden_dim": 32,
        "depth": 1, "heads": 2, "num_classes": 10}
@@ -168,3 +169,18 @@ def test_sample_py_refuses_a_checkpoint_with_non_finite_weights(tmp_path):
                                      f"weights ({bad / total:.2%}) are NaN or infinite, written by a training run "
                                      "that diverged; use a checkpoint from before the divergence")
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.slow  # train.py in a fresh process: about a minute on 2 cores
+def test_train_py_stops_a_diverging_run_with_one_line_and_exit_code_3(tmp_path):
+    result = run("train.py", "experiment=digits", *TINY_NET, "model.lr=1e6", "model.warmup_steps=0",
+                 "data.batch_size=16", "trainer.max_steps=20", "trainer.log_every_n_steps=50",
+                 "callbacks.model_checkpoint.every_n_train_steps=2", f"paths.runs_dir={tmp_path}", "name=div",
+                 check=False)
+    errors = [line for line in result.stderr.splitlines() if "error" in line.lower() or "Traceback" in line]
+    assert result.returncode == 3 and len(errors) == 1, result.stderr[-2000:]
+    assert errors[0].startswith("error: training diverged at step ") or \
+        errors[0].startswith("error: the weights stopped being finite by step ")
+    for path in (tmp_path / "div" / "checkpoints").iterdir():
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        assert all_finite(state["state_dict"]) and all_finite(state["current_model_state"]), path.name
