@@ -66,7 +66,7 @@ def main(cfg: DictConfig) -> None:
     values, cell["prompts"] = evaluation_values(kind, cfg.data.num_classes, run_options.num_images, prompt_set)
     results = ResultsFile(run_options.results)
     wanted = [{**cell, "eval_step": s} for s in sorted(set(eval_steps) | {cfg.steps})]
-    if not run_options.force and results.has(wanted):
+    if results.has(wanted) and not run_options.force:  # read first: a damaged results file is refused before the work
         log.info(f"skipping {scheduler.label()}, {cfg.steps} steps: already in {results.path} (force=true recomputes)")
         return
 

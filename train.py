@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import logging
-import os
 
 import hydra
 from omegaconf import DictConfig
 
 from halton.cli import entry_point, resume_candidate, run
+from halton.utils import run_lock
 from halton.utils.files import require_file
 
 log = logging.getLogger("halton.train")
@@ -35,8 +35,11 @@ def main(cfg: DictConfig) -> None:
     from halton.training import AtomicCheckpointIO, cluster_plugins
     from halton.utils.files import remove_stale_temporaries
 
-    local_rank = int(os.environ.get("LOCAL_RANK", os.environ.get("SLURM_LOCALID", 0)))
-    if cfg.callbacks.get("model_checkpoint") and local_rank == 0:  # no rank saves before training starts
+    for note in run_lock.notes():
+        log.warning(note)
+    # The run folder's lock holder (halton.cli.run): no other run writes here, and no rank saves before training
+    # starts, so a temporary found now was left by a dead run.
+    if cfg.callbacks.get("model_checkpoint") and run_lock.launching_process():
         for stale in remove_stale_temporaries(cfg.callbacks.model_checkpoint.dirpath):
             log.info(f"removed {stale}, left by a save that was interrupted")
     pl.seed_everything(cfg.seed, workers=True, verbose=False)

@@ -5,6 +5,7 @@ is answered before anything heavy loads."""
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import functools
 import logging
@@ -17,6 +18,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from halton.utils.run_lock import RunFolderInUse, RunFolderLock, launching_process
 from halton.validation import CONFIG_DIR, Invalid, validate
 
 USER_ERRORS = (ValueError, FileNotFoundError, PermissionError, TypeError)
@@ -34,14 +36,14 @@ warnings.filterwarnings("ignore", message="The `srun` command is available")
 _before_run: dict = {}
 
 
-def fail(message: str) -> None:
+def fail(message: str, status: int = 2) -> None:
     """Stop with ``error: message`` as the one line on stderr (also in the run's log file once Hydra has set up
-    logging), exit code 2."""
+    logging), exit code 2 (or ``status``)."""
     if logging.getLogger().handlers:
         log.error("error: %s", message)
     else:
         print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
+    sys.exit(status)
 
 
 def choices(group: str, config_dir: Path = CONFIG_DIR) -> list[str]:
@@ -271,11 +273,21 @@ def run(main, config_name: str, argv: list[str] | None = None) -> None:
         configs = preflight(argv, config_name)
     except Invalid as error:
         fail(str(error))
+    lock = contextlib.nullcontext()
     if configs and len(configs) == 1 and "-m" not in argv and "--multirun" not in argv:
         run_dir = Path(str(configs[0].hydra.run.dir)).absolute()
         _before_run.update(top=next((p for p in reversed([run_dir, *run_dir.parents]) if not p.exists()), None),
                            run_dir=run_dir, files=set(run_dir.rglob("*")) if run_dir.is_dir() else set())
-    main()
+        if config_name == "train" and launching_process():  # one run per run folder, before Hydra writes there
+            try:
+                lock = RunFolderLock(run_dir).acquire()
+            except RunFolderInUse as error:
+                fail(str(error))
+    try:
+        with lock:
+            main()
+    except KeyboardInterrupt:  # Ctrl-C outside training: files are written whole (renamed into place) or not at all
+        fail("stopped by Ctrl-C (SIGINT)", status=130)
 
 
 def remove_what_the_run_made() -> None:

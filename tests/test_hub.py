@@ -89,7 +89,8 @@ def test_export_reloads_with_identical_logits_and_samples_identically(tiny_run, 
     common = ["experiment=digits", *TINY_NET, f"paths.runs_dir={tiny_run}", "name=tiny"]
     result = run("-m halton.export", *common, f"out={out}")
     assert f"wrote {out} (MaskTransformer" in result.stdout + result.stderr
-    assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "halton_export.json",
+                                                     "model.safetensors"]
     umask = os.umask(0)
     os.umask(umask)
     assert out.stat().st_mode & 0o777 == 0o777 & ~umask  # as mkdir makes folders
@@ -125,17 +126,17 @@ def test_export_reloads_with_identical_logits_and_samples_identically(tiny_run, 
         grids[source] = next(samples.glob("*.png")).read_bytes()
     assert len(set(grids.values())) == 1
 
-    # Exporting again replaces the earlier export; a folder holding something else is refused, untouched
+    # Exporting again replaces the earlier export's files (a user's beside them stay); anything else is refused
     from halton.export import replace_folder
 
-    (out / "config.json").write_text("{}")  # an earlier export's, replaced whole
+    (out / "NOTES.txt").write_text("keep me")  # tests/test_hostile_export.py: the other cases
     replace_folder(out, exported.save_pretrained)
-    assert json.loads((out / "config.json").read_text()) == config
+    assert json.loads((out / "config.json").read_text()) == config and (out / "NOTES.txt").read_text() == "keep me"
     other = tmp_path / "notes"
     other.mkdir()
     (other / "todo.txt").write_text("keep me")
-    with pytest.raises(ValueError, match=f"^out={other} exists and is not a model folder \\(no config.json\\); "
-                                         "allowed: a new or empty folder, or an earlier export$"):
+    with pytest.raises(ValueError, match=f"^out={other} exists and is not an earlier export \\(no halton_export.json; "
+                                         "it holds todo.txt\\); allowed: a new or empty folder, or an earlier export"):
         replace_folder(other, exported.save_pretrained)
     assert [p.name for p in other.iterdir()] == ["todo.txt"]
     assert not list(tmp_path.glob(".*.tmp*"))

@@ -18,10 +18,9 @@ from collections import defaultdict
 from pathlib import Path
 
 from halton.evaluation.diagnostics import NAMES, plot_diagnostics
-from halton.evaluation.results import ResultsFile
+from halton.evaluation.results import METRICS, ResultsFile
 from halton.utils.files import atomic_write
 
-METRICS = ("fid", "is", "precision", "recall")
 # text models' CLIP score; the share of digits read as requested; network evaluations per image (CFG pairs count 2)
 EXTRA_METRICS = ("clip_score", "adherence", "nfe_per_image")
 
@@ -194,7 +193,10 @@ def diagnostics_by_steps(folder: Path, rows: list[dict], cfg_weight: float | Non
     labels = scheduler_labels(rows)
     cells = []
     for path in sorted(folder.glob("*.json")):
-        data = json.loads(path.read_text())
+        try:
+            data = json.loads(path.read_text())
+        except ValueError as error:
+            raise ValueError(f"diagnostics file {path} is not JSON ({error}); move it away") from None
         if "cell" in data and (data["cell"]["scheduler"], data["cell"].get("scheduler_options", "")) in labels:
             cells.append(data)
     if not cells:
@@ -213,6 +215,17 @@ def diagnostics_by_steps(folder: Path, rows: list[dict], cfg_weight: float | Non
 
 
 def main(argv: list[str] | None = None) -> None:
+    """The command line: a results file or diagnostics file it cannot read, and a bad option, stop it with one
+    line naming the file (and the line) and exit code 2."""
+    from halton.cli import fail
+
+    try:
+        report(argv)
+    except (ValueError, OSError) as error:
+        fail(str(error).splitlines()[0] if str(error) else repr(error))
+
+
+def report(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("results", type=Path)
     parser.add_argument("--out", type=Path, default=None, help="folder for report.md and the plots")
@@ -221,16 +234,16 @@ def main(argv: list[str] | None = None) -> None:
                         help="CFG weight of the cells whose diagnostics are plotted (default: the smallest)")
     args = parser.parse_args(argv)
     if not args.results.is_file():
-        raise SystemExit(f"error: results file not found: {args.results}")
+        raise FileNotFoundError(f"results file not found: {args.results}")
     rows = ResultsFile(args.results).rows()
     if not rows:
-        raise SystemExit(f"error: {args.results} has no rows")
+        raise ValueError(f"results file {args.results} has no rows")
     out = args.out or args.results.parent
     prefix = metric_prefix(rows)
     metric = args.metric or prefix + "fid"
     if metric not in rows[0]:
         allowed = ", ".join(c for c in rows[0] if c.endswith(METRICS))
-        raise SystemExit(f"error: unknown metric {metric!r}; allowed: {allowed}")
+        raise ValueError(f"unknown metric {metric!r}; allowed: {allowed}")
 
     sections = [f"# Evaluation report\n\nFrom `{args.results}`: {len(rows)} rows. Mean ± standard deviation over "
                 "the seeds of each setting.\n", markdown_table(rows, prefix)]

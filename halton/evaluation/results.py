@@ -22,6 +22,14 @@ KEY_DEFAULTS = {"temp_pow": 1.0, "temp_warmup": 0, "cfg_interval": ""}
 # nfe_per_image: trunk forwards one image cost up to the row's eval_step (a CFG pair counts 2)
 LEADING_COLUMNS = KEY_COLUMNS + ("tokens_fraction", "nfe_per_image")
 TRAILING_COLUMNS = ("seconds", "images_per_s")
+# Columns every results file has had since the first one: a CSV without them is another file.
+REQUIRED_COLUMNS = ("experiment", "checkpoint", "scheduler", "steps", "cfg_weight", "seed", "num_images", "extractor",
+                    "eval_step", "seconds", "images_per_s")
+# A row names its cell at least by these (the report groups rows by them); the others are numbers where given.
+REQUIRED_VALUES = ("scheduler", "steps", "eval_step")
+INTEGER_COLUMNS = ("steps", "seed", "num_images", "eval_step", "temp_warmup", "nfe_per_image")
+NUMBER_COLUMNS = ("cfg_weight", "temp_min", "temp_max", "temp_pow", "tokens_fraction", "seconds", "images_per_s")
+METRICS = ("fid", "is", "precision", "recall")
 
 
 def _normalise(value) -> str:
@@ -57,25 +65,102 @@ def row_key(row: dict) -> tuple[str, ...]:
                  for column in KEY_COLUMNS)
 
 
+class ResultsFileError(ValueError):
+    """A results file that is damaged or not one: the one line names the file (and the line) and what is wrong."""
+
+
+def _row_problem(row: dict[str, str]) -> str | None:
+    """What is wrong with a row as read (every value a string), or None."""
+    empty = [c for c in REQUIRED_VALUES if not row.get(c)]
+    if empty:
+        return f"empty {', '.join(empty)}"
+    for column in (c for c in INTEGER_COLUMNS + NUMBER_COLUMNS if row.get(c)):
+        try:
+            int(row[column]) if column in INTEGER_COLUMNS else float(row[column])
+        except ValueError:
+            return f"{column}={row[column]!r} is not {'an integer' if column in INTEGER_COLUMNS else 'a number'}"
+    if any("=" not in item for item in row.get("scheduler_options", "").split()):
+        return f"scheduler_options={row['scheduler_options']!r} is not name=value pairs"
+    metrics = [c for c in row if c not in LEADING_COLUMNS + TRAILING_COLUMNS]
+    prefix = next((c[:-len("fid")] for c in metrics if c.endswith("fid") and row[c]), None)
+    missing = [prefix + m for m in METRICS if prefix is not None and prefix + m in row and not row[prefix + m]]
+    if prefix is None or missing:
+        return f"metrics missing ({', '.join(missing) or 'no fid'})"
+    for column in (c for c in metrics if row[c]):
+        try:
+            float(row[column])
+        except ValueError:
+            return f"{column}={row[column]!r} is not a number"
+    return None
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    """The rows of a results file as evaluate.py writes it, or a :class:`ResultsFileError`: a binary file, another
+    CSV (a header without the results columns), a last row cut short (no line end), a row of the wrong length, with
+    a required value empty or a metric missing. A file that does not exist, or is empty, has no rows."""
+    if not path.exists():
+        return []
+    if not path.is_file():
+        raise ResultsFileError(f"results file {path} is not a file")
+    data = path.read_bytes()
+    refuse = "; left as it is: repair it or move it away"
+    if b"\0" in data:
+        raise ResultsFileError(f"results file {path} is binary (a NUL byte at byte {data.index(0)}), not a CSV "
+                               f"file{refuse}")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ResultsFileError(f"results file {path} is not UTF-8 text (byte {error.start}), not a CSV "
+                               f"file{refuse}") from None
+    if not text:
+        return []
+    if not text.endswith("\n"):
+        raise ResultsFileError(f"results file {path}, line {text.count(chr(10)) + 1}: the last row is cut short (no "
+                               f"line end: an interrupted copy or write){refuse}")
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        header = next(reader)
+        missing = [c for c in REQUIRED_COLUMNS if c not in header]
+        if missing or len(set(header)) != len(header):
+            why = f"no column {', '.join(missing[:3])}" if missing else "a column named twice"
+            raise ResultsFileError(f"results file {path} is not a results file of evaluate.py (its header has {why})"
+                                   f"{refuse}")
+        rows = []
+        for values in reader:
+            if not values:
+                continue
+            if len(values) != len(header):
+                problem = f"{len(values)} values where the header names {len(header)} columns"
+            else:
+                rows.append(dict(zip(header, values)))
+                problem = _row_problem(rows[-1])
+            if problem:
+                raise ResultsFileError(f"results file {path}, line {reader.line_num}: {problem}{refuse}")
+    except csv.Error as error:
+        raise ResultsFileError(f"results file {path}, line {reader.line_num}: {error}{refuse}") from None
+    return rows
+
+
 class ResultsFile:
+    """A results file; a symbolic link (to a file shared by several run folders) is written through: its target
+    gets the rows, under a lock beside the target, and keeps its permissions."""
+
     def __init__(self, path: str | Path):
         self.path = Path(path)
 
     @contextmanager
     def _locked(self):
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path.with_suffix(self.path.suffix + ".lock"), "w") as lock:
+        target = self.path.resolve()
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with open(target.with_suffix(target.suffix + ".lock"), "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
-                yield
+                yield target
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
     def rows(self) -> list[dict[str, str]]:
-        if not self.path.is_file():
-            return []
-        with open(self.path, newline="") as handle:
-            return list(csv.DictReader(handle))
+        return read_rows(self.path)
 
     def has(self, keys: list[dict]) -> bool:
         present = {row_key(row) for row in self.rows()}
@@ -83,9 +168,9 @@ class ResultsFile:
 
     def write(self, new_rows: list[dict]) -> None:
         """Add rows, replacing any row with the same key; the file is rewritten atomically under the lock."""
-        with self._locked():
+        with self._locked() as target:
             replaced = {row_key(row) for row in new_rows}
-            rows = [row for row in self.rows() if row_key(row) not in replaced]
+            rows = [row for row in read_rows(target) if row_key(row) not in replaced]
             rows += [{k: _normalise(v) for k, v in row.items()} for row in new_rows]
             metric_columns = sorted({c for row in rows for c in row} - set(LEADING_COLUMNS) - set(TRAILING_COLUMNS))
             columns = list(LEADING_COLUMNS) + metric_columns + list(TRAILING_COLUMNS)
@@ -93,4 +178,7 @@ class ResultsFile:
             writer = csv.DictWriter(buffer, fieldnames=columns, restval="")
             writer.writeheader()
             writer.writerows(rows)
-            atomic_write(self.path, lambda tmp: Path(tmp).write_text(buffer.getvalue()))
+            mode = target.stat().st_mode & 0o7777 if target.exists() else None
+            atomic_write(target, lambda tmp: Path(tmp).write_text(buffer.getvalue()))
+            if mode is not None and target.stat().st_mode & 0o7777 != mode:
+                target.chmod(mode)  # a shared file stays as its owner set it (e.g. group-writable)

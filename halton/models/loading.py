@@ -175,6 +175,19 @@ def check_fits(checkpoint: Checkpoint, cfg) -> None:
                          f"unknown{f' (e.g. {extra[0]})' if extra else ''}")
 
 
+def refuse_non_finite(net, path):
+    """``net``, or a one-line ValueError naming the checkpoint and the share of its weights that are NaN or infinite
+    (written by a training run that diverged). Checked once, when a checkpoint is loaded: one fused norm."""
+    from halton.utils.checkpoint import count_non_finite
+
+    bad, total = count_non_finite(net.parameters())
+    if bad:
+        raise ValueError(f"checkpoint {path} holds non-finite weights: {bad:,} of its {total:,} weights "
+                         f"({bad / total:.2%}) are NaN or infinite, written by a training run that diverged; use a "
+                         "checkpoint from before the divergence")
+    return net
+
+
 def load_pretrained(path: str, map_location: Any = "cpu"):
     """A class or text model saved with ``save_pretrained``: a local folder, or ``hf://owner/repo`` on the hub
     (fetched into its cache; ``HF_HUB_OFFLINE=1`` reads the cache only). The kind comes from config.json."""
@@ -183,7 +196,8 @@ def load_pretrained(path: str, map_location: Any = "cpu"):
 
     model_class = TextMaskTransformer if "text_dim" in pretrained_config(path) else MaskTransformer
     source = parse(path)[0] if is_hub_path(path) else str(Path(path).expanduser())
-    return model_class.from_pretrained(source, local_files_only=offline(), map_location=str(map_location))
+    return refuse_non_finite(model_class.from_pretrained(source, local_files_only=offline(),
+                                                         map_location=str(map_location)), path)
 
 
 def load_model(checkpoint, net_config=None, official_heads: int | None = None):
@@ -197,7 +211,8 @@ def load_model(checkpoint, net_config=None, official_heads: int | None = None):
     if checkpoint.kind is Kind.RELEASED:
         from halton.models.official import from_official_state
 
-        return from_official_state(checkpoint.state, official_heads, checkpoint.path)
+        return refuse_non_finite(from_official_state(checkpoint.state, official_heads, checkpoint.path),
+                                 checkpoint.path)
     from hydra.utils import instantiate
 
     net = instantiate(net_config)
@@ -207,4 +222,4 @@ def load_model(checkpoint, net_config=None, official_heads: int | None = None):
         detail = str(error).splitlines()
         raise ValueError(f"checkpoint {checkpoint.path} does not fit the model config: "
                          f"{' '.join(d.strip() for d in detail[1:3])}") from None
-    return net.eval()
+    return refuse_non_finite(net, checkpoint.path).eval()

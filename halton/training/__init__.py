@@ -2,6 +2,7 @@
 
 from halton.data.reading.resumable_loader import ResumableLoader  # public here too: halton.training.ResumableLoader
 from halton.training.checkpoint_io import AtomicCheckpointIO
+from halton.training.divergence import Diverged, DivergenceGuard
 from halton.training.ema import EMA
 from halton.training.module import MaskGITModule
 from halton.training.preemption import PreemptionCheckpoint, cluster_plugins
@@ -9,5 +10,5 @@ from halton.training.progress import StepProgressBar
 from halton.training.rng_state import RNGStateCheckpoint
 from halton.training.throughput import Throughput
 
-__all__ = ["EMA", "AtomicCheckpointIO", "MaskGITModule", "PreemptionCheckpoint", "RNGStateCheckpoint",
-           "ResumableLoader", "StepProgressBar", "Throughput", "cluster_plugins"]
+__all__ = ["EMA", "AtomicCheckpointIO", "Diverged", "DivergenceGuard", "MaskGITModule", "PreemptionCheckpoint",
+           "RNGStateCheckpoint", "ResumableLoader", "StepProgressBar", "Throughput", "cluster_plugins"]

@@ -34,7 +34,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
         path = Path(path)
-        # Only rank 0 writes a given path, so a temporary of it that exists now was left by a killed writer.
+        # Only rank 0 writes a given path, and only one run writes a run folder (its lock, halton.utils.run_lock),
+        # so a temporary of it that exists now was left by a killed writer.
         remove_stale_temporaries(path.parent, path.name)
         atomic_write(path, lambda tmp: save_durably(checkpoint, tmp))
         fsync_directory(path.parent)

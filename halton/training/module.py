@@ -149,12 +149,13 @@ class MaskGITModule(pl.LightningModule):
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
         # Lightning's mixed-precision plugin refuses to clip for a fused optimizer (for fp16's gradient scaler,
-        # which the optimizer would unscale itself); bf16 has no scaler, so the gradients are clipped here.
+        # which the optimizer would unscale itself); bf16 has no scaler, so the gradients are clipped here. The norm
+        # (a device tensor) is kept for halton.training.DivergenceGuard, which would compute it again otherwise.
         if gradient_clip_val and optimizer.defaults.get("fused"):
             if gradient_clip_algorithm == "value":
                 torch.nn.utils.clip_grad_value_(self.parameters(), gradient_clip_val)
             else:
-                torch.nn.utils.clip_grad_norm_(self.parameters(), gradient_clip_val)
+                self.grad_norm = torch.nn.utils.clip_grad_norm_(self.parameters(), gradient_clip_val)
             return
         super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 

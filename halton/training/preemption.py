@@ -1,4 +1,5 @@
-"""Stop cleanly when the cluster says so: a checkpoint of the current step, then exit (and requeue under SLURM)."""
+"""Stop cleanly when the cluster or the user says so: a checkpoint of the current step, then exit (and requeue under
+SLURM)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 REQUEUE_SIGNALS = ("SIGUSR1", "SIGUSR2")
 EXIT_STATUS = 128 + signal.SIGTERM  # what a process killed by SIGTERM reports
+INTERRUPTED_STATUS = 128 + signal.SIGINT  # a shell's status after Ctrl-C
 log = logging.getLogger(__name__)
 
 
@@ -47,13 +49,15 @@ class PreemptionCheckpoint(Checkpoint):
     step to ``path`` (train.py resumes from ``<run>/checkpoints/last.ckpt``):
 
     - SIGTERM (``scancel``, preemption, the end of the time limit, a requeue): save and stop.
+    - SIGINT (Ctrl-C): save and stop, exit status 130; a second Ctrl-C stops at once, without saving.
     - ``requeue_signal`` (SIGUSR1; ``#SBATCH --signal=SIGUSR1@90`` sends it 90 s before the time limit): save,
       stop and, when ``requeue`` and running under SLURM, ``scontrol requeue`` the job, which then starts again and
       resumes from ``path``.
 
     The handlers only record the signal. After every optimizer step the ranks agree whether any of them got one,
     and all of them save and stop at that same step, so the checkpoint holds a whole step on every rank.
-    Training stops by raising Lightning's ``SIGTERMException`` (a ``SystemExit``) with exit status 143.
+    Training stops by raising Lightning's ``SIGTERMException`` (a ``SystemExit``) with exit status 143 (130 after
+    Ctrl-C).
 
     A ``Checkpoint`` subclass, so Lightning calls its hooks after the other callbacks' (the EMA update comes first).
     """
@@ -64,11 +68,16 @@ class PreemptionCheckpoint(Checkpoint):
         self.requeue_signal = parse_signal(requeue_signal)
         self.received: signal.Signals | None = None
         self._previous_handlers: dict[signal.Signals, Any] = {}
+        self._announce = False  # rank 0 says at once that Ctrl-C was heard
 
     # ------------------------------------------------------------------ handlers
     def _record(self, signum: int, frame: Any) -> None:
-        # SIGTERM wins over the requeue signal: a job that is being cancelled must not requeue itself.
-        if self.received != signal.SIGTERM:
+        # SIGTERM wins over Ctrl-C, and both over the requeue signal: a job being stopped must not requeue itself.
+        if signum == signal.SIGINT and self.received == signal.SIGINT:
+            raise KeyboardInterrupt  # the second Ctrl-C: stop now
+        if signum == signal.SIGINT and self._announce:
+            os.write(2, b"Ctrl-C: saving a checkpoint after this step, then stopping (Ctrl-C again: stop now)\n")
+        if self.received != signal.SIGTERM and not (signum == self.requeue_signal and self.received is not None):
             self.received = signal.Signals(signum)
 
     def _install(self, signum: signal.Signals) -> None:
@@ -88,6 +97,8 @@ class PreemptionCheckpoint(Checkpoint):
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._install(signal.SIGTERM)  # after Lightning has installed its own SIGTERM handler, which this replaces
+        self._install(signal.SIGINT)  # Ctrl-C: otherwise Lightning stops without saving the steps since the last save
+        self._announce = trainer.is_global_zero
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._uninstall()
@@ -105,15 +116,17 @@ class PreemptionCheckpoint(Checkpoint):
             return
         # Every rank takes the same decisions: SIGTERM on any rank wins over the requeue signal.
         terminated = trainer.strategy.reduce_boolean_decision(self.received == signal.SIGTERM, all=False)
-        reason = "SIGTERM" if terminated else self.requeue_signal.name
+        interrupted = not terminated and trainer.strategy.reduce_boolean_decision(self.received == signal.SIGINT,
+                                                                                    all=False)
+        reason = "SIGTERM" if terminated else "SIGINT" if interrupted else self.requeue_signal.name
         trainer.save_checkpoint(self.path, weights_only=False)  # the whole training state
         rank_zero_info(f"{reason}: saved {self.path} at step {trainer.global_step}")
-        if self.requeue and not terminated:
+        if self.requeue and not terminated and not interrupted:
             if trainer.is_global_zero:
                 self._requeue_job()
             trainer.strategy.barrier("requeue")  # no rank exits (srun --kill-on-bad-exit) before the requeue is done
         log.info(f"rank {trainer.global_rank}/{trainer.world_size}: stopped at step {trainer.global_step} ({reason})")
-        raise SIGTERMException(EXIT_STATUS)
+        raise SIGTERMException(INTERRUPTED_STATUS if interrupted else EXIT_STATUS)
 
     def _requeue_job(self) -> None:
         job_id = slurm_job_id()

@@ -45,6 +45,18 @@ def read_checkpoint(path: str | Path | None, what: str = "checkpoint", hint: str
         raise ValueError(f"{what} {path} is truncated or damaged: {_first_line(error)}") from None
 
 
+def count_non_finite(tensors) -> tuple[int, int]:
+    """(NaN or infinite elements, all elements) of the floating tensors among ``tensors`` (weights: a run that
+    diverged). One fused norm over all of them first: when it is finite so is every element, and the count (a pass
+    per tensor) runs only when it is not (or overflowed)."""
+    tensors = [t.detach() for t in tensors if t.is_floating_point() and t.numel()]
+    total = sum(t.numel() for t in tensors)
+    norms = torch._foreach_norm(tensors) if tensors else []
+    if not tensors or bool(torch.stack([n.float().to(norms[0].device) for n in norms]).isfinite().all()):
+        return 0, total
+    return sum(int((~torch.isfinite(t)).sum()) for t in tensors), total
+
+
 def _first_line(error: BaseException) -> str:
     return (str(error).strip().splitlines() or [type(error).__name__])[0]
 

@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader
 
 from halton.data.digits.captions import WORDS
 from halton.data.reading.codes_dataset import CodesDataset, pass_through
+from halton.data.reading.partition import check_batch_fits
 from halton.data.reading.resumable_loader import ResumableLoader
 from halton.tokenizers import PixelTokenizer
 
@@ -63,12 +64,14 @@ class DigitsDataModule(pl.LightningDataModule):
         self._classifier = None
 
     def setup(self, stage: str | None = None) -> None:
-        if hasattr(self, "train_set"):
-            return
-        (train_x, train_y), (val_x, val_y) = load_digits_split(self.val_fraction, self.seed)
-        self.train_images, self.train_labels = train_x, train_y
-        self.train_set = CodesDataset(self.tokenizer.encode(train_x), train_y)
-        self.val_set = CodesDataset(self.tokenizer.encode(val_x), val_y)
+        if not hasattr(self, "train_set"):
+            (train_x, train_y), (val_x, val_y) = load_digits_split(self.val_fraction, self.seed)
+            self.train_images, self.train_labels = train_x, train_y
+            self.train_set = CodesDataset(self.tokenizer.encode(train_x), train_y)
+            self.val_set = CodesDataset(self.tokenizer.encode(val_x), val_y)
+        if stage == "fit":  # before the model is set up: Lightning calls this first in fit
+            check_batch_fits(self.batch_size, len(self.train_set), self.trainer.world_size if self.trainer else 1,
+                             f"the digits' training split (val_fraction={self.val_fraction})")
 
     def _loader(self, dataset: CodesDataset, shuffle: bool) -> DataLoader:
         return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, drop_last=shuffle,

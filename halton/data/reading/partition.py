@@ -64,6 +64,16 @@ def worker_sizes(rank_samples: int, num_workers: int, batch_size: int, drop_last
     return [(n, -(-n // batch_size)) for n in split_evenly(rank_samples, num_workers)]
 
 
+def check_batch_fits(batch_size: int, samples: int, world_size: int, data: str) -> None:
+    """Refuse a training batch larger than a rank's share of the training set: every epoch would drop its only,
+    incomplete batch, and training would end at step 0 without a checkpoint."""
+    per_rank = samples // world_size
+    if batch_size > per_rank:
+        share = f", {per_rank} per rank on {world_size} ranks" if world_size > 1 else ""
+        raise ValueError(f"data.batch_size={batch_size} is larger than the training set ({samples} samples in "
+                         f"{data}{share}); allowed: data.batch_size <= {per_rank}")
+
+
 def batches_per_rank(manifest: Manifest, world_size: int, num_workers: int, batch_size: int,
                      drop_last: bool) -> int:
     rank_samples = manifest.samples // world_size

@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader
 from halton.data.format.manifest import EXTRACT_COMMAND, MANIFEST_NAME, Manifest, ManifestMismatch
 from halton.data.format.tokenizer_spec import same_tokenizer, tokenizer_spec
 from halton.data.reading.epoch_loader import EpochDataLoader
+from halton.data.reading.partition import check_batch_fits
 from halton.data.reading.shard_stream import CodeShardStream
 from halton.tokenizers import Tokenizer
 
@@ -131,6 +132,9 @@ class CodeShardsDataModule(pl.LightningDataModule):
         for split in splits:
             if split not in self.manifests:
                 self.manifests[split] = self.load_manifest(split)
+        if stage == "fit" and not self.resampled:  # a resampled stream draws its batches across passes
+            check_batch_fits(self.batch_size, self.manifests[self.train_split].samples, self._rank_and_world()[1],
+                             str(self.split_dir(self.train_split)))
 
     def _rank_and_world(self) -> tuple[int, int]:
         trainer = self.trainer

@@ -31,12 +31,12 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from tqdm.auto import tqdm
 
 from halton.data.format.chunks import MAX_CODEBOOK, Chunk, bf16_bits, split_into_chunks, strings, write_shard
-from halton.data.format.manifest import Manifest, ShardRecord
+from halton.data.format.manifest import MANIFEST_NAME, Manifest, ShardRecord
 from halton.data.format.tokenizer_spec import tokenizer_spec
 from halton.data.writing.sources import Item, Skip, Source, Unit
 from halton.options.extraction import ExtractionOptions, check_captions
 from halton.tokenizers import Tokenizer
-from halton.utils.files import atomic_write
+from halton.utils.files import atomic_write, remove_stale_temporaries
 
 log = logging.getLogger("halton.data")
 
@@ -216,6 +216,11 @@ class ShardAssembler:
             self._write(self.units[batch["unit"]], self.pending.pop(batch["unit"]))
 
     def _write(self, unit: Unit, parts: dict[str, list]) -> None:
+        # Only this process writes this unit: a temporary of its shard or record is a killed writer's (0 bytes up
+        # to a whole shard), which the run that finishes the unit removes.
+        for name in (unit.name, record_path(self.out_dir, unit).name):
+            for stale in remove_stale_temporaries(self.out_dir, name):
+                log.info("removed %s, left by a write that was interrupted", stale)
         chunks = split_into_chunks(Chunk.concatenate(parts["chunks"]), self.chunk_size) if parts["chunks"] else []
         record = write_shard(self.out_dir / unit.name, chunks, source=unit.origin, skipped=parts["skipped"])
         text = json.dumps({"settings": self.settings, "shard": record.__dict__, "rank": self.rank}, indent=1)
@@ -248,6 +253,7 @@ def finalize_manifest(out_dir: str | Path, source: Source, units: list[Unit], se
     if skipped:
         log.warning("%d inputs could not be read and are not in the shards (listed per shard in the manifest)",
                     skipped)
+    remove_stale_temporaries(out_dir, MANIFEST_NAME)  # every unit is finished: an earlier run's interrupted write
     manifest = Manifest(grid=settings["grid"], codebook_size=settings["codebook_size"], num_classes=num_classes,
                         chunk_size=settings["chunk_size"], flipped=settings["flip"],
                         captions=any(r.captions for r in records), tokenizer=settings["tokenizer"],
