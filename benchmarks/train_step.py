@@ -111,7 +111,7 @@ class CompiledUpdate:
     schedule never recompiles it and nothing synchronises with the host."""
 
     def __init__(self, params: list[torch.Tensor], lr: float, betas=(0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 0.01, max_norm: float = 1.0, decay: float = 0.999):
+                 weight_decay: float = 0.01, max_norm: float = 1.0, decay: float = 0.999, compile: bool = True):
         self.params = params
         self.moments = [torch.zeros_like(p) for p in params]
         self.squares = [torch.zeros_like(p) for p in params]
@@ -120,7 +120,7 @@ class CompiledUpdate:
         self.step_count = torch.zeros((), device=device)
         self.lr = torch.tensor(lr, device=device)
         self.settings = (*betas, eps, weight_decay, max_norm, decay)
-        self._update = torch.compile(self._math, dynamic=False)
+        self._update = torch.compile(self._math, dynamic=False) if compile else self._math
 
     @staticmethod
     def _math(params, grads, moments, squares, averages, step_count, lr, beta1, beta2, eps, weight_decay,
@@ -193,7 +193,7 @@ def bare_loop(args, device, batches, variant: str = "base", profile_steps: int =
     if variant in ("compiled_update", "batch64_update"):
         group = optimizer.param_groups[0]
         fused = CompiledUpdate(list(module.model.parameters()), group["lr"], group["betas"], group["eps"],
-                               group["weight_decay"])
+                               group["weight_decay"], compile=args.compile)
 
     def step(batch):
         with autocast:

@@ -24,7 +24,6 @@ from halton.options import (
     MaskingOptions,
     OptimizerOptions,
     SamplingOptions,
-    register_schemas,
     rules,
     under,
 )
@@ -46,7 +45,6 @@ from halton.utils.hub import hub_parts, is_hub_path
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "conf"
 _ABSENT = object()
-register_schemas()  # conf/sampling/default.yaml merges sampling/schema: registered before any config is composed
 
 
 class Checks:

@@ -108,6 +108,7 @@ def test_results_key_the_interval_and_older_rows_match_the_default():
     assert row_key(old) != row_key({**old, "cfg_interval": "0.1,0.3"})
 
 
+@pytest.mark.slow  # evaluate.py end to end; the interval's rule and sampling are tested in-process
 def test_evaluate_writes_the_interval_and_the_forwards(tiny_run):
     ckpt = tiny_run / "tiny" / "checkpoints" / "last.ckpt"
     common = ["experiment=digits", f"checkpoint={ckpt}", *TINY_NET, f"paths.runs_dir={tiny_run}",

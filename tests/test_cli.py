@@ -34,7 +34,9 @@ def test_resume_continues_from_last_checkpoint(trained, tmp_path):
     assert "rank 0/1: trained to step 6" in result.stdout
 
 
-@pytest.mark.parametrize("scheduler", ["halton", "confidence", "random"])
+# the other two schedulers' command lines in the slow set (their sampling is tested in-process)
+@pytest.mark.parametrize("scheduler", ["halton", pytest.param("confidence", marks=pytest.mark.slow),
+                                       pytest.param("random", marks=pytest.mark.slow)])
 def test_sample_writes_a_labelled_grid(trained, scheduler):
     from PIL import Image
 

@@ -4,11 +4,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.slow  # two processes; test_shards' DDP test keeps two ranks in the default run
 def test_two_process_ddp_training_on_cpu(tmp_path):
     args = ["experiment=digits", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
             "trainer.precision=32-true", "trainer.max_steps=4", "model.net.depth=1", "model.net.hidden_dim=32",

@@ -341,6 +341,7 @@ def test_evaluate_rejects_bad_values(tiny_run, args, message):
     assert result.stderr.strip().splitlines()[0].startswith(message)
 
 
+@pytest.mark.slow  # evaluate.py end to end; the schedules are tested in-process
 def test_evaluate_records_a_parameterised_sampling_schedule(tiny_run):
     evaluate(tiny_run, "scheduler=halton", "steps=4", "intermediate_steps=[2]", "schedule=poly", "schedule_power=2",
              "diagnostics=false", "results=${paths.runs_dir}/poly.csv")

@@ -248,6 +248,7 @@ def test_webdataset_image_shards_with_labels_and_captions(tokenizer, tmp_path):
         assert torch.equal(codes, tokenizer.encode(image)[0])
 
 
+@pytest.mark.slow  # two ranks through Lightning; one-process extraction stays in the default run
 # ------------------------------------------------------------------------------------------------ Lightning, 2 ranks
 def test_the_command_extracts_on_two_ranks_each_writing_its_own_shards(tmp_path):
     """python -m halton.data.writing.extract_codes through Lightning (DDP on CPU, 2 processes): same shards as

@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-BENCHMARK_STAGES = ["mfu_xl", "ours_xl16", "mfu_t2i", "sampling_large", "reference_xl16", "kernels"]
+# the default run: the step benchmark's stage (and the side-by-side stages, skipped without a reference checkout);
+# the other benchmark stages run the same scripts and are in the slow full dry run
+BENCHMARK_STAGES = ["mfu_xl", "sampling_large", "reference_xl16"]
 PIPELINE_STAGES = ["train_xl", "resume", "sample_evaluate_tests"]
 
 
@@ -42,10 +44,9 @@ def test_dry_run_of_the_benchmark_stages(tmp_path):
         names = set(tar.getnames())
         mfu = json.load(tar.extractfile("mfu_xl.json"))
         profile = tar.extractfile("mfu_xl.profile.md").read().decode()
-    assert {"mfu_xl.log", "kernels.log", "kernels.json", "mfu_t2i.json", "ours_xl16.json"} <= names
+    assert {"mfu_xl.log", "mfu_xl.json", "mfu_xl.profile.md"} <= names
     rows = mfu["rows"]
-    assert set(rows) == {"bare", "lightning", "bare[compiled_update]", "bare[whole_graph]",
-                         "bare[coordinate_descent]", "bare[batch64_update]"}
+    assert set(rows) == {"bare", "lightning", "bare[compiled_update]", "bare[batch64_update]"}
     assert all(row["images_per_s"] > 0 for row in rows.values()) and rows["bare[batch64_update]"]["batch"] == 8
     assert mfu["lightning_over_bare"] > 0 and mfu["gflop_per_image"] > 0
     for loop in ("profile", "profile_lightning"):  # the bare loop's and Lightning's, each with its table

@@ -148,6 +148,7 @@ def test_report_command_line_on_a_cut_file(results):
                                           f"end: an interrupted copy or write){LEFT}"]
 
 
+@pytest.mark.slow  # evaluate.py end to end; the refusal itself is tested in-process
 def test_evaluate_refuses_a_foreign_results_file_before_the_work(tmp_path):
     """evaluate.py: one line, exit code 2, the file as it was, no run folder left; with force=true too."""
     from halton.models import MaskTransformer

@@ -4,6 +4,7 @@ a batch that can never be drawn refused up front, a killed shard write's tempora
 
 from __future__ import annotations
 
+import pytest
 import csv
 import os
 import signal
@@ -100,6 +101,7 @@ def test_a_second_run_in_a_run_folder_in_use_is_refused_and_writes_nothing_there
     assert not (run_dir / ".run.lock.owner").exists()  # released on its way out
 
 
+@pytest.mark.slow  # a killed train.py and a second one; the lock's refusal stays in the default run
 def test_the_lock_of_a_killed_run_is_taken_over(tmp_path):
     first = start_long_run(tmp_path, "killed")
     assert stop(first, signal.SIGKILL) == -signal.SIGKILL

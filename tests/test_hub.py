@@ -83,6 +83,7 @@ def test_released_experiments_default_to_their_hub_files(offline_cache, tmp_path
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.slow  # export and three sample.py runs; export's folder rules are tested in-process
 def test_export_reloads_with_identical_logits_and_samples_identically(tiny_run, tmp_path, offline_cache):
     ckpt = tiny_run / "tiny" / "checkpoints" / "last.ckpt"
     out = tmp_path / "export"

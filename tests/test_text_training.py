@@ -98,6 +98,7 @@ def test_evaluation_of_unseen_phrasings_reports_adherence(text_run):
     assert 0 <= float(rows[0]["adherence"]) <= 1 and float(rows[0]["digits_fid"]) > 0
 
 
+@pytest.mark.slow  # a second text evaluation end to end (unseen phrasings stays in the default run)
 def test_evaluation_of_a_prompt_file_with_the_clip_score(text_run, fixtures, tmp_path):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("# digits\nthe digit 3\na handwritten seven\n")
