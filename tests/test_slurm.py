@@ -177,7 +177,9 @@ def train_env(root: Path, name: str, *overrides: str) -> dict[str, str]:
     """slurm/train.sbatch's documented variables for a tiny digits run on CPU under ``root``/runs/``name``."""
     return {"HALTON_EXPERIMENT": "digits", "HALTON_NAME": name, "HALTON_ROOT": str(root),
             "HALTON_PYTHON": sys.executable, "HALTON_MASTER_ADDR": "127.0.0.1",  # node names n0, n1 do not resolve
-            "HALTON_OVERRIDES": " ".join([TINY, *overrides])}
+            # rank 0's port: Lightning's SLURM default (15000 + the job id) repeats with every fresh test cluster,
+            # whose job ids restart at 1, and a run just before may still hold it
+            "MASTER_PORT": str(free_port()), "HALTON_OVERRIDES": " ".join([TINY, *overrides])}
 
 
 def submit(cluster: LocalCluster, script: str, env: dict, *sbatch_args: str) -> tuple[str, Path]:
@@ -305,7 +307,7 @@ def result_cells(results: Path) -> list[tuple[str, str]]:
 def test_evaluate_sbatch_sweeps_the_cells_over_two_tasks(cluster, straight_run, tmp_path):
     straight_root, _ = straight_run
     env = {"HALTON_EXPERIMENT": "digits", "HALTON_NAME": "eval", "HALTON_ROOT": str(tmp_path),
-           "HALTON_PYTHON": sys.executable, "HALTON_MASTER_ADDR": "127.0.0.1",
+           "HALTON_PYTHON": sys.executable, "HALTON_MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()),
            "HALTON_CHECKPOINT": str(straight_root / "runs" / "ddp" / "checkpoints" / "last.ckpt"),
            "HALTON_SCHEDULERS": "halton,confidence", "HALTON_STEPS": "4",
            "HALTON_OVERRIDES": " ".join([*EVAL_TINY[1:], f"paths.data_dir={straight_root / 'data'}"])}
