@@ -8,7 +8,7 @@ import dataclasses
 from dataclasses import InitVar, dataclass
 from typing import Any, List, Optional
 
-from halton.options.rules import Invalid, choice, integer, key, number, seed
+from halton.options.rules import Invalid, choice, from_config, integer, key, number, seed
 
 SCHEDULES = ("arccos", "cosine", "linear", "square", "root", "poly", "exp", "log")
 
@@ -93,8 +93,4 @@ class SamplingOptions:
     @classmethod
     def from_config(cls, cfg, num_tokens: int | None = None, codebook_size: int | None = None) -> SamplingOptions:
         """The options an entry point's composed config holds (its top-level keys, conf/sampling)."""
-        from omegaconf import OmegaConf
-
-        values = {name: OmegaConf.select(cfg, name) for name in cls.names()}
-        values = {k: OmegaConf.to_container(v) if OmegaConf.is_config(v) else v for k, v in values.items()}
-        return cls(**values, num_tokens=num_tokens, codebook_size=codebook_size)
+        return from_config(cls, cfg, num_tokens=num_tokens, codebook_size=codebook_size)
