@@ -182,8 +182,10 @@ def check_inputs(cfg: DictConfig, entry: str) -> None:
     import torch
     from hydra.utils import instantiate
 
+    from halton import memory
     from halton.models import loading
     from halton.utils.checkpoint import read_checkpoint
+    from halton.utils.pixels import open_image
 
     gpu_wanted = {"train": "trainer.accelerator", "evaluate": "accelerator", "extract": "trainer.accelerator"}
     key = gpu_wanted.get(entry)
@@ -208,6 +210,11 @@ def check_inputs(cfg: DictConfig, entry: str) -> None:
     for key in ("vq_checkpoint", "inception_weights"):
         if OmegaConf.select(cfg, key):
             read_checkpoint(OmegaConf.select(cfg, key), key)
+    if entry in ("sample", "evaluate", "train"):
+        memory.check_request(cfg, entry)
+    for key in ("edit.image", "edit.mask"):  # their size from the header, before any pixel is decoded
+        if entry == "sample" and OmegaConf.select(cfg, key):
+            open_image(OmegaConf.select(cfg, key), f"{key}={OmegaConf.select(cfg, key)}", decode=False)
 
 
 def resume_candidate(cfg: DictConfig, announce: bool = True) -> tuple[str | None, dict | None]:

@@ -23,6 +23,19 @@ class PickledCode:
         return os.system, ("touch PWNED",)
 
 
+def png_header(width: int, height: int) -> bytes:
+    """A PNG file whose header says width x height (8-bit grey) and whose image data is a few bytes: PIL reads its
+    size, and decoding it would need width x height pixels (a decompression bomb's claim, without the bomb)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b""))
+
+
 @pytest.fixture(scope="module")
 def bad_files(tiny_run, tmp_path_factory):
     folder = tmp_path_factory.mktemp("bad_files")
@@ -33,6 +46,7 @@ def bad_files(tiny_run, tmp_path_factory):
     torch.save({"state_dict": {}, "hook": PickledCode()}, folder / "code.ckpt")
     (folder / "a_file").write_text("a file where a folder is needed\n")
     (folder / "images").mkdir()
+    (folder / "bomb.png").write_bytes(png_header(10000, 10000))
     return {"tiny": str(last), **{p.stem: str(p) for p in folder.iterdir()}}
 
 
@@ -79,6 +93,23 @@ CASES = [
     ("sample.py", ["schedule_power=0"], "schedule_power=0 is out of range; allowed: > 0 (the poly exponent)"),
     ("evaluate.py", ["schedule_rate=nan"], "schedule_rate=nan is not finite; allowed: > 0 (the exp and log rate)"),
     ("sample.py", ["per_class=0"], "per_class=0 is out of range; allowed: >= 1"),
+    # requests that cannot fit, and products of values that overflow float32: refused before anything loads
+    ("sample.py", ["per_class=10000000"], "per_class=10000000 needs at least 1.61 TiB at once (100000000 samples "
+                                          "drawn in one batch), more than the"),
+    ("evaluate.py", ["num_images=1000000000000"], "num_images=1000000000000 needs at least 276 TiB at once (the "
+                                                  "conditions and digits features of every image"),
+    ("evaluate.py", ["batch_size=100000000"], "batch_size=100000000 needs at least 1.61 TiB at once (one batch"),
+    ("train.py", ["data.batch_size=1000000000"], "data.batch_size=1000000000 needs at least 59.6 TiB at once (the 2 "
+                                                 "blocks' inputs kept for the backward pass)"),
+    ("sample.py", ["cfg_weight=1e308"], "cfg_weight=1e+308 scales the logits by (1 + cfg_weight) * temperature ** "
+                                        "temp_pow = about 1e308"),
+    ("evaluate.py", ["temp_min=1e308", "temp_max=1e308"], "temp_max=1e+308 scales the logits by"),
+    ("sample.py", ["temp_max=10", "temp_pow=1000"], "temp_pow=1000 scales the logits by (1 + cfg_weight) * "
+                                                    "temperature ** temp_pow = about 1e1000"),
+    ("train.py", ["model.sample_grid.cfg_weight=1e308"], "model.sample_grid.cfg_weight=1e+308 scales the logits"),
+    ("sample.py", ["edit.image={bomb}", "edit.box=[0,0,4,4]"], "edit.image={bomb} is 10000x10000 = 100,000,000 "
+                                                                "pixels; allowed: images up to 89,478,485 pixels"),
+    ("sample.py", ["edit.image={text}", "edit.box=[0,0,4,4]"], "edit.image={text} cannot be read as an image"),
     ("sample.py", ["device=gpu7"], "device='gpu7' is not a device; allowed: auto, cpu, cuda, cuda:N, mps"),
     ("sample.py", ["progression=maybe"], "progression='maybe' is not a boolean; allowed: true, false"),
     ("sample.py", ["scheduler.r_temp=3"], "scheduler.r_temp is not an option of the halton scheduler; allowed: "
@@ -233,8 +264,32 @@ def test_a_reference_folder_with_a_file_that_is_not_an_image(tmp_path):
 
     (tmp_path / "a.png").write_bytes(b"\x89PNG but not really")
     _, _, batches = reference_source("folder", str(tmp_path), (8, 8), 10)
-    with pytest.raises(ValueError, match=rf"reference image {tmp_path / 'a.png'} cannot be read: "):
+    with pytest.raises(ValueError, match=rf"reference image {tmp_path / 'a.png'} cannot be read as an image: "):
         list(batches)
+
+
+@pytest.mark.parametrize("side,size", [(10000, "10000x10000 = 100,000,000"), (20000, "400,000,000")])
+def test_decompression_bombs_are_refused_from_their_header(tmp_path, side, size):
+    """A reference image, an extraction source and an image given as bytes (the app's uploads) claiming more pixels
+    than PIL's limit: one line from the header, nothing decoded; over twice the limit PIL refuses the header itself,
+    and the line still gives the count."""
+    from halton.data.writing.sources import ImageFolderSource, Skip
+    from halton.evaluation.reference import reference_source
+    from halton.utils.pixels import open_image
+
+    bomb = png_header(side, side)
+    (tmp_path / "a" / "0").mkdir(parents=True)
+    (tmp_path / "a" / "0" / "bomb.png").write_bytes(bomb)
+    _, _, batches = reference_source("folder", str(tmp_path / "a"), (8, 8), 10)
+    with pytest.raises(ValueError) as error:
+        list(batches)
+    assert str(error.value) == (f"reference image {tmp_path / 'a' / '0' / 'bomb.png'} is {size} pixels; allowed: "
+                                "images up to 89,478,485 pixels (a decompression-bomb guard; nothing was decoded)")
+    with pytest.raises(ValueError, match=rf"^upload.png is {size} pixels; allowed: images up to 89,478,485"):
+        open_image(bomb, "upload.png")
+    source = ImageFolderSource(str(tmp_path / "a"), image_size=8)
+    (skipped,) = list(source.read(source.units()[0]))
+    assert isinstance(skipped, Skip) and f"is {size} pixels" in skipped.reason
 
 
 def test_a_pixel_tokenizer_refuses_colour_images():

@@ -20,6 +20,7 @@ from halton.utils.files import require_file
 class FeatureExtractor(nn.Module, ABC):
     name: str            # identifies the network and its weights (part of the reference-statistics fingerprint)
     metric_prefix: str   # prefix of the metric names it yields
+    values_per_image: int  # features + logits of one image (what an evaluation keeps per image)
 
     @abstractmethod
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -44,6 +45,7 @@ class InceptionFeatures(FeatureExtractor):
     ``weights_path`` is None and the machine is online, torch-fidelity's usual download of ``INCEPTION_URL``."""
 
     metric_prefix = ""
+    values_per_image = 2048 + 1008
 
     def __init__(self, weights_path: str | None = None):
         super().__init__()
@@ -85,6 +87,7 @@ class DigitsFeatures(FeatureExtractor):
     """
 
     metric_prefix = "digits_"
+    values_per_image = 64 + 10
     VERSION = 1  # bump when the architecture or the training recipe changes
 
     def __init__(self, cache_dir: str | Path, seed: int = 0, steps: int = 600):
@@ -130,6 +133,9 @@ class DigitsFeatures(FeatureExtractor):
 
     def accuracy(self, images: torch.Tensor, labels: torch.Tensor) -> float:
         return (self(images)["logits"].argmax(-1) == labels).float().mean().item()
+
+
+EXTRACTORS = {"inception": InceptionFeatures, "digits": DigitsFeatures}  # by the names extractor= takes
 
 
 def fingerprint(*parts) -> str:

@@ -109,15 +109,9 @@ def _folder_images(root: Path) -> list[Path]:
 
 
 def _open_image(path: Path):
-    from PIL import Image, UnidentifiedImageError
+    from halton.utils.pixels import open_image
 
-    try:
-        image = Image.open(path)
-        image.load()
-    except (UnidentifiedImageError, OSError, SyntaxError) as error:
-        raise ValueError(f"reference image {path} cannot be read: {str(error).splitlines()[0]}; allowed: image files "
-                         f"({', '.join(IMAGE_SUFFIXES)}) only") from None
-    return image
+    return open_image(path, f"reference image {path}")
 
 
 def _batched(images: Iterator[torch.Tensor], batch_size: int) -> Iterator[torch.Tensor]:

@@ -5,10 +5,11 @@ and the rules of their values."""
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import InitVar, dataclass
 from typing import Any, List, Optional
 
-from halton.options.rules import Invalid, choice, from_config, integer, key, number, seed
+from halton.options.rules import Invalid, choice, from_config, integer, key, number, seed, shown
 
 SCHEDULES = ("arccos", "cosine", "linear", "square", "root", "poly", "exp", "log")
 
@@ -31,6 +32,32 @@ def check_steps(steps: Any, num_tokens: int | None = None) -> int:
 def check_top_k(value: Any, codebook_size: int | None = None) -> int | None:
     """Sample among the ``top_k`` likeliest codes (None or 0: all), at most the codebook (when known)."""
     return integer("top_k", value, 0, codebook_size, optional=True, note=" (0: off)" if codebook_size is None else "")
+
+
+# The sampler multiplies the float32 logits by (1 + cfg_weight) * temperature (the reference's convention); below
+# this bound, logits up to 1e8 in magnitude stay finite (float32 holds up to 3.4e38).
+LOGIT_SCALE_LIMIT = 1e30
+
+
+def check_logit_scale(cfg_weight: float, temp_min: float, temp_max: float, temp_pow: float) -> None:
+    """The largest factor a step multiplies the logits by, (1 + cfg_weight) * max(temp_min, temp_max) ** temp_pow,
+    must keep them finite; refused naming the value that makes it largest. In logarithms, so nothing overflows."""
+    hottest = max(temp_min, temp_max)
+    guidance, temperature = math.log1p(cfg_weight), temp_pow * math.log(hottest)
+    scale = guidance + temperature
+    if scale <= math.log(LOGIT_SCALE_LIMIT):
+        return
+    if guidance >= temperature:
+        name, value = "cfg_weight", cfg_weight
+    elif temp_pow > 1 and math.log(hottest) <= math.log(LOGIT_SCALE_LIMIT) - guidance:
+        name, value = "temp_pow", temp_pow  # the temperatures alone would pass
+    else:
+        name, value = ("temp_max", temp_max) if temp_max >= temp_min else ("temp_min", temp_min)
+    product = f"{math.exp(scale):.3g}" if scale < 709 else f"about 1e{scale / math.log(10):.0f}"
+    raise Invalid(f"{key(name)}={shown(value)} scales the logits by (1 + cfg_weight) * temperature ** temp_pow = "
+                  f"{product} (cfg_weight={shown(cfg_weight)}, temperatures up to {shown(hottest)}, temp_pow="
+                  f"{shown(temp_pow)}); allowed: a product up to {LOGIT_SCALE_LIMIT:.0e}, so that float32 logits "
+                  "stay finite")
 
 
 def check_cfg_interval(value: Any) -> tuple[float, float] | None:
@@ -76,6 +103,7 @@ class SamplingOptions:
         number("temp_min", self.temp_min, above=0)
         number("temp_max", self.temp_max, above=0)
         number("temp_pow", self.temp_pow, above=0)
+        check_logit_scale(self.cfg_weight, self.temp_min, self.temp_max, self.temp_pow)
         integer("temp_warmup", self.temp_warmup, 0, self.steps)
         check_top_k(self.top_k, codebook_size)
         check_schedule(self.schedule, self.schedule_power, self.schedule_rate)

@@ -163,16 +163,11 @@ def read_image(path: str | Path | Image, image_size: tuple[int, int], channels: 
     ``image_size``, keeping its aspect ratio, then center-cropped; an image of exactly that size is taken as it is.
     Returns [C, H, W] in [-1, 1] (grey when ``channels`` is 1), or for a mask [H, W] bool, True where at least 50%
     white."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
-    if isinstance(path, Image.Image):
-        image = path
-    else:
-        try:
-            image = Image.open(path)
-            image.load()
-        except (UnidentifiedImageError, OSError, SyntaxError) as error:
-            raise ValueError(f"{path} cannot be read as an image: {str(error).splitlines()[0]}") from None
+    from halton.utils.pixels import open_image
+
+    image = path if isinstance(path, Image.Image) else open_image(path, str(path))
     image = image.convert("L" if mask or channels == 1 else "RGB")
     height, width = image_size
     if (image.height, image.width) != (height, width):
