@@ -41,7 +41,7 @@ from halton.options.rules import Invalid
 from halton.options.text import TextDataOptions
 from halton.options.trainer import TrainerOptions, check_callbacks
 from halton.utils.files import reads_as_path
-from halton.utils.hub import hub_parts, is_hub_path
+from halton.utils.hub import FILE_GRAMMAR, GRAMMAR, hub_parts, is_hub_path
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "conf"
 _ABSENT = object()
@@ -96,9 +96,8 @@ class Checks:
             raise Invalid(f"no {key} given; pass {key}=PATH")
         if (hub or model_folder) and is_hub_path(str(value)):
             parts = hub_parts(str(value))
-            if parts is None or (parts[1] is None and not model_folder):
-                raise Invalid(f"{key}={value} is not a hub name; allowed: hf://<owner>/<repo>/<file>"
-                              + (" or hf://<owner>/<repo> (a model folder)" if model_folder else ""))
+            if parts is None or (parts.filename is None and not model_folder):
+                raise Invalid(f"{key}={value} is not a hub name; allowed: {GRAMMAR if model_folder else FILE_GRAMMAR}")
             return None
         path = Path(str(value)).expanduser()
         if model_folder and is_model_folder(path):

