@@ -44,6 +44,7 @@ def main(cfg: DictConfig) -> None:
         save_artifacts,
         timed,
     )
+    from halton.models.loading import weights_digest
     from halton.sampling.schedules import schedule_label
 
     built = build_from_config(cfg)  # the scheduler and condition kind: the model loads once the run is not done
@@ -55,7 +56,9 @@ def main(cfg: DictConfig) -> None:
     with under("prompt_set."):
         prompt_set = from_config(PromptSetOptions, cfg.prompt_set)
     eval_steps = list(run_options.intermediate_steps)
-    cell = {"experiment": cfg.name, "checkpoint": str(cfg.checkpoint), "scheduler": scheduler.name,
+    digests = Path(cfg.paths.data_dir) / "cache" / "weights_digests.json"
+    cell = {"experiment": cfg.name, "checkpoint": str(cfg.checkpoint),
+            "weights": weights_digest(cfg.checkpoint, digests), "scheduler": scheduler.name,
             "scheduler_options": options_text(scheduler), "steps": options.steps,
             "cfg_weight": float(options.cfg_weight), "cfg_interval": interval_text(options.cfg_interval),
             "temp_min": float(options.temp_min), "temp_max": float(options.temp_max),

@@ -1,4 +1,5 @@
 import json
+import os
 import math
 import multiprocessing
 import re
@@ -190,6 +191,42 @@ def test_results_file_replaces_same_cell_and_survives_a_crash(tmp_path, monkeypa
 
 
 # ------------------------------------------------------------------ generation pieces
+def test_cells_are_keyed_by_the_weights_not_the_checkpoints_path(tiny_run, tmp_path):
+    """A retrained last.ckpt (same path, new weights) is evaluated again; the same weights under another path are
+    not; each version of a file is hashed once (the digest cache, by path, size and modification time)."""
+    import shutil
+
+    from halton.models.loading import weights_digest
+    from halton.utils.checkpoint import read_checkpoint
+
+    last, cache = tmp_path / "last.ckpt", tmp_path / "cache" / "weights_digests.json"
+    shutil.copy(tiny_run / "tiny" / "checkpoints" / "last.ckpt", last)
+    first = weights_digest(last, cache)
+    shutil.copy(last, tmp_path / "elsewhere.ckpt")
+    assert weights_digest(tmp_path / "elsewhere.ckpt", cache) == first and len(json.loads(cache.read_text())) == 2
+    state = read_checkpoint(last)
+    state["optimizer_states"] = []  # what is not the model's weights does not count
+    torch.save(state, tmp_path / "resaved.ckpt")
+    assert weights_digest(tmp_path / "resaved.ckpt", cache) == first
+    state["state_dict"]["model.head.bias"] = state["state_dict"]["model.head.bias"] + 1  # "retrained"
+    torch.save(state, tmp_path / "new.ckpt")
+    os.replace(tmp_path / "new.ckpt", last)  # as train.py saves: renamed into place (the old file stays mapped)
+    retrained = weights_digest(last, cache)
+    assert retrained != first and json.loads(cache.read_text())[str(last.resolve())]["digest"] == retrained
+    known = json.loads(cache.read_text())
+    known[str(last.resolve())]["digest"] = "remembered"
+    cache.write_text(json.dumps(known))
+    assert weights_digest(last, cache) == "remembered"  # unchanged since: not read again
+
+    results = ResultsFile(tmp_path / "results.csv")
+    cell = {"experiment": "tiny", "scheduler": "halton", "steps": 8, "cfg_weight": 1.0, "seed": 0, "num_images": 40,
+            "extractor": "digits", "eval_step": 8}
+    results.write([{**cell, "checkpoint": str(last), "weights": first, "digits_fid": 1.0, "seconds": 1.0,
+                    "images_per_s": 40.0}])
+    assert results.has([{**cell, "checkpoint": str(tmp_path / "elsewhere.ckpt"), "weights": first}])
+    assert not results.has([{**cell, "checkpoint": str(last), "weights": retrained}])
+
+
 def test_balanced_labels():
     labels = balanced_labels(50, 10)
     assert torch.bincount(labels).tolist() == [5] * 10
@@ -262,6 +299,9 @@ def test_evaluate_writes_rows_grids_and_diagnostics_then_skips(tiny_run):
     forced = evaluate(tiny_run, "scheduler=confidence", "steps=8", "intermediate_steps=[2,4]", "force=true")
     assert "skipping" not in forced.stdout
     assert len([r for r in results.rows() if r["scheduler"] == "confidence"]) == 3
+    from halton.models.loading import weights_digest
+
+    assert {r["weights"] for r in rows} == {weights_digest(tiny_run / "tiny" / "checkpoints" / "last.ckpt")}
 
 
 def test_evaluate_sweep_and_report(tiny_run, tmp_path):

@@ -12,15 +12,17 @@ from pathlib import Path
 
 from halton.utils.files import atomic_write
 
-# The columns that identify a cell; re-running a cell whose rows are all present is skipped unless forced.
-KEY_COLUMNS = ("experiment", "checkpoint", "scheduler", "scheduler_options", "steps", "cfg_weight", "cfg_interval",
-               "temp_min",
-               "temp_max", "temp_pow", "temp_warmup", "top_k", "schedule", "seed", "num_images", "extractor",
-               "prompts", "eval_step")
-# Key columns added later: rows of older files, which lack them, ran with these values.
+# The columns that identify a cell; re-running a cell whose rows are all present is skipped unless forced. The
+# model is identified by its weights (halton.models.loading.weights_digest), not by the checkpoint's path: a
+# retrained last.ckpt is evaluated again, the same weights under another path are not.
+KEY_COLUMNS = ("experiment", "weights", "scheduler", "scheduler_options", "steps", "cfg_weight", "cfg_interval",
+               "temp_min", "temp_max", "temp_pow", "temp_warmup", "top_k", "schedule", "seed", "num_images",
+               "extractor", "prompts", "eval_step")
+# Key columns added later: rows of older files, which lack them, ran with these values (weights unknown: such a
+# row never matches a new run's cell, which is evaluated again).
 KEY_DEFAULTS = {"temp_pow": 1.0, "temp_warmup": 0, "cfg_interval": ""}
 # nfe_per_image: trunk forwards one image cost up to the row's eval_step (a CFG pair counts 2)
-LEADING_COLUMNS = KEY_COLUMNS + ("tokens_fraction", "nfe_per_image")
+LEADING_COLUMNS = ("experiment", "checkpoint") + KEY_COLUMNS[1:] + ("tokens_fraction", "nfe_per_image")
 TRAILING_COLUMNS = ("seconds", "images_per_s")
 # Columns every results file has had since the first one: a CSV without them is another file.
 REQUIRED_COLUMNS = ("experiment", "checkpoint", "scheduler", "steps", "cfg_weight", "seed", "num_images", "extractor",

@@ -130,6 +130,54 @@ def model_weights(state: dict) -> dict:
     return strip_prefixes({k[len("model."):]: v for k, v in state_dict.items() if k.startswith("model.")})
 
 
+def weights_digest(path, cache_file: Path | None = None) -> str:
+    """A digest of the weights a checkpoint's model is loaded with (a train.py checkpoint's model entries, a released
+    checkpoint's model_state_dict, a Hugging Face format model's model.safetensors): a retrained ``last.ckpt`` gets
+    a new digest, the same weights under another path the same one. Remembered in ``cache_file`` (JSON) by the
+    file's path, size and modification time, so each version of a file is hashed once."""
+    import hashlib
+
+    import torch
+
+    from halton.utils.files import atomic_write
+
+    checkpoint = str(path)
+    file = Path(checkpoint).expanduser()
+    if kind_of_path(checkpoint) is not None:  # a model folder: its weights file
+        file = hub_file(str(parse(checkpoint.rstrip("/")).file(MODEL_WEIGHTS)), "model weights") \
+            if is_hub_path(checkpoint) else file / MODEL_WEIGHTS
+    elif is_hub_path(checkpoint):
+        file = hub_file(checkpoint)
+    stat = file.stat()
+    version = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    known = {}
+    if cache_file is not None and Path(cache_file).is_file():
+        try:
+            known = json.loads(Path(cache_file).read_text())
+        except ValueError:  # a damaged cache is rebuilt
+            known = {}
+    entry = known.get(str(file.resolve()), {})
+    if {k: entry.get(k) for k in version} == version and isinstance(entry.get("digest"), str):
+        return entry["digest"]
+    digest = hashlib.sha256()
+    if file.name == MODEL_WEIGHTS:
+        with open(file, "rb") as weights:
+            for block in iter(lambda: weights.read(1 << 24), b""):
+                digest.update(block)
+    else:
+        checkpoint_read = read(checkpoint)
+        state = checkpoint_read.state
+        weights = state["model_state_dict"] if checkpoint_read.kind is Kind.RELEASED else model_weights(state)
+        for name in sorted(weights):
+            tensor = weights[name].detach().reshape(-1).contiguous()
+            digest.update(f"{name} {tensor.dtype} {tuple(weights[name].shape)}".encode())
+            digest.update(tensor.view(torch.uint8).numpy().tobytes())
+    known[str(file.resolve())] = {**version, "digest": digest.hexdigest()[:16]}
+    if cache_file is not None:
+        atomic_write(cache_file, lambda tmp: Path(tmp).write_text(json.dumps(known, indent=1)))
+    return known[str(file.resolve())]["digest"]
+
+
 def _need_heads(checkpoint: Checkpoint, official_heads) -> None:
     if checkpoint.kind is Kind.RELEASED and not official_heads:
         raise ValueError(f"checkpoint {checkpoint.path} is a released Halton-MaskGIT checkpoint; give its heads with "
