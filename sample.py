@@ -37,6 +37,7 @@ def main(cfg: DictConfig) -> None:
     from halton.sampling import sample
     from halton.sampling.editing import edit_grid, paint_tokens, prepare_edit
     from halton.sampling.schedules import schedule_label
+    from halton.utils.files import unused_path
     from halton.utils.images import class_grid, progression_grid, save_png
 
     draw = from_config(DrawOptions, cfg)
@@ -62,12 +63,18 @@ def main(cfg: DictConfig) -> None:
                      schedule_label(options.schedule, options.schedule_power, options.schedule_rate))
     out_dir = Path(cfg.out_dir)
     labels = [kind.label(v) for v in values]
+
+    def written(grid, name: str) -> Path:
+        path = save_png(grid, unused_path(out_dir / name, draw.overwrite))
+        kept = f" ({name} is there already and is kept; overwrite=true replaces it)" if path.name != name else ""
+        log.info(f"wrote {path}{kept}")
+        return path
+
     if edit is None:
-        path = save_png(class_grid(images, len(values), draw.per_class, labels), out_dir / f"{stem}.png")
+        written(class_grid(images, len(values), draw.per_class, labels), f"{stem}.png")
     else:
         images = edit.finish(images, paste_back=cfg.edit.composite)
-        path = save_png(edit_grid(edit, images, labels, draw.per_class), out_dir / f"{stem}_edit-{edit.region}.png")
-    log.info(f"wrote {path}")
+        written(edit_grid(edit, images, labels, draw.per_class), f"{stem}_edit-{edit.region}.png")
     if draw.report_accuracy and edit is None and hasattr(datamodule, "recognition_accuracy"):
         asked = [values[int(r)] for r in rows]
         accuracy = datamodule.recognition_accuracy(images, asked)
@@ -78,8 +85,7 @@ def main(cfg: DictConfig) -> None:
         painted = [paint_tokens(tokenizer.decode(codes[first]), codes[first] == net.mask_id)
                    for codes in result.codes_per_step]
         labels_per_step = [f"{i + 1}" for i in range(cfg.steps)]
-        path = save_png(progression_grid(painted, labels_per_step), out_dir / f"{stem}_progression.png")
-        log.info(f"wrote {path}")
+        written(progression_grid(painted, labels_per_step), f"{stem}_progression.png")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 import shutil
 
 import pytest
-from conftest import TINY, assert_logged, run
+from conftest import TINY, TINY_NET, assert_logged, run
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +52,25 @@ def test_sample_writes_a_labelled_grid(trained, scheduler):
     assert "a digit classifier reads the requested digit in" in result.stdout
     log_file = next(p for p in (trained / "digits" / "sample_logs").rglob("sample.log") if str(grid) in p.read_text())
     assert_logged(result.stdout, log_file)
+    if scheduler != "halton":
+        return
+    # Another run whose images differ but whose file name would be the same: the earlier grid is kept
+    before = grid.read_bytes()
+    again = run("sample.py", "experiment=digits", f"checkpoint={ckpt}", "steps=8", "classes=[3]", "temp_max=3",
+                *TINY_NET, "per_class=3", f"out_dir={out}", f"paths.runs_dir={trained}")
+    assert grid.read_bytes() == before and (out / "halton_steps8_cfg1_seed0_1.png").is_file()
+    assert (f"wrote {out / 'halton_steps8_cfg1_seed0_1.png'} (halton_steps8_cfg1_seed0.png is there already and is "
+            "kept; overwrite=true replaces it)") in again.stdout
+
+
+def test_an_output_is_replaced_only_when_asked(tmp_path):
+    from halton.utils.files import unused_path
+
+    assert unused_path(tmp_path / "grid.png") == tmp_path / "grid.png"
+    (tmp_path / "grid.png").touch()
+    (tmp_path / "grid_1.png").touch()
+    assert unused_path(tmp_path / "grid.png") == tmp_path / "grid_2.png"
+    assert unused_path(tmp_path / "grid.png", overwrite=True) == tmp_path / "grid.png"
 
 
 def refusal(entry: str, *argv: str) -> str:

@@ -23,7 +23,8 @@ def check_device(device: Any) -> str:
 @dataclass(frozen=True)
 class DrawOptions:
     """sample.py's and the app's: ``per_class`` samples per class or prompt on ``device`` with ``precision``;
-    sample.py's step-by-step image (``progression``, of ``progression_samples`` rows) and digit accuracy."""
+    sample.py's step-by-step image (``progression``, of ``progression_samples`` rows), digit accuracy, and whether
+    an image replaces an earlier one of the same name (``overwrite``; otherwise a free name ``<name>_<n>.png``)."""
 
     device: str = "auto"
     precision: str = "auto"
@@ -31,6 +32,7 @@ class DrawOptions:
     progression: bool = False
     progression_samples: int = 4
     report_accuracy: bool = True
+    overwrite: bool = False
 
     def __post_init__(self) -> None:
         choice("precision", self.precision, PRECISIONS)
@@ -39,6 +41,7 @@ class DrawOptions:
         boolean("progression", self.progression)
         integer("progression_samples", self.progression_samples, 1)
         boolean("report_accuracy", self.report_accuracy)
+        boolean("overwrite", self.overwrite)
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,16 @@ def default_mode() -> int:
     return 0o666 & ~umask
 
 
+def unused_path(path: str | Path, overwrite: bool = False) -> Path:
+    """``path``, or when a file is there already (and not ``overwrite``) the first free ``<stem>_<n><suffix>``: an
+    output is never replaced unless asked."""
+    path = Path(path)
+    candidate, number = path, 1
+    while not overwrite and candidate.exists():
+        candidate, number = path.with_name(f"{path.stem}_{number}{path.suffix}"), number + 1
+    return candidate
+
+
 def atomic_write(path: str | Path, write) -> Path:
     """Call ``write(tmp_path)`` then rename onto ``path``, so a crash never leaves a half-written file. The file
     gets the usual permissions (mkstemp's temporary is private to its owner): on a cluster, colleagues' jobs read
