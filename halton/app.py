@@ -10,7 +10,8 @@ The model and tokenizer load once, at start-up. Gradio is an optional extra: pip
 
 Uploads: at most ``max_upload_mb`` each; an edit's uploaded files are checked from their header (an image, at most
 halton.utils.pixels.MAX_PIXELS pixels) before they are decoded, and deleted once read; everything Gradio stores lives
-in the app's own temporary folder, removed when the app stops (also on Ctrl-C and SIGTERM).
+in the app's own temporary folder, swept of files older than an hour and removed when the app stops (also on Ctrl-C
+and SIGTERM).
 """
 
 from __future__ import annotations
@@ -55,7 +56,10 @@ MAX_IMAGES = 256        # per request: conditions x samples per condition
 MAX_PER_CONDITION = 16
 MAX_CHECKBOXES = 32     # class models with more classes take typed ids
 EDIT_VIEW = 256         # a generated sample goes to the editor at least this large, so that strokes are easy to paint
-CACHE_SWEEP_S = 3600    # Gradio's stored files (results shown, uploads never sent with a request) live at most an hour
+# Gradio's stored files older than an hour are deleted every 10 minutes: the results shown, and the copies of the
+# editor's canvas that the page uploads around each request without sending them with one (those it sends are
+# deleted once read).
+CACHE_SWEEP_S = (600, 3600)
 REMEMBERED_UPLOADS = 6  # decoded edit uploads kept once their files are deleted: a second click sends the same files
 LOOPBACK_NAMES = ("localhost",)
 
@@ -376,66 +380,67 @@ def answered_in_page(handler):
 
 def checked_editor(**kwargs):
     """A gr.ImageEditor whose uploaded files are checked before they are decoded (an image of at most MAX_PIXELS
-    pixels, else one line in the page) and deleted once read."""
-    return _checked_editor_class()(**kwargs)
-
-
-@functools.cache
-def _checked_editor_class():
+    pixels, else one line in the page) and deleted once read (:class:`UploadReader`). (A subclass would do, but
+    Gradio writes a .pyi file beside the module of every component class.)"""
     import gradio as gr
-    from gradio.data_classes import FileData
-    from gradio.utils import get_upload_folder, is_in_or_equal
 
-    class CheckedImageEditor(gr.ImageEditor):
-        """gr.ImageEditor (the page draws it as one) that reads an uploaded file once: header and pixel count
-        first, then decoded and the file deleted; the decoded picture is remembered by path (the path holds the
-        content's hash), as the page sends the same files again when Regenerate is clicked twice."""
+    editor = gr.ImageEditor(**kwargs)
+    editor.convert_and_format_image = UploadReader(editor.convert_and_format_image)
+    return editor
 
-        def __init__(self, **kwargs):
-            super().__init__(**kwargs)
-            self.read_uploads: collections.OrderedDict = collections.OrderedDict()
 
-        def get_block_name(self) -> str:
-            return "imageeditor"
+class UploadReader:
+    """What an ImageEditor does with each file it is sent (``convert``: its own reading), preceded by the check of
+    the header and followed by the deletion of the uploaded file. The decoded picture is remembered by path (the
+    path holds the content's hash): the page sends the same files again when Regenerate is clicked twice."""
 
-        def convert_and_format_image(self, file, flatten_on_white: bool = False):
-            if file is None:
-                return None
-            if not isinstance(file, FileData):  # bytes the page sent without a file
-                return self.decoded(file, "the edited image", flatten_on_white)
-            remembered = (file.path, flatten_on_white)
-            if remembered in self.read_uploads:
-                self.read_uploads.move_to_end(remembered)
-                return self.read_uploads[remembered]
-            name = file.orig_name or Path(file.path).name
-            if not os.path.isfile(file.path):
-                raise page_error(f"{name} is no longer on the server; upload the image again")
-            try:
-                picture = self.decoded(file, name, flatten_on_white)
-            finally:
-                if is_in_or_equal(file.path, get_upload_folder()):
-                    remove_upload(Path(file.path))
-            self.read_uploads[remembered] = picture
-            while len(self.read_uploads) > REMEMBERED_UPLOADS:
-                self.read_uploads.popitem(last=False)
+    def __init__(self, convert):
+        self.convert = convert
+        self.remembered: collections.OrderedDict = collections.OrderedDict()
+
+    def __call__(self, file, flatten_on_white: bool = False):
+        from gradio.data_classes import FileData
+        from gradio.utils import get_upload_folder, is_in_or_equal
+
+        if file is None:
+            return None
+        if not isinstance(file, FileData):  # bytes the page sent without a file
+            return self.decoded(file, "the edited image", flatten_on_white)
+        known, uploaded = (file.path, flatten_on_white), is_in_or_equal(file.path, get_upload_folder())
+        if known in self.remembered:  # the same content (the page may have uploaded it again)
+            self.remembered.move_to_end(known)
+            if uploaded:
+                remove_upload(Path(file.path))
+            return self.remembered[known]
+        name = file.orig_name or Path(file.path).name
+        if not os.path.isfile(file.path):
+            raise page_error(f"{name} is no longer on the server; upload the image again")
+        try:
+            picture = self.decoded(file, name, flatten_on_white)
+        finally:
+            if uploaded:
+                remove_upload(Path(file.path))
+        self.remembered[known] = picture
+        while len(self.remembered) > REMEMBERED_UPLOADS:
+            self.remembered.popitem(last=False)
+        return picture
+
+    def decoded(self, file, name: str, flatten_on_white: bool):
+        import io
+
+        from gradio.data_classes import FileData
+
+        try:
+            with open_image(file.path if isinstance(file, FileData) else io.BytesIO(file), name):
+                pass  # the header says it is an image within the pixel limit
+            picture = self.convert(file, flatten_on_white)
+            if hasattr(picture, "load"):
+                picture.load()  # decoded now: its file may go
             return picture
-
-        def decoded(self, file, name: str, flatten_on_white: bool):
-            import io
-
-            try:
-                with open_image(file.path if isinstance(file, FileData) else io.BytesIO(file), name):
-                    pass  # the header says it is an image within the pixel limit
-                picture = super().convert_and_format_image(file, flatten_on_white)
-                if hasattr(picture, "load"):
-                    picture.load()  # decoded now: its file may go
-                return picture
-            except ValueError as error:
-                raise page_error(one_line(error)) from None
-            except (OSError, SyntaxError) as error:  # a header that looked right over damaged pixels
-                raise page_error(f"{name} cannot be read as an image: {unreadable(error)}") from None
-
-    return CheckedImageEditor
+        except ValueError as error:
+            raise page_error(one_line(error)) from None
+        except (OSError, SyntaxError) as error:  # a header that looked right over damaged pixels
+            raise page_error(f"{name} cannot be read as an image: {unreadable(error)}") from None
 
 
 def remove_upload(path: Path) -> None:
@@ -459,7 +464,7 @@ def build_page(studio: Studio, defaults: dict, title: str):
     import gradio as gr
 
     net = studio.net
-    with gr.Blocks(title=title, delete_cache=(CACHE_SWEEP_S, CACHE_SWEEP_S)) as page:
+    with gr.Blocks(title=title, delete_cache=CACHE_SWEEP_S) as page:
         kind = "text-to-image" if studio.is_text else f"class-conditional, {net.num_classes} classes"
         height, width = studio.image_size
         gr.Markdown(f"## Halton-MaskGIT: {title}\n{kind}, {width}x{height} images from {net.grid[0]}x{net.grid[1]} "
