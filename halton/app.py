@@ -617,7 +617,7 @@ def read_logins(path: str | None) -> list[tuple[str, str]] | None:
     if path is None:
         return None
     try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
+        lines = Path(path).expanduser().read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as error:
         raise Invalid(f"{key('auth')}={path} cannot be read: {unreadable(error)}") from None
     logins = []
