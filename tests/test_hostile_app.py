@@ -79,20 +79,25 @@ def upload(url: str, name: str, data: bytes, cookie: str | None = None) -> tuple
         return error.code, error.read().decode()
 
 
-def edit(url: str, path: str, name: str, box: str = "0,0,2,2") -> tuple[str, object]:
-    """Run the page's Regenerate on an uploaded file through Gradio's HTTP API: ("complete", outputs) or ("error",
-    the message the page shows)."""
-    editor = {"background": {"path": path, "orig_name": name, "meta": {"_type": "gradio.FileData"}}, "layers": [],
-              "composite": None, "id": None}
-    request = urllib.request.Request(f"{url}gradio_api/call/on_edit", headers={"Content-Type": "application/json"},
-                                     data=json.dumps({"data": [editor, box, 0, False, *CONTROLS]}).encode())
+def call(url: str, api: str, data: list) -> tuple[str, object]:
+    """Run one of the page's events through Gradio's HTTP API: ("complete", outputs) or ("error", the message the
+    page shows)."""
+    request = urllib.request.Request(f"{url}gradio_api/call/{api}", headers={"Content-Type": "application/json"},
+                                     data=json.dumps({"data": data}).encode())
     with OPENER.open(request, timeout=30) as response:
         event = json.loads(response.read())["event_id"]
-    with OPENER.open(f"{url}gradio_api/call/on_edit/{event}", timeout=60) as response:
+    with OPENER.open(f"{url}gradio_api/call/{api}/{event}", timeout=60) as response:
         lines = response.read().decode().splitlines()
     kind = next(line.split(": ", 1)[1] for line in lines if line.startswith("event: "))
     data = json.loads(next(line.split(": ", 1)[1] for line in lines if line.startswith("data: ")))
     return kind, data["error"] if kind == "error" else data
+
+
+def edit(url: str, path: str, name: str, box: str = "0,0,2,2") -> tuple[str, object]:
+    """The page's Regenerate on an uploaded file."""
+    editor = {"background": {"path": path, "orig_name": name, "meta": {"_type": "gradio.FileData"}}, "layers": [],
+              "composite": None, "id": None}
+    return call(url, "on_edit", [editor, box, 0, False, *CONTROLS])
 
 
 def files_in(folder: Path) -> list[Path]:
@@ -154,7 +159,7 @@ def test_the_upload_folder_is_the_apps_own_and_goes_with_it(tmp_path, monkeypatc
      "notes.png is not an image; allowed: PNG, JPEG, WebP, BMP, GIF, TIFF or another format PIL reads"),
     ("bomb.png", png(5000, 5000), f"bomb.png has 25000000 pixels (5000x5000); allowed: at most {MAX_PIXELS}"),
     ("pil_bomb.png", png(20000, 20000), f"pil_bomb.png has 400000000 pixels; allowed: at most {MAX_PIXELS}"),
-])
+], ids=["text", "bomb", "pil_bomb"])
 def test_a_non_image_or_a_bomb_is_answered_in_one_line(served, capfd, name, data, message):
     url, folder = served
     status, body = upload(url, name, data)
@@ -163,6 +168,36 @@ def test_a_non_image_or_a_bomb_is_answered_in_one_line(served, capfd, name, data
     assert kind == "error" and error.startswith(message) and "\n" not in error
     assert not any(file.name == name for file in files_in(folder))  # refused, and deleted all the same
     assert "Traceback" not in "".join(capfd.readouterr())
+
+
+def test_a_bad_value_is_one_line_in_the_page_and_no_traceback_on_the_console(served, capfd):
+    url, _ = served
+    steps = CONTROLS.index(2)
+    kind, error = call(url, "on_generate", [*CONTROLS[:steps], 0, *CONTROLS[steps + 1:]])
+    assert (kind, error) == ("error", "steps=0 is out of range; allowed: 1 to 64 (the number of tokens)")
+    assert "Traceback" not in "".join(capfd.readouterr())
+
+
+@pytest.mark.parametrize("width, height, message", [
+    (4096, 4096, None),
+    (4097, 4096, ("{path} has 16781312 pixels (4097x4096); allowed: at most 16777216 (e.g. 4096x4096); scale it "
+                  "down first")),
+    (20000, 20000, "{path} has 400000000 pixels; allowed: at most 16777216"),
+])
+def test_the_pixel_count_is_checked_from_the_header(tmp_path, width, height, message):
+    """halton.utils.pixels, the one home of the limit (also for edit.image and reference images): a file of a
+    hundred bytes is refused or opened without a pixel decoded."""
+    from halton.utils.pixels import open_image
+
+    path = tmp_path / "picture.png"
+    path.write_bytes(png(width, height))
+    if message is None:
+        with open_image(path) as image:
+            assert image.size == (width, height)
+        return
+    with pytest.raises(ValueError) as error:
+        open_image(path)
+    assert str(error.value).startswith(message.format(path=path)) and "\n" not in str(error.value)
 
 
 # ---- finding 6 in the app: finite products of sampling values -----------------------------------------------------
