@@ -61,6 +61,8 @@ EDIT_VIEW = 256         # a generated sample goes to the editor at least this la
 # deleted once read).
 CACHE_SWEEP_S = (600, 3600)
 REMEMBERED_UPLOADS = 6  # decoded edit uploads kept once their files are deleted: a second click sends the same files
+PENDING_CANVASES = 32   # editor canvases sent as bytes (held in memory until a request takes them): the oldest go
+MAX_LAYERS = 16         # paint layers of one canvas sent as bytes (Gradio makes room for any index it is sent)
 LOOPBACK_NAMES = ("localhost",)
 
 
@@ -386,7 +388,28 @@ def checked_editor(**kwargs):
 
     editor = gr.ImageEditor(**kwargs)
     editor.convert_and_format_image = UploadReader(editor.convert_and_format_image)
+    editor.accept_blobs = bounded_canvases(editor)
     return editor
+
+
+def bounded_canvases(editor):
+    """The editor's server function that takes a canvas as bytes, bounded: at most MAX_LAYERS layers and
+    PENDING_CANVASES canvases waiting for a request (Gradio keeps every one it is sent, and for a layer index of
+    10**9 it would allocate a list of that length)."""
+    accept = editor.accept_blobs
+
+    @functools.wraps(accept)
+    def accept_bounded(data):
+        index = data.data.get("index")
+        if index not in (None, "", "null") and not (str(index).isdigit() and int(index) < MAX_LAYERS):
+            raise page_error(f"layer {str(index)[:20]!r} of the edited image is out of range; allowed: 0 to "
+                             f"{MAX_LAYERS - 1}")
+        accept(data)
+        while len(editor.blob_storage) > PENDING_CANVASES:
+            editor.blob_storage.pop(next(iter(editor.blob_storage)))
+
+    accept_bounded._is_server_fn = True  # what Gradio's component server calls
+    return accept_bounded
 
 
 class UploadReader:

@@ -100,6 +100,24 @@ def edit(url: str, path: str, name: str, box: str = "0,0,2,2") -> tuple[str, obj
     return call(url, "on_edit", [editor, box, 0, False, *CONTROLS])
 
 
+def send_canvas(url: str, editor_id: int, canvas: str, index: object = 0) -> int:
+    """POST one layer of an editor canvas as bytes to the component's server function, as the page may: the status."""
+    boundary = uuid.uuid4().hex
+    fields = {"component_id": editor_id, "session_hash": "hostile", "fn_name": "accept_blobs", "type": "layer",
+              "index": index, "id": canvas}
+    body = b"".join(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode()
+                    for name, value in fields.items())
+    body += (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="layer.png"\r\n'
+             "Content-Type: image/png\r\n\r\n").encode() + small_png() + f"\r\n--{boundary}--\r\n".encode()
+    request = urllib.request.Request(f"{url}gradio_api/component_server", data=body,
+                                     headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    try:
+        with OPENER.open(request, timeout=30) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
 def files_in(folder: Path) -> list[Path]:
     return [path for path in folder.rglob("*") if path.is_file()]
 
@@ -112,7 +130,7 @@ def served():
         page = build_page(studio_for(tiny_net()), DEFAULTS, "tiny")
         launch(page, ServeOptions(max_upload_mb=LIMIT_MB), free_port("127.0.0.1"), prevent_thread_lock=True)
         try:
-            yield page.local_url, folder
+            yield page.local_url, folder, page
         finally:
             page.close(verbose=False)
     assert not folder.exists()
@@ -122,7 +140,7 @@ def served():
 
 
 def test_an_upload_over_the_limit_is_refused_and_not_stored(served):
-    url, folder = served
+    url, folder, _ = served
     status, body = upload(url, "big.bin", os.urandom(int(LIMIT_MB * 2**20) + 4096))
     assert status == 413 and "maximum allowed size of 65536 bytes" in body
     assert files_in(folder) == []
@@ -130,7 +148,7 @@ def test_an_upload_over_the_limit_is_refused_and_not_stored(served):
 
 
 def test_an_edit_deletes_its_upload_and_the_app_its_folder(served):
-    url, folder = served
+    url, folder, _ = served
     status, body = upload(url, "digit.png", small_png())
     path = json.loads(body)[0]
     assert status == 200 and Path(path).is_file() and Path(path).is_relative_to(folder)
@@ -140,6 +158,22 @@ def test_an_edit_deletes_its_upload_and_the_app_its_folder(served):
     kind, outputs = edit(url, path, "digit.png", box="0,0,4,4")  # a second click sends the same file again
     assert kind == "complete" and outputs[1].startswith("16 of 64 tokens regenerated")
     assert not any(file.name == "digit.png" for file in files_in(folder))
+
+
+def test_canvases_sent_as_bytes_are_bounded(served):
+    """Gradio keeps every canvas sent to the editor's server function until a request takes it, and makes room for
+    any layer index: a script could fill the memory."""
+    from halton.app import MAX_LAYERS, PENDING_CANVASES
+
+    url, _, page = served
+    editor = next(block for block in page.blocks.values() if getattr(block, "elem_id", None) == "editor")
+    began = time.perf_counter()
+    assert send_canvas(url, editor._id, "huge", index=10**8) >= 400
+    assert "huge" not in editor.blob_storage and time.perf_counter() - began < 5
+    assert send_canvas(url, editor._id, "deep", index=MAX_LAYERS - 1) == 200
+    for canvas in range(PENDING_CANVASES + 8):
+        assert send_canvas(url, editor._id, f"canvas {canvas}") == 200
+    assert len(editor.blob_storage) == PENDING_CANVASES and f"canvas {PENDING_CANVASES + 7}" in editor.blob_storage
 
 
 def test_the_upload_folder_is_the_apps_own_and_goes_with_it(tmp_path, monkeypatch):
@@ -161,7 +195,7 @@ def test_the_upload_folder_is_the_apps_own_and_goes_with_it(tmp_path, monkeypatc
     ("pil_bomb.png", png(20000, 20000), f"pil_bomb.png has 400000000 pixels; allowed: at most {MAX_PIXELS}"),
 ], ids=["text", "bomb", "pil_bomb"])
 def test_a_non_image_or_a_bomb_is_answered_in_one_line(served, capfd, name, data, message):
-    url, folder = served
+    url, folder, _ = served
     status, body = upload(url, name, data)
     assert status == 200
     kind, error = edit(url, json.loads(body)[0], name)
@@ -171,7 +205,7 @@ def test_a_non_image_or_a_bomb_is_answered_in_one_line(served, capfd, name, data
 
 
 def test_a_bad_value_is_one_line_in_the_page_and_no_traceback_on_the_console(served, capfd):
-    url, _ = served
+    url, _, _ = served
     steps = CONTROLS.index(2)
     kind, error = call(url, "on_generate", [*CONTROLS[:steps], 0, *CONTROLS[steps + 1:]])
     assert (kind, error) == ("error", "steps=0 is out of range; allowed: 1 to 64 (the number of tokens)")
