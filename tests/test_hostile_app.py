@@ -315,7 +315,7 @@ def test_the_entry_point_refuses_bad_serving_values_in_one_line(tiny_checkpoint,
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_stopping_the_app_removes_its_uploads(tiny_checkpoint, tmp_path, stop):  # noqa: F811
     checkpoint = tiny_checkpoint
     port = free_port("127.0.0.1")
