@@ -7,19 +7,31 @@ as in sample.py's progression image). "Compare schedulers" draws the same reques
 the same seed side by side; "Edit" regenerates a region (a typed box and/or painted strokes) of an uploaded image.
 
 The model and tokenizer load once, at start-up. Gradio is an optional extra: pip install -e '.[app]'.
+
+Uploads: at most ``max_upload_mb`` each; an edit's uploaded files are checked from their header (an image, at most
+halton.utils.pixels.MAX_PIXELS pixels) before they are decoded, and deleted once read; everything Gradio stores lives
+in the app's own temporary folder, swept of files older than an hour and removed when the app stops (also on Ctrl-C
+and SIGTERM).
 """
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import dataclasses
 import functools
 import importlib.util
+import ipaddress
 import logging
 import os
 import re
+import shutil
+import signal
 import socket
+import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import hydra
@@ -29,8 +41,9 @@ from halton.build import build_from_config
 from halton.cli import entry_point, fail, resolve_autocast, resolve_device, run
 from halton.options import SamplingOptions
 from halton.options.drawing import DrawOptions, ServeOptions
-from halton.options.rules import from_config, integer
+from halton.options.rules import Invalid, from_config, integer, key
 from halton.options.sampling import check_top_k
+from halton.utils.pixels import open_image, unreadable
 
 if TYPE_CHECKING:
     import numpy as np
@@ -43,6 +56,14 @@ MAX_IMAGES = 256        # per request: conditions x samples per condition
 MAX_PER_CONDITION = 16
 MAX_CHECKBOXES = 32     # class models with more classes take typed ids
 EDIT_VIEW = 256         # a generated sample goes to the editor at least this large, so that strokes are easy to paint
+# Gradio's stored files older than an hour are deleted every 10 minutes: the results shown, and the copies of the
+# editor's canvas that the page uploads around each request without sending them with one (those it sends are
+# deleted once read).
+CACHE_SWEEP_S = (600, 3600)
+REMEMBERED_UPLOADS = 6  # decoded edit uploads kept once their files are deleted: a second click sends the same files
+PENDING_CANVASES = 32   # editor canvases sent as bytes (held in memory until a request takes them): the oldest go
+MAX_LAYERS = 16         # paint layers of one canvas sent as bytes (Gradio makes room for any index it is sent)
+LOOPBACK_NAMES = ("localhost",)
 
 
 def one_line(error: BaseException) -> str:
@@ -333,6 +354,13 @@ def as_array(picture: torch.Tensor) -> np.ndarray:
     return picture.permute(1, 2, 0).contiguous().cpu().numpy()
 
 
+def page_error(message: str):
+    """gr.Error: the page shows ``message``; the console gets no traceback for it (a bad value, not a failure)."""
+    import gradio as gr
+
+    return gr.Error(message, print_exception=False)
+
+
 def answered_in_page(handler):
     """Bad values come back as a message in the page (gr.Error), never as a traceback; unexpected failures are
     logged with their traceback on the console and answered in one line."""
@@ -345,11 +373,104 @@ def answered_in_page(handler):
         except gr.Error:
             raise
         except (ValueError, TypeError) as error:
-            raise gr.Error(one_line(error)) from None
-        except Exception as error:  # noqa: BLE001  a failure the page cannot fix: in the log, and said in one line
+            raise page_error(one_line(error)) from None
+        except Exception as error:
             log.exception("the request failed")
-            raise gr.Error(f"the request failed: {type(error).__name__}: {one_line(error)}") from None
+            raise page_error(f"the request failed: {type(error).__name__}: {one_line(error)}") from None
     return answered
+
+
+def checked_editor(**kwargs):
+    """A gr.ImageEditor whose uploaded files are checked before they are decoded (an image of at most MAX_PIXELS
+    pixels, else one line in the page) and deleted once read (:class:`UploadReader`). (A subclass would do, but
+    Gradio writes a .pyi file beside the module of every component class.)"""
+    import gradio as gr
+
+    editor = gr.ImageEditor(**kwargs)
+    editor.convert_and_format_image = UploadReader(editor.convert_and_format_image)
+    editor.accept_blobs = bounded_canvases(editor)
+    return editor
+
+
+def bounded_canvases(editor):
+    """The editor's server function that takes a canvas as bytes, bounded: at most MAX_LAYERS layers and
+    PENDING_CANVASES canvases waiting for a request (Gradio keeps every one it is sent, and for a layer index of
+    10**9 it would allocate a list of that length)."""
+    accept = editor.accept_blobs
+
+    @functools.wraps(accept)
+    def accept_bounded(data):
+        index = data.data.get("index")
+        if index not in (None, "", "null") and not (str(index).isdigit() and int(index) < MAX_LAYERS):
+            raise page_error(f"layer {str(index)[:20]!r} of the edited image is out of range; allowed: 0 to "
+                             f"{MAX_LAYERS - 1}")
+        accept(data)
+        while len(editor.blob_storage) > PENDING_CANVASES:
+            editor.blob_storage.pop(next(iter(editor.blob_storage)))
+
+    accept_bounded._is_server_fn = True  # what Gradio's component server calls
+    return accept_bounded
+
+
+class UploadReader:
+    """What an ImageEditor does with each file it is sent (``convert``: its own reading), preceded by the check of
+    the header and followed by the deletion of the uploaded file. The decoded picture is remembered by path (the
+    path holds the content's hash): the page sends the same files again when Regenerate is clicked twice."""
+
+    def __init__(self, convert):
+        self.convert = convert
+        self.remembered: collections.OrderedDict = collections.OrderedDict()
+
+    def __call__(self, file, flatten_on_white: bool = False):
+        from gradio.data_classes import FileData
+        from gradio.utils import get_upload_folder, is_in_or_equal
+
+        if file is None:
+            return None
+        if not isinstance(file, FileData):  # bytes the page sent without a file
+            return self.decoded(file, "the edited image", flatten_on_white)
+        known, uploaded = (file.path, flatten_on_white), is_in_or_equal(file.path, get_upload_folder())
+        if known in self.remembered:  # the same content (the page may have uploaded it again)
+            self.remembered.move_to_end(known)
+            if uploaded:
+                remove_upload(Path(file.path))
+            return self.remembered[known]
+        name = file.orig_name or Path(file.path).name
+        if not os.path.isfile(file.path):
+            raise page_error(f"{name} is no longer on the server; upload the image again")
+        try:
+            picture = self.decoded(file, name, flatten_on_white)
+        finally:
+            if uploaded:
+                remove_upload(Path(file.path))
+        self.remembered[known] = picture
+        while len(self.remembered) > REMEMBERED_UPLOADS:
+            self.remembered.popitem(last=False)
+        return picture
+
+    def decoded(self, file, name: str, flatten_on_white: bool):
+        import io
+
+        from gradio.data_classes import FileData
+
+        try:
+            with open_image(file.path if isinstance(file, FileData) else io.BytesIO(file), name):
+                pass  # the header says it is an image within the pixel limit
+            picture = self.convert(file, flatten_on_white)
+            if hasattr(picture, "load"):
+                picture.load()  # decoded now: its file may go
+            return picture
+        except ValueError as error:
+            raise page_error(one_line(error)) from None
+        except (OSError, SyntaxError) as error:  # a header that looked right over damaged pixels
+            raise page_error(f"{name} cannot be read as an image: {unreadable(error)}") from None
+
+
+def remove_upload(path: Path) -> None:
+    """Delete an uploaded file and the folder Gradio made for it (named for its content's hash) once empty."""
+    path.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        path.parent.rmdir()
 
 
 def shown_image(label: str, elem_id: str):
@@ -366,7 +487,7 @@ def build_page(studio: Studio, defaults: dict, title: str):
     import gradio as gr
 
     net = studio.net
-    with gr.Blocks(title=title) as page:
+    with gr.Blocks(title=title, delete_cache=CACHE_SWEEP_S) as page:
         kind = "text-to-image" if studio.is_text else f"class-conditional, {net.num_classes} classes"
         height, width = studio.image_size
         gr.Markdown(f"## Halton-MaskGIT: {title}\n{kind}, {width}x{height} images from {net.grid[0]}x{net.grid[1]} "
@@ -421,7 +542,7 @@ def build_page(studio: Studio, defaults: dict, title: str):
                                 "and setting on the left applies; steps must not exceed the region's tokens. The "
                                 "result: a row per condition, the image, its region in red, then the samples.")
                     with gr.Row():
-                        editor = gr.ImageEditor(type="pil", format="png", label="Image (paint the region)",
+                        editor = checked_editor(type="pil", format="png", label="Image (paint the region)",
                                                 brush=gr.Brush(colors=["#e01a1a"], color_mode="fixed"),
                                                 elem_id="editor")
                         with gr.Column():
@@ -496,16 +617,109 @@ def free_port(host: str) -> int:
         return probe.getsockname()[1]
 
 
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` serves this machine only (127.0.0.1, ::1, localhost)."""
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return host.lower() in LOOPBACK_NAMES
+
+
+def exposure_warning(serve: ServeOptions) -> str | None:
+    """The warning the log gets when the page is reachable beyond this machine without a login."""
+    if serve.auth is not None or (is_loopback(serve.host) and not serve.share):
+        return None
+    where = "a public share link" if serve.share else f"host={serve.host}"
+    return (f"{where} without {key('auth')}: anyone who reaches the page can use the model and upload files; set "
+            f"{key('auth')}=FILE (user:password lines)")
+
+
+def read_logins(path: str | None) -> list[tuple[str, str]] | None:
+    """The ``user:password`` lines of the file ``auth`` (blank and # lines skipped); a bad line is refused in one
+    line that names the file and line, never the password."""
+    if path is None:
+        return None
+    try:
+        lines = Path(path).expanduser().read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise Invalid(f"{key('auth')}={path} cannot be read: {unreadable(error)}") from None
+    logins = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        user, colon, password = line.strip().partition(":")
+        if not colon or not user or not password:
+            raise Invalid(f"{key('auth')}={path} line {number} is not user:password (a user name, a colon, a "
+                          "password)")
+        logins.append((user, password))
+    if not logins:
+        raise Invalid(f"{key('auth')}={path} holds no user:password line")
+    return logins
+
+
+@contextlib.contextmanager
+def upload_folder():
+    """The app's own folder for Gradio's uploads and stored results (GRADIO_TEMP_DIR while it runs, inside the one
+    the environment names, if any), removed with all it holds when the app stops."""
+    parent = os.environ.get("GRADIO_TEMP_DIR")
+    if parent:
+        Path(parent).mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix="halton-app-", dir=parent or None))
+    os.environ["GRADIO_TEMP_DIR"] = str(folder)
+    try:
+        yield folder
+    finally:
+        if parent is None:
+            os.environ.pop("GRADIO_TEMP_DIR", None)
+        else:
+            os.environ["GRADIO_TEMP_DIR"] = parent
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def launch(page, serve: ServeOptions, port: int, **kwargs):
+    """Serve ``page`` as ``serve`` says: the upload limit, the logins of ``auth``; ``kwargs``: more of Gradio's
+    launch options (``prevent_thread_lock=True`` returns at once)."""
+    warning = exposure_warning(serve)
+    if warning:
+        log.warning(warning)
+    return page.queue().launch(server_name=serve.host, server_port=port, share=serve.share, show_error=True,
+                               quiet=True, max_file_size=serve.max_upload_bytes, auth=read_logins(serve.auth),
+                               **kwargs)
+
+
+def stop_on_sigterm(signum, frame) -> None:
+    """SIGTERM stops the app as Ctrl-C does."""
+    raise KeyboardInterrupt
+
+
+def serve_until_stopped(page, serve: ServeOptions, port: int) -> None:
+    """Serve ``page`` until Ctrl-C or SIGTERM (a normal stop: the server closes, exit code 0); a second signal
+    during the stop is ignored, so that the upload folder is still removed."""
+    try:
+        launch(page, serve, port, prevent_thread_lock=True)
+        while page.is_running:
+            time.sleep(0.1)
+    except KeyboardInterrupt:
+        log.info("stopping the app (Ctrl-C or SIGTERM)")
+    finally:
+        for stop in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(stop, signal.SIG_IGN)
+        page.close(verbose=False)
+
+
 @hydra.main(version_base="1.3", config_path="../conf", config_name="app")
 @entry_point
 def main(cfg: DictConfig) -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's own requests to the page, one line each
-    studio = Studio.from_config(cfg)
-    page = build_page(studio, page_defaults(cfg, studio), str(cfg.name))
     serve = from_config(ServeOptions, cfg)
-    port = serve.port or free_port(serve.host)
-    log.info(f"serving {cfg.name} ({cfg.checkpoint}) on http://{serve.host}:{port}")
-    page.queue().launch(server_name=serve.host, server_port=port, share=serve.share, show_error=True, quiet=True)
+    read_logins(serve.auth)  # a bad file is refused before the model loads
+    signal.signal(signal.SIGTERM, stop_on_sigterm)
+    with upload_folder():
+        studio = Studio.from_config(cfg)
+        page = build_page(studio, page_defaults(cfg, studio), str(cfg.name))
+        port = serve.port or free_port(serve.host)
+        log.info(f"serving {cfg.name} ({cfg.checkpoint}) on http://{serve.host}:{port}")
+        serve_until_stopped(page, serve, port)
 
 
 if __name__ == "__main__":

@@ -214,7 +214,7 @@ def check_inputs(cfg: DictConfig, entry: str) -> None:
         memory.check_request(cfg, entry)
     for key in ("edit.image", "edit.mask"):  # their size from the header, before any pixel is decoded
         if entry == "sample" and OmegaConf.select(cfg, key):
-            open_image(OmegaConf.select(cfg, key), f"{key}={OmegaConf.select(cfg, key)}", decode=False)
+            open_image(OmegaConf.select(cfg, key), f"{key}={OmegaConf.select(cfg, key)}").close()
 
 
 def resume_candidate(cfg: DictConfig, announce: bool = True) -> tuple[str | None, dict | None]:

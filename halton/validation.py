@@ -353,6 +353,7 @@ def check_app(c: Checks) -> None:
     """python -m halton.app: sample.py's checks of the page's first values, and where to serve it."""
     check_drawing(c)
     c.options(ServeOptions)
+    c.input_file("auth", optional=True)  # its lines are read before the model loads
 
 
 RULES = {"train": check_train, "sample": check_sample, "evaluate": check_evaluate, "extract": check_extract,

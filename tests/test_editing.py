@@ -229,7 +229,7 @@ def test_read_image_resizes_to_cover_and_center_crops(tmp_path):
     halves = read_image(tmp_path / "mask.png", (8, 8), 3, mask=True)
     assert torch.equal(halves[0], torch.tensor([False] * 4 + [True] * 4))
     (tmp_path / "broken.png").write_text("not an image")
-    with pytest.raises(ValueError, match="broken.png cannot be read as an image"):
+    with pytest.raises(ValueError, match="broken.png is not an image; allowed: PNG"):
         read_image(tmp_path / "broken.png", (8, 8), 1)
 
 

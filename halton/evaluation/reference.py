@@ -109,9 +109,14 @@ def _folder_images(root: Path) -> list[Path]:
 
 
 def _open_image(path: Path):
-    from halton.utils.pixels import open_image
+    from halton.utils.pixels import open_image, unreadable
 
-    return open_image(path, f"reference image {path}")
+    image = open_image(path, f"reference image {path}")  # the pixel count checked from the header
+    try:
+        image.load()
+    except (OSError, SyntaxError) as error:
+        raise ValueError(f"reference image {path} cannot be read as an image: {unreadable(error)}") from None
+    return image
 
 
 def _batched(images: Iterator[torch.Tensor], batch_size: int) -> Iterator[torch.Tensor]:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from halton.options.choices import PRECISIONS
-from halton.options.rules import Invalid, boolean, choice, integer, key
+from halton.options.rules import Invalid, boolean, choice, integer, key, number
 
 DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
@@ -46,11 +46,15 @@ class DrawOptions:
 
 @dataclass(frozen=True)
 class ServeOptions:
-    """Where the app serves its page: ``host``, ``port`` (0 or None: a free one), a public Gradio link (``share``)."""
+    """Where the app serves its page: ``host``, ``port`` (0 or None: a free one), a public Gradio link (``share``);
+    the largest upload (``max_upload_mb``, MiB) and ``auth``, a file of ``user:password`` lines that the page asks
+    for (None: no login)."""
 
     host: str = "127.0.0.1"
     port: Optional[int] = 7860
     share: bool = False
+    max_upload_mb: float = 8.0
+    auth: Optional[str] = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.host, str) or not self.host.strip():
@@ -58,3 +62,11 @@ class ServeOptions:
                           "0.0.0.0 (every interface)")
         integer("port", self.port, 0, 65535, optional=True, note=" (0 or null: a free port)")
         boolean("share", self.share)
+        number("max_upload_mb", self.max_upload_mb, above=0, high=1024, note=" (MiB)")
+        if self.auth is not None and (not isinstance(self.auth, str) or not self.auth.strip()):
+            raise Invalid(f"{key('auth')}={self.auth!r} is not a file name; allowed: null (no login) or a file of "
+                          "user:password lines")
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 2**20)

@@ -165,9 +165,16 @@ def read_image(path: str | Path | Image, image_size: tuple[int, int], channels: 
     white."""
     from PIL import Image
 
-    from halton.utils.pixels import open_image
+    from halton.utils.pixels import open_image, unreadable
 
-    image = path if isinstance(path, Image.Image) else open_image(path, str(path))
+    if isinstance(path, Image.Image):
+        image = path
+    else:
+        image = open_image(path)  # the pixel count checked from the header
+        try:
+            image.load()
+        except (OSError, SyntaxError) as error:  # a header that looked right over damaged pixels
+            raise ValueError(f"{path} cannot be read as an image: {unreadable(error)}") from None
     image = image.convert("L" if mask or channels == 1 else "RGB")
     height, width = image_size
     if (image.height, image.width) != (height, width):

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import glob
+import io
 import json
 import logging
 import os
@@ -30,7 +31,6 @@ import webdataset as wds
 from PIL import Image
 
 from halton.options.choices import SOURCE_FORMATS
-from halton.utils.pixels import open_image
 
 log = logging.getLogger("halton.data")
 
@@ -134,7 +134,7 @@ class ImageFolderSource(Source):
         for path, label in self.files[start:start + self.shard_size]:
             key = os.path.splitext(os.path.relpath(path, self.root))[0]
             try:
-                with open_image(path, path) as image:
+                with Image.open(path) as image:
                     yield Item(to_tensor(center_crop(image, self.image_size)), label, key)
             except Exception as error:  # PIL raises many types for broken files
                 yield Skip(key, f"{type(error).__name__}: {error}")
@@ -199,7 +199,7 @@ class WebDatasetSource(Source):
                 continue
             try:
                 label, caption = self._label_and_caption(sample)
-                with open_image(sample[member], f"{key}.{member}") as image:
+                with Image.open(io.BytesIO(sample[member])) as image:
                     yield Item(to_tensor(center_crop(image, self.image_size)), label, key, caption)
             except Exception as error:
                 yield Skip(key, f"{type(error).__name__}: {error}")
