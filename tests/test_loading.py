@@ -148,6 +148,25 @@ def test_build_from_config_gives_the_parts_sample_evaluate_and_the_app_draw_with
     assert images.shape[0] == 2 and built.tokenizer is built.data.tokenizer
 
 
+def test_lightnings_load_from_checkpoint_builds_the_module_again(tiny_run):
+    """MaskGITModule.load_from_checkpoint(path), Lightning's usual call: the checkpoint records the network and the
+    condition kind as specs, so nothing else is needed; a text module keeps its encoder's settings."""
+    from halton.conditions import TextKind
+    from halton.training import MaskGITModule
+
+    ckpt = tiny_run / "tiny" / "checkpoints" / "last.ckpt"
+    module = MaskGITModule.load_from_checkpoint(ckpt, weights_only=True, map_location="cpu")
+    expected = load_model(str(ckpt), compose_job("sample", ["experiment=digits", *TINY_NET]).model.net)
+    assert isinstance(module.model, MaskTransformer) and isinstance(module.condition, ClassKind)
+    assert module.hparams.lr == 3e-3 and module.hparams.net["hidden_dim"] == 32
+    assert all(torch.equal(a, b) for a, b in zip(module.model.state_dict().values(), expected.state_dict().values()))
+    text = MaskGITModule(TextMaskTransformer(17, 8, c=32, hidden_dim=32, text_dim=16, depth=1, heads=2, mlp_dim=64),
+                         condition=TextKind("minilm", 12, prompts=["a"]))
+    rebuilt = MaskGITModule(**{k: v for k, v in text.hparams.items()})
+    assert isinstance(rebuilt.condition, TextKind) and rebuilt.condition.spec() == text.condition.spec()
+    assert rebuilt.model.init_config == text.model.init_config
+
+
 def test_classifying_checkpoints_imports_no_torch():
     """The pre-flight checks (halton.validation) tell checkpoint kinds apart before torch loads."""
     code = ("import sys, halton.models.loading, halton.validation, halton.build; "

@@ -60,6 +60,11 @@ class ConditionKind(ABC):
     # What a user passes to ask for conditions of this kind (sample.py's options), for error messages.
     requested_with: str = ""
 
+    def spec(self) -> dict[str, Any]:
+        """This kind as Hydra builds it (``_target_`` and the constructor's arguments, plain values): what a
+        training checkpoint records so that ``MaskGITModule.load_from_checkpoint`` builds it again."""
+        return {"_target_": f"{type(self).__module__}.{type(self).__qualname__}"}
+
     @abstractmethod
     def check_model(self, model) -> None:
         """ValueError in one line when ``model`` does not take this kind of condition."""

@@ -71,6 +71,10 @@ class TextKind(ConditionKind):
         self.grid_prompts = [str(p) for p in prompts]
         self._encoder = None
 
+    def spec(self) -> dict[str, Any]:
+        return {**super().spec(), "encoder": self.encoder_name, "max_length": self.max_length, "dtype": self.dtype,
+                "use_mask": self.use_mask, "prompts": list(self.grid_prompts)}
+
     @property
     def encoder(self):
         if self._encoder is None:

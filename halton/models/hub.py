@@ -25,6 +25,11 @@ class HubModel(PyTorchModelHubMixin, library_name="halton", repo_url="https://gi
             return [plain(v) for v in value] if isinstance(value, Sequence) and not isinstance(value, str) else value
         self._hub_mixin_config = {k: plain(v) for k, v in arguments.items() if k not in ("self", "__class__")}
 
+    @property
+    def init_config(self) -> dict:
+        """The constructor's arguments, plain (what config.json holds): ``type(model)(**model.init_config)``."""
+        return dict(self._hub_mixin_config)
+
     @classmethod
     def _from_pretrained(cls, *, model_id: str, revision, cache_dir, force_download, local_files_only, token,
                          map_location: str = "cpu", strict: bool = True, **model_kwargs):

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
+from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torch import nn
 
@@ -53,7 +55,7 @@ class MaskGITModule(pl.LightningModule):
     loggers; with the EMA callback they use the averaged weights.
     """
 
-    def __init__(self, net: nn.Module, lr: float = 1e-4, betas: tuple[float, float] = (0.9, 0.96),
+    def __init__(self, net: nn.Module | Mapping, lr: float = 1e-4, betas: tuple[float, float] = (0.9, 0.96),
                  weight_decay: float = 5e-5, warmup_steps: int = 2500, total_steps: int = 2_000_000,
                  min_lr_ratio: float = 0.0, mask_schedule: str = "arccos", loss_on: str = "masked",
                  label_dropout: float = 0.1, compile: bool = False, sample_grid: dict[str, Any] | None = None,
@@ -75,8 +77,13 @@ class MaskGITModule(pl.LightningModule):
             sample_grid = {**OmegaConf.to_container(OmegaConf.create(sample_grid), resolve=True),
                            "scheduler": self.grid_scheduler.spec()}
         self.save_hyperparameters(ignore=["net", "condition"])
+        # The network and the condition kind come built (Hydra's instantiate) or, from a checkpoint's hyperparameters
+        # (MaskGITModule.load_from_checkpoint(path)), as the specs recorded here.
+        net, condition = (instantiate(part) if isinstance(part, Mapping) else part for part in (net, condition))
         self.condition = condition or ClassKind()
         self.model = net
+        self.hparams["net"] = {"_target_": f"{type(net).__module__}.{type(net).__qualname__}", **net.init_config}
+        self.hparams["condition"] = self.condition.spec()
         if fp8:  # before compiling: the compiled blocks fuse FP8's scaling into their kernels
             convert_blocks_to_float8(self.model)
         self.token_loss = masked_token_loss
