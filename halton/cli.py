@@ -283,6 +283,11 @@ def run(main, config_name: str, argv: list[str] | None = None) -> None:
                 lock = RunFolderLock(run_dir).acquire()
             except RunFolderInUse as error:
                 fail(str(error))
+            except OSError as error:  # no room for the lock's owner record: the disk is full
+                full = disk_full(error, configs[0])
+                if full is None:
+                    raise
+                fail(str(full))
     try:
         with lock:
             main()

@@ -26,6 +26,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 import torch
+from filelock import FileLock
 from omegaconf import OmegaConf
 from PIL import Image
 
@@ -38,7 +39,7 @@ from halton.training import checkpoint_io
 from halton.utils.checkpoint import atomic_torch_save, read_checkpoint
 from halton.tokenizers import PixelTokenizer
 
-from conftest import ROOT, TINY
+from conftest import ROOT, TINY, run_in_process
 from test_divergence import all_finite, error_lines, tiny_module, trainer_with_the_run_callbacks
 
 KEPT = "and run again (nothing half-written was kept; files written before are intact)"
@@ -160,6 +161,17 @@ def test_train_py_stops_on_a_full_disk_with_one_line_and_exit_code_2(tmp_path, m
     assert error_lines(caplog) == [f"error: cannot write {path}: {ENOSPC_ELSEWHERE.format('paths.runs_dir=DIR')}"]
     assert sorted(p.name for p in earlier.parent.iterdir()) == ["step_0000002.ckpt"]
     assert read_checkpoint(earlier) == {"step": 2}
+
+
+def test_train_py_with_no_room_for_its_run_lock_stops_with_one_line(tmp_path):
+    """The first write of a run: its lock's owner record (before Hydra makes the run folder's files)."""
+    with file_size_limit(40):  # the record is about 80 bytes
+        result = run_in_process("train.py", "experiment=digits", f"paths.runs_dir={tmp_path}", "name=tiny")
+    owner = tmp_path / "tiny" / ".run.lock.owner"
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [f"error: cannot write {owner}: {EFBIG.format('paths.runs_dir=DIR')}"]
+    assert [p.name for p in (tmp_path / "tiny").iterdir()] == [".run.lock"]  # no temporary, no owner record
+    assert FileLock(tmp_path / "tiny" / ".run.lock").acquire(timeout=0)  # released
 
 
 # ------------------------------------------------------------------------------------------------- extraction
