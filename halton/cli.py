@@ -342,7 +342,6 @@ def entry_point(task):
             full = disk_full(error, cfg)
             if full is None or os.environ.get("HALTON_DEBUG"):
                 raise
-            logging.raiseExceptions = False  # the log file's own writes fail too: no "--- Logging error ---" dumps
             fail(str(full))  # the run's files stay: what it saved before is intact, and a rerun resumes
 
     return wrapper
@@ -358,7 +357,7 @@ def disk_full(error: BaseException, cfg: DictConfig):
     the option that would write it elsewhere; None for any other error."""
     from hydra.core.hydra_config import HydraConfig
 
-    from halton.utils.files import DiskFull, as_disk_full
+    from halton.utils.files import as_disk_full
 
     full = as_disk_full(error)
     if full is None:
@@ -368,8 +367,7 @@ def disk_full(error: BaseException, cfg: DictConfig):
     for key in OUTPUT_KEYS:
         value = OmegaConf.select(cfg, key, default=None, throw_on_resolution_failure=False)
         if isinstance(value, str) and value and Path(value).absolute() in (path, *path.parents):
-            where = f"write elsewhere with {key}={'FILE' if key == 'results' else 'DIR'}"
-            return DiskFull(full.path, full.cause, where)
+            return full.where(f"write elsewhere with {key}={'FILE' if key == 'results' else 'DIR'}")
     return full
 
 

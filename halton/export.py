@@ -97,7 +97,7 @@ def replace_folder(out: Path, write) -> Path:
             full = as_disk_full(error)
             if full is None:
                 raise
-            raise DiskFull(out, full.cause) from error
+            raise DiskFull(out, full.cause, atomic=True) from error  # the new folder is removed below
         mode = default_mode()
         folder_mode = mode | (mode & 0o444) >> 2  # searchable where readable, as mkdir makes it (mkdtemp: 0700)
         for path in new.rglob("*"):

@@ -144,7 +144,6 @@ def test_train_py_stops_on_a_full_disk_with_one_line_and_exit_code_2(tmp_path, m
     exit code 2; the run's earlier files stay."""
     from halton.cli import entry_point
 
-    monkeypatch.setattr(logging, "raiseExceptions", True)  # the handler turns it off: restored after the test
     runs = tmp_path / "runs"
     earlier = atomic_torch_save({"step": 2}, runs / "tiny" / "checkpoints" / "step_0000002.ckpt")
     disk = FullDisk(monkeypatch, checkpoint_io, free=100)
@@ -172,6 +171,27 @@ def test_train_py_with_no_room_for_its_run_lock_stops_with_one_line(tmp_path):
     assert result.stderr.splitlines() == [f"error: cannot write {owner}: {EFBIG.format('paths.runs_dir=DIR')}"]
     assert [p.name for p in (tmp_path / "tiny").iterdir()] == [".run.lock"]  # no temporary, no owner record
     assert FileLock(tmp_path / "tiny" / ".run.lock").acquire(timeout=0)  # released
+
+
+def test_the_run_log_file_on_a_full_disk_warns_once_instead_of_a_traceback_per_record(tmp_path, monkeypatch,
+                                                                                       capsys):
+    from halton.utils.logs import RunLogFile
+
+    handler = RunLogFile(tmp_path / "train.log")
+    handler.stream = _OnDisk(handler.stream, FullDisk(monkeypatch, free=0))
+    logger = logging.getLogger("halton.test_full_disk")
+    monkeypatch.setattr(logger, "propagate", False)
+    logger.addHandler(handler)
+    try:
+        for step in range(3):
+            logger.warning("step %d", step)
+        assert capsys.readouterr().err == (f"warning: the log file {tmp_path / 'train.log'} is not being written: "
+                                           "No space left on device (ENOSPC); free space on that file system\n")
+        logger.warning("a record logging cannot format: %d", "not a number")  # other errors: as logging shows them
+        assert "--- Logging error ---" in capsys.readouterr().err
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
 
 
 # ------------------------------------------------------------------------------------------------- extraction

@@ -37,18 +37,24 @@ RUST_OS_ERROR = re.compile(r"\(os error (\d+)\)")  # how Rust writers (safetenso
 
 class DiskFull(OSError):
     """A write that failed for want of space (:data:`DISK_FULL`); its message is one line naming the file, the
-    cause and what to do, ``elsewhere`` saying how to write somewhere else (e.g. ``paths.runs_dir=DIR``). The
-    file's temporary is removed and the file itself is as it was (:func:`atomic_write`)."""
+    cause and what to do, ``elsewhere`` saying how to write somewhere else (e.g. ``paths.runs_dir=DIR``).
+    ``atomic``: the write was :func:`atomic_write`'s, so its temporary is removed and the file is as it was."""
 
-    def __init__(self, path: str | Path | None, cause: OSError, elsewhere: str = ""):
+    def __init__(self, path: str | Path | None, cause: OSError, elsewhere: str = "", atomic: bool = False):
         super().__init__(cause.errno, cause.strerror or os.strerror(cause.errno), None if path is None else str(path))
-        self.path, self.cause, self.elsewhere = None if path is None else Path(path), cause, elsewhere
+        self.path, self.cause = None if path is None else Path(path), cause
+        self.elsewhere, self.atomic = elsewhere, atomic
 
     def __str__(self) -> str:
         name = errno.errorcode.get(self.errno, str(self.errno))
         also = f", or {self.elsewhere}" if self.elsewhere else ""
+        kept = "nothing half-written was kept; " if self.atomic else "it may be left incomplete; "
         return (f"cannot write {self.path or 'a file'}: {os.strerror(self.errno)} ({name}); {DISK_FULL[self.errno]}"
-                f"{also}, and run again (nothing half-written was kept; files written before are intact)")
+                f"{also}, and run again ({kept}files written before are intact)")
+
+    def where(self, elsewhere: str) -> DiskFull:
+        """The same failure, saying how to write elsewhere (the option that chooses the folder)."""
+        return DiskFull(self.path, self.cause, elsewhere, self.atomic)
 
 
 def as_disk_full(error: BaseException | None) -> DiskFull | None:
@@ -87,7 +93,7 @@ def atomic_write(path: str | Path, write) -> Path:
         full = as_disk_full(error)
         if full is None or full is error:
             raise
-        raise DiskFull(path, full.cause) from error
+        raise DiskFull(path, full.cause, atomic=True) from error
     finally:
         if tmp is not None and os.path.exists(tmp):
             os.remove(tmp)
