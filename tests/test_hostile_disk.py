@@ -16,7 +16,6 @@ import hashlib
 import logging
 import os
 import resource
-import shutil
 import signal
 import subprocess
 import sys
@@ -44,7 +43,8 @@ from test_divergence import all_finite, error_lines, tiny_module, trainer_with_t
 
 KEPT = "and run again (nothing half-written was kept; files written before are intact)"
 ENOSPC = f"No space left on device (ENOSPC); free space on that file system, {KEPT}"
-ENOSPC_ELSEWHERE = "No space left on device (ENOSPC); free space on that file system, or write elsewhere with {}, " + KEPT
+ENOSPC_ELSEWHERE = ("No space left on device (ENOSPC); free space on that file system, or write elsewhere with {}, "
+                    + KEPT)
 EFBIG = ("File too large (EFBIG); raise the file size limit (ulimit -f) or use a file system that takes larger files"
          ", or write elsewhere with {}, " + KEPT)
 

@@ -35,6 +35,11 @@ DISK_FULL = {
 RUST_OS_ERROR = re.compile(r"\(os error (\d+)\)")  # how Rust writers (safetensors) report an errno
 
 
+def errno_text(code: int) -> str:
+    """``No space left on device (ENOSPC)``."""
+    return f"{os.strerror(code)} ({errno.errorcode.get(code, code)})"
+
+
 class DiskFull(OSError):
     """A write that failed for want of space (:data:`DISK_FULL`); its message is one line naming the file, the
     cause and what to do, ``elsewhere`` saying how to write somewhere else (e.g. ``paths.runs_dir=DIR``).
@@ -46,11 +51,10 @@ class DiskFull(OSError):
         self.elsewhere, self.atomic = elsewhere, atomic
 
     def __str__(self) -> str:
-        name = errno.errorcode.get(self.errno, str(self.errno))
         also = f", or {self.elsewhere}" if self.elsewhere else ""
         kept = "nothing half-written was kept; " if self.atomic else "it may be left incomplete; "
-        return (f"cannot write {self.path or 'a file'}: {os.strerror(self.errno)} ({name}); {DISK_FULL[self.errno]}"
-                f"{also}, and run again ({kept}files written before are intact)")
+        return (f"cannot write {self.path or 'a file'}: {errno_text(self.errno)}; {DISK_FULL[self.errno]}{also}, "
+                f"and run again ({kept}files written before are intact)")
 
     def where(self, elsewhere: str) -> DiskFull:
         """The same failure, saying how to write elsewhere (the option that chooses the folder)."""

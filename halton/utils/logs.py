@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import errno
 import logging
-import os
 import sys
 
-from halton.utils.files import DISK_FULL
+from halton.utils.files import DISK_FULL, errno_text
 
 
 class BelowLevel(logging.Filter):
@@ -46,6 +44,5 @@ class RunLogFile(logging.FileHandler):
             return super().handleError(record)
         if not self.warned:
             self.warned = True
-            name = errno.errorcode.get(error.errno, str(error.errno))
             sys.stderr.write(f"warning: the log file {self.baseFilename} is not being written: "
-                             f"{os.strerror(error.errno)} ({name}); {DISK_FULL[error.errno]}\n")
+                             f"{errno_text(error.errno)}; {DISK_FULL[error.errno]}\n")
