@@ -290,6 +290,11 @@ def run(main, config_name: str, argv: list[str] | None = None) -> None:
                 lock = RunFolderLock(run_dir).acquire()
             except RunFolderInUse as error:
                 fail(str(error))
+            except OSError as error:  # no room for the lock's owner record: the disk is full
+                full = disk_full(error, configs[0])
+                if full is None:
+                    raise
+                fail(str(full))
     try:
         with lock:
             main()
@@ -327,20 +332,50 @@ def entry_point(task):
         logging.captureWarnings(True)
         route_lightning_logs()  # every entry point's task uses Lightning (data modules, Trainer, Fabric)
         try:
-            return task(cfg)
-        except InstantiationException as error:
-            cause = error.__cause__
-            if isinstance(cause, USER_ERRORS) and not os.environ.get("HALTON_DEBUG"):
-                remove_what_the_run_made()
-                fail(str(cause).splitlines()[0])
-            raise
-        except USER_ERRORS as error:
-            if os.environ.get("HALTON_DEBUG"):
+            try:
+                return task(cfg)
+            except InstantiationException as error:
+                cause = error.__cause__
+                if isinstance(cause, USER_ERRORS) and not os.environ.get("HALTON_DEBUG"):
+                    remove_what_the_run_made()
+                    fail(str(cause).splitlines()[0])
                 raise
-            remove_what_the_run_made()
-            fail(str(error).splitlines()[0] if str(error) else repr(error))
+            except USER_ERRORS as error:
+                if os.environ.get("HALTON_DEBUG"):
+                    raise
+                remove_what_the_run_made()
+                fail(str(error).splitlines()[0] if str(error) else repr(error))
+        except Exception as error:  # a full disk, however deep the write (torch, Lightning): one line, exit 2
+            full = disk_full(error, cfg)
+            if full is None or os.environ.get("HALTON_DEBUG"):
+                raise
+            fail(str(full))  # the run's files stay: what it saved before is intact, and a rerun resumes
 
     return wrapper
+
+
+# The options that choose where an entry point writes, most specific first: a full disk's message names the first
+# that holds the file that could not be written.
+OUTPUT_KEYS = ("out_dir", "out", "results", "paths.runs_dir", "paths.data_dir", "paths.root_dir")
+
+
+def disk_full(error: BaseException, cfg: DictConfig):
+    """The :class:`~halton.utils.files.DiskFull` behind ``error`` (a write that failed for want of space), naming
+    the option that would write it elsewhere; None for any other error."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from halton.utils.files import as_disk_full
+
+    full = as_disk_full(error)
+    if full is None:
+        return None
+    # a write that did not name its file (a log): it was in the run folder
+    path = (full.path or Path(HydraConfig.get().runtime.output_dir if HydraConfig.initialized() else ".")).absolute()
+    for key in OUTPUT_KEYS:
+        value = OmegaConf.select(cfg, key, default=None, throw_on_resolution_failure=False)
+        if isinstance(value, str) and value and Path(value).absolute() in (path, *path.parents):
+            return full.where(f"write elsewhere with {key}={'FILE' if key == 'results' else 'DIR'}")
+    return full
 
 
 def resolve_device(name: str):

@@ -18,7 +18,7 @@ import hydra
 from omegaconf import DictConfig
 
 from halton.cli import entry_point, run
-from halton.utils.files import atomic_write, default_mode, file_sha256
+from halton.utils.files import DiskFull, as_disk_full, atomic_write, default_mode, file_sha256
 from halton.validation import CONFIG_DIR
 
 log = logging.getLogger("halton.export")
@@ -91,7 +91,13 @@ def replace_folder(out: Path, write) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     new = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
     try:
-        write(new)
+        try:
+            write(new)
+        except Exception as error:  # a full disk: named by the folder (the file written was a temporary's)
+            full = as_disk_full(error)
+            if full is None:
+                raise
+            raise DiskFull(out, full.cause, atomic=True) from error  # the new folder is removed below
         mode = default_mode()
         folder_mode = mode | (mode & 0o444) >> 2  # searchable where readable, as mkdir makes it (mkdtemp: 0700)
         for path in new.rglob("*"):

@@ -40,7 +40,7 @@ from halton.options.extraction import (
 from halton.options.rules import Invalid
 from halton.options.text import TextDataOptions
 from halton.options.trainer import TrainerOptions, check_callbacks
-from halton.utils.files import reads_as_path
+from halton.utils.files import read_lines, reads_as_path
 from halton.utils.hub import FILE_GRAMMAR, GRAMMAR, hub_parts, is_hub_path
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "conf"
@@ -204,10 +204,7 @@ def check_conditions(c: Checks) -> None:
         if not isinstance(text, str) or not text.strip():
             raise Invalid(f"prompts[{index}]={text!r} is empty; allowed: non-empty texts")
     if c.has("prompt_file") and c.get("prompt_file") is not None:
-        path = c.input_file("prompt_file", hint="; one prompt per line")
-        lines = [ln.strip() for ln in path.read_text(encoding="utf-8", errors="replace").splitlines()]
-        if not any(ln and not ln.startswith("#") for ln in lines):
-            raise Invalid(f"prompt_file={path} holds no prompt; allowed: a text file with one prompt per line")
+        check_prompt_file(c, "prompt_file", "; one prompt per line")
     given = [key for key in ("prompt", "prompts", "prompt_file") if c.has(key) and c.get(key) is not None]
     if given and not is_text_model(c):
         raise Invalid(f"{given[0]} is for text-to-image models; experiment={c.get('name')} is class-conditional: "
@@ -215,6 +212,17 @@ def check_conditions(c: Checks) -> None:
     if classes is not None and is_text_model(c):
         raise Invalid(f"classes={classes} is for class-conditional models; experiment={c.get('name')} is "
                       "text-to-image: give prompt=..., prompts=[...] or prompt_file=PATH")
+
+
+def check_prompt_file(c: Checks, key: str, hint: str) -> None:
+    """A prompt file: readable UTF-8 text with at least one prompt (read here, before any model loads)."""
+    path = c.input_file(key, hint=hint)
+    try:
+        prompts = read_lines(path, key)
+    except ValueError as error:
+        raise Invalid(str(error)) from None
+    if not prompts:
+        raise Invalid(f"{key}={path} holds no prompt; allowed: a text file with one prompt per line")
 
 
 def check_drawing(c: Checks) -> None:
@@ -244,9 +252,12 @@ def check_evaluate(c: Checks) -> None:
     text = is_text_model(c)
     c.options(EvaluationOptions, num_classes=None if text else c.get("data.num_classes"), steps=steps)
     if text:  # the evaluation prompts and the CLIP model
-        if c.options(PromptSetOptions, "prompt_set.").source in ("coco", "file"):
-            c.input_file("prompt_set.path",
-                         hint=" (coco: annotations/captions_val2014.json; file: one prompt per line)")
+        source = c.options(PromptSetOptions, "prompt_set.").source
+        hint = " (coco: annotations/captions_val2014.json; file: one prompt per line)"
+        if source == "file":
+            check_prompt_file(c, "prompt_set.path", hint)
+        elif source == "coco":
+            c.input_file("prompt_set.path", hint=hint)
         c.local_path("clip_model")
     if c.get("extractor") == "inception":
         c.input_file("inception_weights", optional=True, hub=True)

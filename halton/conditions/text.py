@@ -10,12 +10,13 @@ from pathlib import Path
 import torch
 
 from halton.conditions.base import Condition, ConditionKind
+from halton.utils.files import read_lines
 
 
-def read_prompt_file(path: str | Path) -> list[str]:
-    """The prompts of a text file, one per line (blank lines and lines starting with # skipped)."""
-    lines = (line.strip() for line in Path(path).expanduser().read_text(encoding="utf-8").splitlines())
-    return [line for line in lines if line and not line.startswith("#")]
+def read_prompt_file(path: str | Path, key: str = "prompt_file") -> list[str]:
+    """The prompts of a UTF-8 text file, one per line (blank lines and lines starting with # skipped); a file that
+    is not UTF-8 is refused in one line naming the option ``key`` that gave it."""
+    return read_lines(path, key)
 
 
 @dataclass

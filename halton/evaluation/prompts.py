@@ -37,7 +37,7 @@ def evaluation_values(kind: ConditionKind, num_classes: int, num_images: int, so
         chosen = sample_captions(source.path, num_images, source.seed)
         return list(chosen.captions), f"coco:{Path(source.path).name}:seed{source.seed}"
     if source.source == "file":
-        return cycled(read_prompt_file(source.path), num_images), f"file:{Path(source.path).name}"
+        return cycled(read_prompt_file(source.path, "prompt_set.path"), num_images), f"file:{Path(source.path).name}"
     if source.source == "digits":
         from halton.data.digits.captions import evaluation_prompts
 

@@ -62,4 +62,9 @@ def _first_line(error: BaseException) -> str:
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> Path:
-    return atomic_write(path, lambda tmp: torch.save(obj, tmp))
+    """torch.save to ``path`` atomically; a full disk raises :class:`~halton.utils.files.DiskFull`."""
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as file:  # a Python file: a failed write is an OSError with its errno (torch's own
+            torch.save(obj, file)      # file writer reports only "file write failed")
+
+    return atomic_write(path, write)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import sys
+
+from halton.utils.files import DISK_FULL, errno_text
 
 
 class BelowLevel(logging.Filter):
@@ -27,3 +30,19 @@ def route_lightning_logs() -> None:
         for handler in list(logger.handlers):
             logger.removeHandler(handler)
         logger.propagate = True
+
+
+class RunLogFile(logging.FileHandler):
+    """The run's log file. When the disk is full its records cannot be written: one warning line on stderr, once,
+    instead of logging's traceback for every record (the terminal still shows what the run reports)."""
+
+    warned = False
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        error = sys.exc_info()[1]
+        if not (isinstance(error, OSError) and error.errno in DISK_FULL):
+            return super().handleError(record)
+        if not self.warned:
+            self.warned = True
+            sys.stderr.write(f"warning: the log file {self.baseFilename} is not being written: "
+                             f"{errno_text(error.errno)}; {DISK_FULL[error.errno]}\n")

@@ -107,7 +107,11 @@ class RunFolderLock:
             _notes.append(f"took over run folder {self.folder} from {self._describe(previous)}, {state}")
         me = {"host": socket.gethostname(), "pid": os.getpid(),
               "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-        atomic_write(self.owner_path, lambda tmp: Path(tmp).write_text(json.dumps(me) + "\n"))
+        try:
+            atomic_write(self.owner_path, lambda tmp: Path(tmp).write_text(json.dumps(me) + "\n"))
+        except BaseException:  # a full disk: the run does not start, and holds nothing
+            self.lock.release()
+            raise
         # Before training, SIGTERM would end the process without unwinding: exit through SystemExit instead, so the
         # lock is released here too (during training the preemption callback handles SIGTERM).
         main_thread = threading.current_thread() is threading.main_thread()

@@ -312,11 +312,13 @@ def extract_locally(source: Source, tokenizer: Tokenizer, out_dir: str | Path, *
         text_encoder.to(device)
     bar = progress_bar(todo, 0, 1, progress and bool(todo))
     assembler = ShardAssembler(out_dir, todo, chunk_size, settings, bar)
-    for batch in EncodeStream(source, todo, batch_size, require_captions=text_encoder is not None):
-        codes, flipped = encode_images(tokenizer, batch["images"].to(device), flip, autocast_dtype)
-        assembler.add(batch, codes, flipped, encode_captions(text_encoder, batch["captions"]))
-    if bar is not None:
-        bar.close()
+    try:
+        for batch in EncodeStream(source, todo, batch_size, require_captions=text_encoder is not None):
+            codes, flipped = encode_images(tokenizer, batch["images"].to(device), flip, autocast_dtype)
+            assembler.add(batch, codes, flipped, encode_captions(text_encoder, batch["captions"]))
+    finally:  # also when a write fails: the error's line is then printed after the bar's, not inside it
+        if bar is not None:
+            bar.close()
     return finalize_manifest(out_dir, source, units, settings)
 
 
@@ -391,13 +393,15 @@ def extract_with_lightning(source: Source, tokenizer: Tokenizer, out_dir: str | 
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                          use_distributed_sampler=False)
     log.info("%d of %d shards already finished in %s", len(done), len(units), out_dir)
-    trainer.predict(TokenizerPredictor(tokenizer, flip, precision, text_encoder),
-                    datamodule=ExtractionData(source, units_for_rank, batch_size, num_workers,
-                                              require_captions=text_encoder is not None),
-                    return_predictions=False)
     assembler = state["assembler"]
-    if assembler.progress is not None:
-        assembler.progress.close()
+    try:
+        trainer.predict(TokenizerPredictor(tokenizer, flip, precision, text_encoder),
+                        datamodule=ExtractionData(source, units_for_rank, batch_size, num_workers,
+                                                  require_captions=text_encoder is not None),
+                        return_predictions=False)
+    finally:  # also when a write fails: the error's line is then printed after the bar's, not inside it
+        if assembler.progress is not None:
+            assembler.progress.close()
     if assembler.unfinished():
         raise RuntimeError(f"rank {trainer.global_rank}: shards left unfinished: {', '.join(assembler.unfinished())}")
     trainer.strategy.barrier("extraction finished")
