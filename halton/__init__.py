@@ -7,3 +7,12 @@ __version__ = "0.1.0"
 # conf/sampling and conf/model merge the option schemas (sampling/schema, model/schema): registered on import, so a
 # config composes the same way from the entry points, Hydra's compose API and the tests.
 register_schemas()
+
+
+def __getattr__(name: str):
+    """``halton.Pipeline``, imported when first used (``import halton`` stays light for the entry points' checks)."""
+    if name in ("Pipeline", "PipelineOutput"):
+        from halton import pipeline
+
+        return getattr(pipeline, name)
+    raise AttributeError(f"module 'halton' has no attribute {name!r}")

@@ -131,15 +131,25 @@ def replace_folder(out: Path, write) -> Path:
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="export")
 @entry_point
 def main(cfg: DictConfig) -> None:
+    from hydra.utils import instantiate
+
+    from halton.build import condition_kind
     from halton.models.loading import load_model
+    from halton.options import SamplingOptions
+    from halton.pipeline import PIPELINE_FILE, recipe, save_pipeline
 
     out = Path(cfg.out).expanduser()
     exported_files(out)  # a folder that is not ours is refused before the model loads
+    log.info(f"exporting {cfg.checkpoint}: loading the model and its tokenizer")
     net = load_model(cfg.checkpoint, cfg.model.net, cfg.official_heads)
-    out = replace_folder(out, net.save_pretrained)
+    pipeline = recipe(instantiate(cfg.data).tokenizer, condition_kind(cfg), instantiate(cfg.scheduler),
+                      SamplingOptions.from_config(cfg))
+
+    log.info(f"writing {out}: config.json, model.safetensors (the EMA weights), {PIPELINE_FILE}, README.md")
+    out = replace_folder(out, lambda folder: save_pipeline(folder, net, pipeline))
     size = sum(p.numel() for p in net.parameters())
-    log.info(f"wrote {out} ({type(net).__name__}, {size / 1e6:.2f}M parameters): load it with checkpoint={out} or "
-             f"{type(net).__name__}.from_pretrained('{out}')")
+    log.info(f"wrote {out} ({type(net).__name__}, {size / 1e6:.2f}M parameters): load it with "
+             f"Pipeline.from_pretrained('{out}'), checkpoint={out} or {type(net).__name__}.from_pretrained('{out}')")
 
 
 if __name__ == "__main__":

@@ -128,7 +128,7 @@ def test_export_reloads_with_identical_logits_and_samples_identically(tiny_run, 
     result = run("-m halton.export", *common, f"out={out}")
     assert f"wrote {out} (MaskTransformer" in result.stdout + result.stderr
     assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "halton_export.json",
-                                                     "model.safetensors"]
+                                                     "model.safetensors", "pipeline.json"]
     umask = os.umask(0)
     os.umask(umask)
     assert out.stat().st_mode & 0o777 == 0o777 & ~umask  # as mkdir makes folders

@@ -192,3 +192,19 @@ def test_bad_text_input_is_one_line_exit_2_and_writes_nothing(text_run, tiny_ber
     assert result.returncode == 2 and len(lines) == 1, result.stderr[-2000:]
     assert message.format(bert=tiny_bert) in lines[0]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_pipeline_draws_from_prompts(text_run, tmp_path):
+    """halton.Pipeline on the text demo's run folder: prompts through its frozen encoder, PIL images; its export
+    (the encoder recorded by name in pipeline.json) draws the same codes."""
+    from halton import Pipeline
+
+    pipe = Pipeline.from_pretrained(text_run / "runs" / "text")
+    out = pipe(prompts=["the digit 3", "a handwritten seven"], per_condition=2, steps=4, seed=0)
+    assert len(out.images) == 4 and out.images[0].size == (8, 8) and out.codes.shape == (4, 8, 8)
+    assert pipe.recipe()["condition"]["encoder"] == "minilm"
+    again = Pipeline.from_pretrained(pipe.save_pretrained(tmp_path / "export"))
+    call = {"prompts": ["the digit 3", "a handwritten seven"], "per_condition": 2, "steps": 4, "seed": 0}
+    assert torch.equal(again(**call).codes, out.codes)
+    with pytest.raises(ValueError, match="classes are for class-conditional models"):
+        pipe(classes=[3])

@@ -14,7 +14,31 @@ from huggingface_hub import PyTorchModelHubMixin
 from halton.utils.hub import MODEL_WEIGHTS, hub_file
 
 
-class HubModel(PyTorchModelHubMixin, library_name="halton", repo_url="https://github.com/valeoai/Halton-MaskGIT",
+# The model card an export (save_pretrained, push_to_hub) writes: this project's, naming the paper it implements.
+MODEL_CARD = """
+---
+{{ card_data }}
+---
+
+A Masked Generative Image Transformer (MaskGIT) trained or converted with **halton**, the Hydra and Lightning
+framework that trains, samples and evaluates MaskGIT models with the Halton scheduler.
+
+- Paper: "Halton Scheduler for Masked Generative Image Transformer", ICLR 2025 (the authors' code:
+  https://github.com/valeoai/Halton-MaskGIT).
+- Files: `config.json` (the transformer's arguments), `model.safetensors` (its weights), and, when written by
+  `python -m halton.export`, `pipeline.json` (the tokenizer, the kind of condition, the scheduler and the sampling
+  defaults).
+
+```python
+from halton import Pipeline
+
+pipe = Pipeline.from_pretrained("THIS_FOLDER_OR_hf://OWNER/REPO")
+images = pipe(classes=[0, 1], steps=32).images   # or pipe(prompt="...") for a text-to-image model
+```
+"""
+
+
+class HubModel(PyTorchModelHubMixin, library_name="halton", model_card_template=MODEL_CARD,
                tags=["maskgit", "halton-scheduler", "image-generation"]):
     """The mixin with the constructor's arguments recorded as plain JSON (Hydra hands lists over as ListConfig,
     which the mixin would silently leave out of config.json) and a loader that reads safetensors only, strictly."""

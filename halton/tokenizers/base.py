@@ -20,3 +20,8 @@ class Tokenizer(nn.Module, ABC):
 
     @abstractmethod
     def decode(self, codes: torch.Tensor) -> torch.Tensor: ...
+
+    def recipe(self) -> dict:
+        """This tokenizer as Hydra builds it (``_target_`` and plain arguments, weights by path or hub name): what an
+        export's pipeline.json records."""
+        raise NotImplementedError(f"{type(self).__name__} cannot be recorded in an export's pipeline.json")

@@ -241,7 +241,13 @@ class LlamaGenVQ(Tokenizer):
             raise ValueError(f"{path} is not a LlamaGen VQ checkpoint: expected a dict with a 'model' state dict")
         model = cls(ch, ch_mult, z_channels, codebook_size, codebook_dim)
         model.load_released_state(state, source=str(path))
+        model.source = str(path)
         return model
+
+    def recipe(self) -> dict:
+        if getattr(self, "source", None) is None:
+            raise NotImplementedError("a LlamaGenVQ not loaded with from_checkpoint has no weights file to record")
+        return {"_target_": "halton.tokenizers.LlamaGenVQ.from_checkpoint", "path": self.source, **self.config}
 
     def load_released_state(self, state: dict[str, torch.Tensor], source: str = "state dict") -> None:
         """Load a state dict in the released key layout; a missing, extra or mis-shaped key is a one-line error."""

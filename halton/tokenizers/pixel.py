@@ -22,6 +22,9 @@ class PixelTokenizer(Tokenizer):
             raise ValueError(f"levels={levels} is too small; allowed: >= 2")
         self.codebook_size = levels
 
+    def recipe(self) -> dict:
+        return {"_target_": "halton.tokenizers.PixelTokenizer", "levels": self.codebook_size}
+
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         if images.ndim != 4 or images.shape[1] != 1:
             raise ValueError(f"a PixelTokenizer encodes grey-level images [B, 1, H, W]; got {list(images.shape)} "

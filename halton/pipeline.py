@@ -1,0 +1,187 @@
+"""One call from a trained model to pictures, as diffusers' pipelines are::
+
+    from halton import Pipeline
+
+    pipe = Pipeline.from_pretrained("runs/digits")           # a run folder, a checkpoint, an export, hf://owner/repo
+    out = pipe(classes=[3, 7], steps=16, cfg_weight=1.0, seed=0)
+    out.images[0].save("three.png")                           # PIL images; out.codes, out.nfe_per_image
+
+A :class:`Pipeline` bundles the transformer, the tokenizer that decodes its codes, its kind of condition (classes,
+or prompts through its frozen text encoder), a scheduler and default sampling options. ``python -m halton.export``
+writes all of it (``pipeline.json`` beside the model), so an export or its hub repository loads alone."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from PIL import Image
+
+from halton.options import SamplingOptions
+
+PIPELINE_FILE = "pipeline.json"  # an export's tokenizer, condition kind, scheduler and sampling defaults
+RUN_CONFIG = Path(".hydra") / "config.yaml"  # the config a train.py run was composed with (Hydra writes it)
+
+
+@dataclass
+class PipelineOutput:
+    """What a call drew: ``images`` (PIL, one per sample, in the order asked: each class or prompt
+    ``per_condition`` times), their token ``codes`` [B, h, w], and what the run cost: ``nfe_per_image`` (trunk
+    forwards per image, a guided pair counting 2) and ``nfe_per_step``."""
+
+    images: list[Image.Image]
+    codes: torch.Tensor
+    nfe_per_image: int
+    nfe_per_step: list[int]
+
+
+def to_pil(images: torch.Tensor) -> list[Image.Image]:
+    """Decoded images [B, C, H, W] in [-1, 1] as PIL images (grey for one channel)."""
+    pixels = ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    return [Image.fromarray(p[..., 0] if p.shape[-1] == 1 else p) for p in pixels]
+
+
+class Pipeline:
+    """A model ready to draw: ``pipe(classes=[...])`` or ``pipe(prompt=...)`` (see :meth:`__call__`)."""
+
+    def __init__(self, model, tokenizer, condition, scheduler: Any = "halton", sampling: SamplingOptions | None = None,
+                 device: torch.device | str = "cpu"):
+        from halton.sampling import as_scheduler
+
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.tokenizer = tokenizer.to(self.device).eval()
+        self.condition = condition
+        self.condition.check_model(self.model)
+        self.scheduler = as_scheduler(scheduler)
+        self.sampling = (sampling or SamplingOptions()).fit(self.model.grid[0] * self.model.grid[1],
+                                                            self.model.codebook_size)
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_config(cls, cfg: DictConfig, device: torch.device | str = "cpu") -> Pipeline:
+        """The pipeline of a composed sample.py / evaluate.py / app config (``checkpoint=``, the data config's
+        tokenizer, ``model.condition``, the scheduler and sampling options)."""
+        from halton.build import build_from_config
+
+        from halton.options.rules import from_config
+
+        built = build_from_config(cfg, device)
+        # sample.py's options; a training run's: those of its sample grids (steps, cfg_weight)
+        node = cfg if "steps" in cfg else OmegaConf.select(cfg, "model.sample_grid") or {}
+        return cls(built.net, built.tokenizer, built.kind, built.scheduler, from_config(SamplingOptions, node), device)
+
+    @classmethod
+    def from_pretrained(cls, source: str | Path, *, device: torch.device | str = "cpu",
+                        experiment: str | None = None, overrides: Sequence[str] = ()) -> Pipeline:
+        """Load from ``source``:
+
+        - a folder written by ``python -m halton.export`` (or its hub repository, ``hf://owner/repo[@revision]``);
+        - a train.py run folder (``runs/<name>``: its ``last.ckpt``) or a checkpoint in one (its run's config says
+          which tokenizer and condition);
+        - any checkpoint with ``experiment=`` (a released ``.pth``: ``experiment="hmaskgit_t_256"``, which names its
+          heads and tokenizer), composed like ``sample.py experiment=... checkpoint=source`` plus ``overrides``.
+        """
+        from halton.models.loading import is_model_folder, load_pretrained
+        from halton.utils.hub import hub_file, is_hub_path, parse
+
+        source = str(source)
+        if experiment is not None:  # composed and checked as sample.py's command line would be
+            from halton.cli import preflight
+
+            (cfg,) = preflight([f"experiment={experiment}", f"checkpoint={source}", *overrides], "sample")
+            return cls.from_config(cfg, device)
+        if is_model_folder(source):
+            recipe_file = (hub_file(str(parse(source.rstrip("/")).file(PIPELINE_FILE)), "pipeline recipe")
+                           if is_hub_path(source) else Path(source).expanduser() / PIPELINE_FILE)
+            if not Path(recipe_file).is_file():
+                raise FileNotFoundError(f"{source} holds a model but no {PIPELINE_FILE} (exported before pipelines): "
+                                        "export it again with python -m halton.export, or pass experiment=NAME")
+            recipe = json.loads(Path(recipe_file).read_text())
+            return cls(load_pretrained(source), instantiate(recipe["tokenizer"]), instantiate(recipe["condition"]),
+                       recipe["scheduler"], SamplingOptions(**recipe["sampling"]), device)
+        run_dir, checkpoint = run_of(Path(source).expanduser())
+        cfg = OmegaConf.load(run_dir / RUN_CONFIG)
+        OmegaConf.update(cfg, "checkpoint", str(checkpoint), force_add=True)
+        return cls.from_config(cfg, device)
+
+    # ------------------------------------------------------------------ drawing
+    @torch.no_grad()
+    def __call__(self, classes: int | Sequence[int] | None = None, *, prompt: str | None = None,
+                 prompts: Sequence[str] | None = None, per_condition: int = 1, scheduler: Any = None,
+                 image: str | Path | Image.Image | None = None, box: Sequence[float] | None = None,
+                 mask: str | Path | Image.Image | torch.Tensor | None = None, outpaint: Sequence[int] | None = None,
+                 dilate: int = 0, paste_back: bool = False, autocast_dtype: torch.dtype | None = None,
+                 progress: bool = False, **sampling) -> PipelineOutput:
+        """Draw ``per_condition`` images for each of ``classes`` (class models; none: every class) or of
+        ``prompt`` / ``prompts`` (text models), with ``scheduler`` (a name such as ``"confidence"``, a spec or a
+        scheduler; default: the pipeline's) and any sampling option as a keyword (``steps``, ``cfg_weight``,
+        ``temp_min``, ``top_k``, ``schedule``, ``seed``...; the others keep the pipeline's defaults). With ``image``
+        and one region (``box``, ``mask`` or ``outpaint``), regenerate that region of the image instead."""
+        from halton.sampling import as_scheduler, sample
+        from halton.sampling.editing import prepare_edit
+        from halton.options.rules import integer
+
+        integer("per_condition", per_condition, 1)
+        classes = [classes] if isinstance(classes, int) else None if classes is None else list(classes)
+        asked = ([prompt] if prompt is not None else []) + list(prompts or [])
+        values = self.condition.requested(self.model, classes, asked)
+        rows = torch.arange(len(values), device=self.device).repeat_interleave(per_condition)
+        condition = self.condition.make(values, self.device).index(rows)
+        options = dataclasses.replace(self.sampling, **sampling)
+        edit = None
+        if image is not None:
+            edit = prepare_edit(self.model, self.tokenizer, image, box=box, mask=mask, outpaint=outpaint,
+                                dilate=dilate, device=self.device)
+        result = sample(self.model, as_scheduler(scheduler) if scheduler is not None else self.scheduler, condition,
+                        options, init_codes=None if edit is None else edit.init_codes.expand(len(rows), -1, -1),
+                        autocast_dtype=autocast_dtype, progress=progress)
+        decoded = self.tokenizer.decode(result.codes)
+        if edit is not None:
+            decoded = edit.finish(decoded, paste_back=paste_back)
+        return PipelineOutput(to_pil(decoded), result.codes, result.nfe_per_image, list(result.nfe_per_step))
+
+    def recipe(self) -> dict[str, Any]:
+        """What ``pipeline.json`` holds (:func:`recipe`)."""
+        return recipe(self.tokenizer, self.condition, self.scheduler, self.sampling)
+
+    def save_pretrained(self, folder: str | Path) -> Path:
+        """Write the pipeline as ``python -m halton.export`` does (into a new or empty folder, or over an earlier
+        export): :meth:`from_pretrained` loads it alone, here or from its hub repository after ``push``."""
+        from halton.export import replace_folder
+
+        return replace_folder(Path(folder).expanduser(),
+                              lambda new: save_pipeline(new, self.model, self.recipe()))
+
+
+def recipe(tokenizer, condition, scheduler, sampling: SamplingOptions) -> dict[str, Any]:
+    """An export's ``pipeline.json``: the tokenizer, the condition kind and the scheduler as specs Hydra builds
+    again, and the sampling defaults."""
+    return {"tokenizer": tokenizer.recipe(), "condition": condition.spec(), "scheduler": scheduler.spec(),
+            "sampling": {f.name: getattr(sampling, f.name) for f in dataclasses.fields(SamplingOptions)}}
+
+
+def save_pipeline(folder: str | Path, model, pipeline: dict[str, Any]) -> None:
+    """The model in the Hugging Face format (config.json, model.safetensors, the model card) and ``pipeline.json``."""
+    model.save_pretrained(folder)
+    (Path(folder) / PIPELINE_FILE).write_text(json.dumps(pipeline, indent=1) + "\n")
+
+
+def run_of(path: Path) -> tuple[Path, Path]:
+    """(run folder, checkpoint) of a train.py run folder (its ``checkpoints/last.ckpt``) or of a checkpoint in one."""
+    if path.is_dir():
+        run_dir, checkpoint = path, path / "checkpoints" / "last.ckpt"
+    else:
+        run_dir, checkpoint = path.parent.parent, path
+    if not (run_dir / RUN_CONFIG).is_file() or not checkpoint.is_file():
+        raise FileNotFoundError(f"{path} is not a train.py run folder or a checkpoint in one (no {RUN_CONFIG} or "
+                                "checkpoints/last.ckpt); allowed: runs/<name>, runs/<name>/checkpoints/<file>.ckpt, "
+                                "an export folder, hf://owner/repo, or a checkpoint with experiment=NAME")
+    return run_dir, checkpoint
