@@ -93,3 +93,16 @@ def test_the_readmes_python_quick_start_runs(tiny_run, tmp_path, monkeypatch):
     for block in quick:
         exec(compile(block, "README.md", "exec"), {})
     assert (tmp_path / "three.png").is_file()
+
+
+def test_any_checkpoint_loads_with_an_experiment(pipe, tiny_run):
+    """A checkpoint with ``experiment=`` (how a released .pth is named: experiment="hmaskgit_t_256" gives its heads
+    and tokenizer) composed and checked as sample.py's command line is: the same model; a bad override is
+    sample.py's one line."""
+    from halton.options import Invalid
+
+    ckpt = tiny_run / "tiny" / "checkpoints" / "last.ckpt"
+    composed = Pipeline.from_pretrained(ckpt, experiment="digits", overrides=[*TINY_NET, "steps=4"])
+    assert torch.equal(composed(classes=[2], seed=3).codes, pipe(classes=[2], seed=3).codes)
+    with pytest.raises(Invalid, match="^steps=0 is out of range; allowed: 1 to 64"):
+        Pipeline.from_pretrained(ckpt, experiment="digits", overrides=[*TINY_NET, "steps=0"])
