@@ -217,3 +217,60 @@ def test_cache_refresh_is_checked(value):
         SamplingOptions(cache_refresh=value)
     with pytest.raises(Invalid, match="allowed: >= 1"):
         sample(class_model(), build_scheduler("halton"), torch.tensor([0]), steps=4, cache_refresh=value)
+
+
+# ---- the option on the command line, in results files, reports and the app ------------------------------------------
+
+
+def test_the_command_lines_take_cache_refresh():
+    from test_configs import compose_job
+
+    for entry in ("sample", "evaluate", "app"):  # conf/sampling, typed by the schema
+        cfg = compose_job(entry, ["experiment=digits", "cache_refresh=4"])
+        assert SamplingOptions.from_config(cfg).cache_refresh == 4
+        assert SamplingOptions.from_config(compose_job(entry, ["experiment=digits"])).cache_refresh is None
+
+
+def test_bad_cache_refresh_on_the_command_line_is_one_line_exit_2():
+    from conftest import run_in_process
+
+    result = run_in_process("evaluate.py", "experiment=digits", "cache_refresh=0")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: cache_refresh=0 is out of range; allowed: >= 1 (a full trunk evaluation every k steps, cached local "
+        "steps between; 1: exact; null: off)"]
+
+
+def test_results_and_reports_never_confuse_a_cached_run_with_an_exact_one(tmp_path):
+    from halton.evaluation.report import settings_of
+    from halton.evaluation.results import KEY_COLUMNS, ResultsFile, file_stem, row_key
+
+    assert "cache_refresh" in KEY_COLUMNS
+    old = {"experiment": "digits", "scheduler": "halton", "steps": "8", "cfg_weight": "1.0", "eval_step": "8"}
+    assert row_key(old) == row_key({**old, "cache_refresh": None}) == row_key({**old, "cache_refresh": ""})
+    assert row_key(old) != row_key({**old, "cache_refresh": 4})
+    assert file_stem("halton", 8, 1.0, 0) == "halton_steps8_cfg1_seed0"
+    assert file_stem("halton", 8, 1.0, 0, "0.1,0.3", cache_refresh=4) == "halton_steps8_cfg1_interval0.1-0.3_cache4_seed0"
+    row = {**old, "scheduler_options": "randomize=True", "cfg_interval": "", "temp_min": 1.0, "temp_max": 1.0,
+           "temp_pow": 1.0, "temp_warmup": 0, "top_k": None, "schedule": "arccos", "seed": 0, "num_images": 10,
+           "extractor": "digits", "prompts": "", "tokens_fraction": 1.0, "nfe_per_image": 16, "digits_fid": 3.0,
+           "digits_is": 2.0, "digits_precision": 0.5, "digits_recall": 0.5, "seconds": 1.0, "images_per_s": 10.0}
+    results = ResultsFile(tmp_path / "results.csv")
+    exact = {k: v for k, v in row.items() if k != "cache_refresh"}  # as an older evaluate.py wrote it
+    results.write([exact, {**row, "cache_refresh": 4, "position_layers_per_image": 400, "digits_fid": 3.5}])
+    rows = results.rows()
+    assert [(r["cache_refresh"], r["digits_fid"]) for r in rows] == [("", "3.0"), ("4", "3.5")]
+    assert results.has([{**row, "cache_refresh": None}]) and results.has([{**row, "cache_refresh": 4}])
+    assert not results.has([{**row, "cache_refresh": 2}])
+    assert [(s.label, s.mean("digits_fid")) for s in settings_of(rows)] == [("halton", 3.0), ("halton cache=4", 3.5)]
+
+
+def test_the_app_samples_with_the_command_lines_cache_refresh():
+    from test_app import settings, studio_for, tiny_net
+
+    studio = studio_for(tiny_net())
+    exact_grid, _, exact = studio.generate(settings(studio, seed=3))
+    studio.options = SamplingOptions(cache_refresh=1)
+    grid, _, summary = studio.generate(settings(studio, seed=3))
+    assert "cached (a full evaluation every 1 steps: 520 trunk position-layers per image)" in summary
+    assert "cached" not in exact and (grid == exact_grid).all()  # 4 guided steps x 2 passes x 65 positions x 1 block
