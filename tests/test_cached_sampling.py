@@ -229,6 +229,10 @@ def test_the_command_lines_take_cache_refresh():
         cfg = compose_job(entry, ["experiment=digits", "cache_refresh=4"])
         assert SamplingOptions.from_config(cfg).cache_refresh == 4
         assert SamplingOptions.from_config(compose_job(entry, ["experiment=digits"])).cache_refresh is None
+    from halton.cli import composed_runs
+
+    sweep = composed_runs(["-m", "experiment=digits", "cache_refresh=null,2,4"], "evaluate")  # a quality sweep
+    assert [SamplingOptions.from_config(cfg).cache_refresh for cfg in sweep] == [None, 2, 4]
 
 
 def test_bad_cache_refresh_on_the_command_line_is_one_line_exit_2():
