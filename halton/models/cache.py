@@ -80,6 +80,28 @@ def patch_index(positions: torch.Tensor, grid: tuple[int, int], patch: int) -> t
     return (rows // patch) * (width // patch) + cols // patch
 
 
+def recomputed_patches(positions: torch.Tensor, grid: tuple[int, int], patch: int) -> torch.Tensor:
+    """The trunk positions [B, m] a local call runs for the token ``positions`` [B, n]: the tokens themselves when
+    ``patch`` is 1; else the patches holding them, each once, m = min(n, patches) a fixed shape (no host
+    synchronisation): the marked patches first, then (where a sample's tokens share patches) unmarked ones, whose
+    recomputation is merely fresh. :func:`recomputed_count` is m."""
+    if patch == 1:
+        return positions
+    count = recomputed_count(positions.shape[1], grid, patch)
+    marked = torch.zeros(positions.shape[0], count_of_patches(grid, patch), dtype=torch.bool, device=positions.device)
+    marked.scatter_(1, patch_index(positions, grid, patch), True)
+    return torch.argsort((~marked).to(torch.uint8), dim=1, stable=True)[:, :count]
+
+
+def count_of_patches(grid: tuple[int, int], patch: int) -> int:
+    return (grid[0] // patch) * (grid[1] // patch)
+
+
+def recomputed_count(tokens: int, grid: tuple[int, int], patch: int) -> int:
+    """How many trunk positions a local call at ``tokens`` token positions runs (:func:`recomputed_patches`)."""
+    return tokens if patch == 1 else min(tokens, count_of_patches(grid, patch))
+
+
 def patch_tokens(patches: torch.Tensor, grid: tuple[int, int], patch: int) -> torch.Tensor:
     """The token positions [B, n * patch^2] of patches [B, n], each patch's tokens row by row within it."""
     if patch == 1:

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from halton.models.cache import LayerCache, TrunkCache, patch_index, patch_tokens
+from halton.models.cache import LayerCache, TrunkCache, patch_tokens, recomputed_count, recomputed_patches
 from halton.models.hub import HubModel
 from halton.models.layers import init_linears, padded_logits
 from halton.models.transformer import SIZES, grid_of
@@ -198,7 +198,7 @@ class TextMaskTransformer(nn.Module, HubModel):
         if positions is not None:
             if cache is None:
                 raise ValueError("a trunk call at given positions needs the cache of a full call")
-            index = patch_index(positions, self.grid, p)
+            index = recomputed_patches(positions, self.grid, p)
             x = x.gather(1, index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
         for i, (block, keys_values) in enumerate(zip(self.transformer.layers, context.keys_values)):
             x = block(x, keys_values, context.mask, None if cache is None else cache.layer(i), index)
@@ -212,9 +212,10 @@ class TextMaskTransformer(nn.Module, HubModel):
         return hidden if cache is None else cache.write(hidden, None)
 
     def trunk_cost(self, positions: int | None = None) -> int:
-        """Position-layers of one sample's trunk pass: (trunk positions, i.e. patches, or the ``positions`` a local
-        call recomputes) x blocks."""
-        length = self.num_tokens // self.patch_size ** 2 if positions is None else positions
+        """Position-layers of one sample's trunk pass: (trunk positions, i.e. patches, or those a local call at
+        ``positions`` token positions runs) x blocks."""
+        length = (self.num_tokens // self.patch_size ** 2 if positions is None
+                  else recomputed_count(positions, self.grid, self.patch_size))
         return length * len(self.transformer.layers)
 
     def trunk(self, codes: torch.Tensor, text: torch.Tensor, drop_label: torch.Tensor | None = None,

@@ -12,7 +12,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from halton.models.cache import TrunkCache, patch_index, patch_tokens
+from halton.models.cache import TrunkCache, patch_tokens, recomputed_count, recomputed_patches
 from halton.models.hub import HubModel
 from halton.models.layers import AdaLNBlock, AdaNorm, init_linears, padded_logits
 
@@ -134,7 +134,7 @@ class MaskTransformer(nn.Module, HubModel):
         if positions is not None:
             if cache is None:
                 raise ValueError("a trunk call at given positions needs the cache of a full call")
-            index = patch_index(positions, self.grid, p)
+            index = recomputed_patches(positions, self.grid, p)
             x = x.gather(1, index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
         for i, block in enumerate(self.transformer.layers):
             x = block(x, cond, None if cache is None else cache.layer(i), index)
@@ -151,9 +151,10 @@ class MaskTransformer(nn.Module, HubModel):
         return hidden if cache is None else cache.write(hidden, None)
 
     def trunk_cost(self, positions: int | None = None) -> int:
-        """Position-layers of one sample's trunk pass: (trunk positions, i.e. patches and registers, or the
-        ``positions`` a local call recomputes) x blocks."""
-        length = self.num_tokens // self.patch_size ** 2 + self.registers if positions is None else positions
+        """Position-layers of one sample's trunk pass: (trunk positions, i.e. patches and registers, or those a local
+        call at ``positions`` token positions runs) x blocks."""
+        length = (self.num_tokens // self.patch_size ** 2 + self.registers if positions is None
+                  else recomputed_count(positions, self.grid, self.patch_size))
         return length * len(self.transformer.layers)
 
     def trunk(self, codes: torch.Tensor, labels: torch.Tensor, drop_label: torch.Tensor) -> torch.Tensor:

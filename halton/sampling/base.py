@@ -230,7 +230,8 @@ def sample(model, scheduler: Scheduler, condition: Condition | torch.Tensor, opt
     values, and the next k - 1 steps are local: the trunk runs only at the tokens decoded since that evaluation and
     at the positions whose logits the step needs (order schedulers: a slice of their order; Confidence: every
     position masked at the evaluation), attending to the cached keys and values elsewhere. A step that turns
-    guidance on or off (``cfg_interval``, Confidence's ramp) is always a full evaluation. 1: every step is full, the
+    guidance on or off (``cfg_interval``, Confidence's ramp) is always a full evaluation, and so is a local step
+    that would run as many positions as a full one (as the model's ``trunk_cost`` says). 1: every step is full, the
     same codes as None (no cache, the default); larger k: cheaper, approximate. ``result.position_layers_per_step``
     shows the trunk cost.
 
@@ -316,6 +317,12 @@ def sample(model, scheduler: Scheduler, condition: Condition | torch.Tensor, opt
         result.nfe_per_step.append(2 if guided else 1)
         batch_codes = torch.cat([codes, codes]) if guided else codes
         full = cache_refresh is None or since_refresh >= cache_refresh or guided != cached_guided
+        if not full:
+            needed = to_generate if step in fill_steps else done + count
+            recompute = (everywhere if scheduler.redraws_decoded else
+                         scheduler.recomputed(state, masked_at_refresh, done_at_refresh, needed))
+            # a local step that would run as many positions as a full one runs as a full one (exact, and a refresh)
+            full = trunk_cost is not None and trunk_cost(recompute.shape[1]) >= trunk_cost(None)
         result.full_per_step.append(full)
         if cache_refresh is None:
             with autocast:
@@ -327,9 +334,6 @@ def sample(model, scheduler: Scheduler, condition: Condition | torch.Tensor, opt
                 hidden = model.trunk_conditioned(batch_codes, conditioning(guided), cache=cache)
         else:
             since_refresh += 1
-            needed = to_generate if step in fill_steps else done + count
-            recompute = (everywhere if scheduler.redraws_decoded else
-                         scheduler.recomputed(state, masked_at_refresh, done_at_refresh, needed))
             with autocast:
                 hidden = model.trunk_conditioned(batch_codes, conditioning(guided), cache=cache,
                                                  positions=torch.cat([recompute, recompute]) if guided else recompute)
