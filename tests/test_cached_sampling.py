@@ -9,7 +9,13 @@ import torch
 
 from halton.conditions import Labels, TextEmbeddings
 from halton.models import MaskTransformer, TextMaskTransformer, from_official_checkpoint
-from halton.models.cache import TrunkCache, patch_index, patch_tokens, recomputed_count, recomputed_patches
+from halton.models.cache import (
+    TrunkCache,
+    patch_index,
+    patch_tokens,
+    recomputed_count,
+    recomputed_patches,
+)
 from halton.options import SamplingOptions
 from halton.options.rules import Invalid
 from halton.sampling import build_scheduler, sample, tokens_per_step
@@ -246,8 +252,8 @@ def test_bad_cache_refresh_on_the_command_line_is_one_line_exit_2():
     result = run_in_process("evaluate.py", "experiment=digits", "cache_refresh=0")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        "error: cache_refresh=0 is out of range; allowed: >= 1 (a full trunk evaluation every k steps, cached local "
-        "steps between; 1: exact; null: off)"]
+        ("error: cache_refresh=0 is out of range; allowed: >= 1 (a full trunk evaluation every k steps, cached local "
+         "steps between; 1: exact; null: off)")]
 
 
 def test_results_and_reports_never_confuse_a_cached_run_with_an_exact_one(tmp_path):
@@ -283,3 +289,29 @@ def test_the_app_samples_with_the_command_lines_cache_refresh():
     grid, _, summary = studio.generate(settings(studio, seed=3))
     assert "cached (a full evaluation every 1 steps: 520 trunk position-layers per image)" in summary
     assert "cached" not in exact and (grid == exact_grid).all()  # 4 guided steps x 2 passes x 65 positions x 1 block
+
+
+@pytest.mark.slow  # evaluate.py and sample.py end to end; the option, the results key and the sampling are tested above
+def test_evaluate_sweeps_cache_refresh_and_sample_names_its_file(tiny_run):
+    from conftest import TINY_NET, run
+
+    from halton.evaluation.report import main as report
+    from halton.evaluation.results import ResultsFile
+
+    ckpt = tiny_run / "tiny" / "checkpoints" / "last.ckpt"
+    common = [f"checkpoint={ckpt}", *TINY_NET, f"paths.runs_dir={tiny_run}", f"paths.data_dir={tiny_run / 'data'}",
+              "name=cached", "scheduler=halton", "steps=4"]
+    run("evaluate.py", "-m", "experiment=digits", *common, "num_images=20", "batch_size=20", "cache_refresh=null,2")
+    rows = ResultsFile(tiny_run / "cached" / "eval" / "results.csv").rows()
+    found = {r["cache_refresh"]: (r["nfe_per_image"], r["position_layers_per_image"]) for r in rows}
+    # 8x8 tokens and a register, one block, CFG: a full step costs 2 x 65; the local steps 2 and 4 run their tokens
+    counts = tokens_per_step(64, 4).tolist()
+    local = [2 * (counts[0] + counts[1]), 2 * (counts[2] + counts[3])]
+    assert found == {"": ("8", str(4 * 130)), "2": ("8", str(2 * 130 + sum(local)))}
+    grids = sorted(p.name for p in (tiny_run / "cached" / "eval" / "grids").iterdir())
+    assert grids == ["halton_steps4_cfg1_cache2_seed0.png", "halton_steps4_cfg1_seed0.png"]
+    report([str(tiny_run / "cached" / "eval" / "results.csv")])
+    table = (tiny_run / "cached" / "eval" / "report.md").read_text()
+    assert "| halton cache=2 | 4 |" in table and "| halton | 4 |" in table
+    run("sample.py", "experiment=digits", *common, "cache_refresh=2", "per_class=1", "classes=[3]")
+    assert (tiny_run / "cached" / "samples" / "halton_steps4_cfg1_cache2_seed0.png").is_file()

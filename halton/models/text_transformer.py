@@ -17,7 +17,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from halton.models.cache import LayerCache, TrunkCache, patch_tokens, recomputed_count, recomputed_patches
+from halton.models.cache import (
+    LayerCache,
+    TrunkCache,
+    patch_tokens,
+    recomputed_count,
+    recomputed_patches,
+)
 from halton.models.hub import HubModel
 from halton.models.layers import init_linears, padded_logits
 from halton.models.transformer import SIZES, grid_of

@@ -12,7 +12,12 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from halton.models.cache import TrunkCache, patch_tokens, recomputed_count, recomputed_patches
+from halton.models.cache import (
+    TrunkCache,
+    patch_tokens,
+    recomputed_count,
+    recomputed_patches,
+)
 from halton.models.hub import HubModel
 from halton.models.layers import AdaLNBlock, AdaNorm, init_linears, padded_logits
 

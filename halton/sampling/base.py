@@ -294,6 +294,7 @@ def sample(model, scheduler: Scheduler, condition: Condition | torch.Tensor, opt
     result = SamplingResult(codes=codes)
     done = 0
     cache_refresh, cache, since_refresh, cached_guided = options.cache_refresh, None, 0, None
+    masked_at_refresh, done_at_refresh = masked, 0  # set by every full step of a cached run
     trunk_cost = getattr(model, "trunk_cost", None)
     was_training = model.training
     model.eval()
