@@ -64,7 +64,7 @@ def main(cfg: DictConfig) -> None:
             "temp_min": float(options.temp_min), "temp_max": float(options.temp_max),
             "temp_pow": float(options.temp_pow), "temp_warmup": options.temp_warmup, "top_k": options.top_k,
             "schedule": schedule_label(options.schedule, options.schedule_power, options.schedule_rate),
-            "seed": options.seed,
+            "cache_refresh": options.cache_refresh, "seed": options.seed,
             "num_images": run_options.num_images, "extractor": run_options.extractor, "prompts": ""}
     values, cell["prompts"] = evaluation_values(kind, cfg.data.num_classes, run_options.num_images, prompt_set)
     results = ResultsFile(run_options.results)
@@ -114,7 +114,9 @@ def main(cfg: DictConfig) -> None:
         shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()
                  if k.endswith(("fid", "is", "precision", "recall", "clip_score", "adherence"))}
         log.info(f"{scheduler.label()}, step {row['eval_step']}/{cfg.steps}: {shown}, "
-                 f"{row['nfe_per_image']} network evaluations per image")
+                 f"{row['nfe_per_image']} network evaluations per image"
+                 + (f" ({row['position_layers_per_image']} trunk position-layers)"
+                    if row["position_layers_per_image"] else ""))
     log.info(f"results: {results.path} ({run_options.num_images / seconds:.1f} images/s)")
 
 

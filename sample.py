@@ -56,11 +56,12 @@ def main(cfg: DictConfig) -> None:
     options = SamplingOptions.from_config(cfg)
     result = sample(net, scheduler, condition, options, init_codes=init_codes, return_history=draw.progression,
                     autocast_dtype=autocast, progress=True)
-    log.info(f"{result.nfe_per_image} network evaluations per image")
+    log.info(f"{result.nfe_per_image} network evaluations per image"
+             + (f", {result.position_layers_per_image} trunk position-layers" if result.position_layers_per_step else ""))
     images = tokenizer.decode(result.codes)
     stem = file_stem(scheduler.label(), options.steps, options.cfg_weight, options.seed,
                      interval_text(options.cfg_interval),
-                     schedule_label(options.schedule, options.schedule_power, options.schedule_rate))
+                     schedule_label(options.schedule, options.schedule_power, options.schedule_rate), options.cache_refresh)
     out_dir = Path(cfg.out_dir)
     labels = [kind.label(v) for v in values]
 

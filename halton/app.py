@@ -5,6 +5,8 @@ The page draws a sample grid for the classes or prompts given, with the schedule
 top-k, seed and samples per condition chosen there; a slider walks through the steps (still-masked tokens in red,
 as in sample.py's progression image). "Compare schedulers" draws the same request with two or three schedulers and
 the same seed side by side; "Edit" regenerates a region (a typed box and/or painted strokes) of an uploaded image.
+The command line's other sampling options (conf/sampling: e.g. ``cache_refresh=4`` for cached sampling, schedule,
+temperature power) apply to every request.
 
 The model and tokenizer load once, at start-up. Gradio is an optional extra: pip install -e '.[app]'.
 
@@ -246,7 +248,10 @@ class Studio:
     def summary(self, settings: Settings, scheduler: str, result, began: float) -> str:
         return (f"{len(settings.values)} x {settings.per_condition} samples, {self.schedulers[scheduler].label()}, "
                 f"{settings.steps} steps, {result.nfe_per_image} network evaluations per image, "
-                f"{time.perf_counter() - began:.1f} s on {self.device}")
+                + (f"cached (a full evaluation every {self.options.cache_refresh} steps: "
+                   f"{result.position_layers_per_image} trunk position-layers per image), "
+                   if self.options.cache_refresh is not None else "")
+                + f"{time.perf_counter() - began:.1f} s on {self.device}")
 
     def step_picture(self, drawn: Drawn, step) -> np.ndarray:
         """The grid after ``step`` (1-based) with the still-masked tokens painted as in sample.py's progression."""

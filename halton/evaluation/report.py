@@ -22,7 +22,8 @@ from halton.evaluation.results import METRICS, ResultsFile
 from halton.utils.files import atomic_write
 
 # text models' CLIP score; the share of digits read as requested; network evaluations per image (CFG pairs count 2)
-EXTRA_METRICS = ("clip_score", "adherence", "nfe_per_image")
+# and their trunk cost in position-layers (what context caching saves)
+EXTRA_METRICS = ("clip_score", "adherence", "nfe_per_image", "position_layers_per_image")
 
 
 def _float(value) -> float:
@@ -56,13 +57,15 @@ def scheduler_labels(rows: list[dict]) -> dict[tuple[str, str], str]:
 
 
 def label_of(row: dict, labels: dict) -> str:
-    """The scheduler's label, then the prompts of a text model's cell (``digits:unseen``), the CFG interval and a
-    schedule other than the default (``exp-rate=3``) when there are any."""
+    """The scheduler's label, then the prompts of a text model's cell (``digits:unseen``), the CFG interval, a
+    schedule other than the default (``exp-rate=3``) and a cached run's refresh period (``cache=4``; rows without
+    one, older files' included, are the exact sampler) when there are any."""
     prompts, interval = row.get("prompts") or "", row.get("cfg_interval") or ""
-    schedule = row.get("schedule") or "arccos"
+    schedule, cache = row.get("schedule") or "arccos", row.get("cache_refresh")
     return (labels[row["scheduler"], row.get("scheduler_options", "")] + (f" [{prompts}]" if prompts else "")
             + (f" cfg in ({interval.replace(',', ', ')}]" if interval else "")
-            + (f" {schedule}" if schedule != "arccos" else ""))
+            + (f" {schedule}" if schedule != "arccos" else "")
+            + (f" cache={cache}" if cache not in (None, "") else ""))
 
 
 class Settings:

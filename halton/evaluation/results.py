@@ -16,20 +16,23 @@ from halton.utils.files import atomic_write
 # model is identified by its weights (halton.models.loading.weights_digest), not by the checkpoint's path: a
 # retrained last.ckpt is evaluated again, the same weights under another path are not.
 KEY_COLUMNS = ("experiment", "weights", "scheduler", "scheduler_options", "steps", "cfg_weight", "cfg_interval",
-               "temp_min", "temp_max", "temp_pow", "temp_warmup", "top_k", "schedule", "seed", "num_images",
-               "extractor", "prompts", "eval_step")
+               "temp_min", "temp_max", "temp_pow", "temp_warmup", "top_k", "schedule", "cache_refresh", "seed",
+               "num_images", "extractor", "prompts", "eval_step")
 # Key columns added later: rows of older files, which lack them, ran with these values (weights unknown: such a
-# row never matches a new run's cell, which is evaluated again).
-KEY_DEFAULTS = {"temp_pow": 1.0, "temp_warmup": 0, "cfg_interval": ""}
-# nfe_per_image: trunk forwards one image cost up to the row's eval_step (a CFG pair counts 2)
-LEADING_COLUMNS = ("experiment", "checkpoint") + KEY_COLUMNS[1:] + ("tokens_fraction", "nfe_per_image")
+# row never matches a new run's cell, which is evaluated again; cache_refresh "": no cache, exact).
+KEY_DEFAULTS = {"temp_pow": 1.0, "temp_warmup": 0, "cfg_interval": "", "cache_refresh": ""}
+# nfe_per_image: trunk forwards one image cost up to the row's eval_step (a CFG pair counts 2); position_layers_per_image:
+# their cost in trunk positions x blocks (a cached local step runs only a few positions; empty in older files)
+LEADING_COLUMNS = (("experiment", "checkpoint") + KEY_COLUMNS[1:]
+                   + ("tokens_fraction", "nfe_per_image", "position_layers_per_image"))
 TRAILING_COLUMNS = ("seconds", "images_per_s")
 # Columns every results file has had since the first one: a CSV without them is another file.
 REQUIRED_COLUMNS = ("experiment", "checkpoint", "scheduler", "steps", "cfg_weight", "seed", "num_images", "extractor",
                     "eval_step", "seconds", "images_per_s")
 # A row names its cell at least by these (the report groups rows by them); the others are numbers where given.
 REQUIRED_VALUES = ("scheduler", "steps", "eval_step")
-INTEGER_COLUMNS = ("steps", "seed", "num_images", "eval_step", "temp_warmup", "nfe_per_image")
+INTEGER_COLUMNS = ("steps", "seed", "num_images", "eval_step", "temp_warmup", "nfe_per_image", "cache_refresh",
+                   "position_layers_per_image")
 NUMBER_COLUMNS = ("cfg_weight", "temp_min", "temp_max", "temp_pow", "tokens_fraction", "seconds", "images_per_s")
 METRICS = ("fid", "is", "precision", "recall")
 
@@ -53,13 +56,14 @@ def interval_text(cfg_interval) -> str:
 
 
 def file_stem(label: str, steps: int, cfg_weight: float, seed: int, interval: str = "",
-              schedule: str = "arccos") -> str:
+              schedule: str = "arccos", cache_refresh: int | str | None = None) -> str:
     """The name of a run's images and diagnostics (sample.py and evaluate.py): the scheduler's label, a schedule
-    other than arccos, steps, CFG weight, CFG interval (as :func:`interval_text` writes it) and seed:
-    ``halton_exp_steps16_cfg1_interval0.1-0.3_seed0``."""
+    other than arccos, steps, CFG weight, CFG interval (as :func:`interval_text` writes it), the cache refresh
+    period when cached, and seed: ``halton_exp_steps16_cfg1_interval0.1-0.3_cache4_seed0``."""
     interval = interval.replace(",", "-")
+    cache = "" if cache_refresh in (None, "") else f"_cache{cache_refresh}"
     return (f"{label}{'_' + schedule if schedule != 'arccos' else ''}_steps{steps}_cfg{float(cfg_weight):g}"
-            f"{'_interval' + interval if interval else ''}_seed{seed}")
+            f"{'_interval' + interval if interval else ''}{cache}_seed{seed}")
 
 
 def row_key(row: dict) -> tuple[str, ...]:

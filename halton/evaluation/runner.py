@@ -38,6 +38,7 @@ class Generated:
     preview: torch.Tensor | None = None  # images of the first batch, for the grid
     preview_values: list = field(default_factory=list)  # their conditions (class ids, prompts)
     nfe_per_step: list[int] = field(default_factory=list)  # trunk forwards per image at each step (every batch alike)
+    position_layers_per_step: list[int] = field(default_factory=list)  # their cost, trunk positions x blocks
 
 
 @torch.no_grad()
@@ -58,7 +59,7 @@ def generate_and_extract(model, tokenizer, extractor: FeatureExtractor, schedule
         condition = kind.make(batches[index], device)
         result = sample(model, scheduler, condition, generator=generator, return_history=diagnostics,
                         fill_steps=fill, **sampling)
-        out.nfe_per_step = result.nfe_per_step
+        out.nfe_per_step, out.position_layers_per_step = result.nfe_per_step, result.position_layers_per_step
         codes_by_step = {final: result.codes, **result.filled}
         out.features[index] = {}
         for step, codes in codes_by_step.items():
@@ -83,7 +84,8 @@ def gather(generated: Generated, world_size: int) -> Generated:
     if dist.get_rank() != 0:
         return generated
     merged = Generated(preview=generated.preview, preview_values=generated.preview_values,
-                       nfe_per_step=generated.nfe_per_step)
+                       nfe_per_step=generated.nfe_per_step,
+                       position_layers_per_step=generated.position_layers_per_step)
     for features, diagnostics in parts:
         merged.features.update(features)
         merged.diagnostics.update(diagnostics)
@@ -108,7 +110,8 @@ def metric_rows(generated: Generated, reference, extractor: FeatureExtractor, ce
             metrics[name] = float(extracted[name].double().mean())
         # the partial images after an intermediate step cost the forwards up to it (filling them is head-only)
         rows.append({**cell, "eval_step": step, "tokens_fraction": round(cumulative[step - 1] / num_tokens, 4),
-                     "nfe_per_image": sum(generated.nfe_per_step[:step]), **metrics})
+                     "nfe_per_image": sum(generated.nfe_per_step[:step]),
+                     "position_layers_per_image": sum(generated.position_layers_per_step[:step]) or None, **metrics})
     return rows
 
 
@@ -119,7 +122,7 @@ def save_artifacts(generated: Generated, out_dir: Path, label: str, cell: dict, 
     scheduler's label and the cell's schedule, steps, CFG weight, CFG interval and seed (:func:`file_stem`)."""
     # a CFG interval ("0.1,0.3") gets its own files, beside the always-guided ones
     stem = file_stem(label, cell["steps"], cell["cfg_weight"], cell["seed"], cell.get("cfg_interval") or "",
-                     cell.get("schedule") or "arccos")
+                     cell.get("schedule") or "arccos", cell.get("cache_refresh"))
     if generated.preview is not None and per_row > 0:
         rows: dict = {}
         for position, value in enumerate(generated.preview_values):

@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from halton.models.cache import LayerCache
+
 
 def init_linears(root: nn.Module) -> None:
     """Xavier-uniform weights and zero biases for every ``nn.Linear`` under ``root`` (both reference models)."""
@@ -100,13 +102,18 @@ class Attention(nn.Module):
         self.dropout = dropout
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None,
-                context_mask: torch.Tensor | None = None) -> torch.Tensor:
+                context_mask: torch.Tensor | None = None, cache: LayerCache | None = None,
+                index: torch.Tensor | None = None) -> torch.Tensor:
+        """``cache`` (self-attention): store the keys and values (``index`` None) or replace them at the trunk
+        positions ``index`` [B, n] of ``x``'s rows and attend to all cached ones (:class:`LayerCache`)."""
         b, n, _ = x.shape
         kv = x if context is None else context
         v = self.wv(kv)
         q = self.q_norm(self.wq(x)).to(v.dtype)
         k = self.k_norm(self.wk(kv)).to(v.dtype)
         q, k, v = (t.view(b, -1, self.heads, self.head_dim).transpose(1, 2) for t in (q, k, v))
+        if cache is not None:
+            k, v = cache.update(k, v, index)
         attn_mask = None if context_mask is None else context_mask[:, None, None, :]
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
                                              dropout_p=self.dropout if self.training else 0.0)
@@ -124,9 +131,10 @@ class AdaLNBlock(nn.Module):
         self.ln2 = RMSNorm(dim)
         self.ff = FeedForward(dim, mlp_dim, dropout)
 
-    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cond: torch.Tensor, cache: LayerCache | None = None,
+                index: torch.Tensor | None = None) -> torch.Tensor:
         shift1, scale1, gate1, shift2, scale2, gate2 = self.mlp(cond).chunk(6, dim=1)
-        x = x + gate1.unsqueeze(1) * self.attn(modulate(self.ln1(x), shift1, scale1))
+        x = x + gate1.unsqueeze(1) * self.attn(modulate(self.ln1(x), shift1, scale1), cache=cache, index=index)
         x = x + gate2.unsqueeze(1) * self.ff(modulate(self.ln2(x), shift2, scale2))
         return x
 

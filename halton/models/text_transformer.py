@@ -17,6 +17,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from halton.models.cache import (
+    LayerCache,
+    TrunkCache,
+    patch_tokens,
+    recomputed_count,
+    recomputed_patches,
+)
 from halton.models.hub import HubModel
 from halton.models.layers import init_linears, padded_logits
 from halton.models.transformer import SIZES, grid_of
@@ -56,11 +63,15 @@ class MultiheadAttention(nn.Module):
         return self._split(k), self._split(v)
 
     def forward(self, x: torch.Tensor, keys_values: tuple[torch.Tensor, torch.Tensor] | None = None,
-                mask: torch.Tensor | None = None) -> torch.Tensor:
+                mask: torch.Tensor | None = None, cache: LayerCache | None = None,
+                index: torch.Tensor | None = None) -> torch.Tensor:
+        """``cache`` (self-attention only): see :class:`halton.models.cache.LayerCache`."""
         d = self.dim
         if keys_values is None:  # self-attention
             q, k, v = (self._split(t) for t in
                        F.linear(x, self.mha.in_proj_weight, self.mha.in_proj_bias).chunk(3, dim=-1))
+            if cache is not None:
+                k, v = cache.update(k, v, index)
         else:
             q = self._split(F.linear(x, self.mha.in_proj_weight[:d], self.mha.in_proj_bias[:d]))
             k, v = keys_values
@@ -101,8 +112,9 @@ class CrossAttentionBlock(nn.Module):
             projected = torch.where(drop.view(-1, 1, 1), null.to(projected.dtype), projected)
         return self.cross_attn.keys_values(projected)
 
-    def forward(self, x: torch.Tensor, keys_values, mask: torch.Tensor | None) -> torch.Tensor:
-        x = x + self.self_attn(self.ln1(x))
+    def forward(self, x: torch.Tensor, keys_values, mask: torch.Tensor | None, cache: LayerCache | None = None,
+                index: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.self_attn(self.ln1(x), cache=cache, index=index)
         x = x + self.cross_attn(self.ln2(x), keys_values, mask)
         return x + self.ff(self.ln3(x))
 
@@ -177,19 +189,40 @@ class TextMaskTransformer(nn.Module, HubModel):
             mask = keep[:, None, None, :]
         return TextContext([block.text_keys_values(text, drop_label, null) for block in self.transformer.layers], mask)
 
-    def trunk_conditioned(self, codes: torch.Tensor, context: TextContext) -> torch.Tensor:
-        """Hidden states [B, H*W, c] right before the output head."""
+    def trunk_conditioned(self, codes: torch.Tensor, context: TextContext, cache: TrunkCache | None = None,
+                          positions: torch.Tensor | None = None) -> torch.Tensor:
+        """Hidden states [B, H*W, c] right before the output head. ``cache`` and ``positions``: a full call that
+        fills the cache, or a local call at token ``positions`` [B, n] (self-attention cached, cross-attention to
+        the text computed as always), as :meth:`MaskTransformer.trunk_conditioned` describes."""
         b = codes.shape[0]
         height, width = self.grid
         p = self.patch_size
         x = self.first_norm(self.tok_emb(codes.reshape(b, -1)) + self.pos_emb.weight)
         x = self.in_proj(x.transpose(1, 2).reshape(b, self.c, height, width))
         x = x.flatten(2).transpose(1, 2)
-        for block, keys_values in zip(self.transformer.layers, context.keys_values):
-            x = block(x, keys_values, context.mask)
+        index = None
+        if positions is not None:
+            if cache is None:
+                raise ValueError("a trunk call at given positions needs the cache of a full call")
+            index = recomputed_patches(positions, self.grid, p)
+            x = x.gather(1, index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+        for i, (block, keys_values) in enumerate(zip(self.transformer.layers, context.keys_values)):
+            x = block(x, keys_values, context.mask, None if cache is None else cache.layer(i), index)
+        if index is not None:  # the 1x1 convolution as a linear map, then the pixel shuffle's (c p1 p2) order
+            x = F.linear(x, self.out_proj[0].weight.flatten(1))
+            x = x.unflatten(-1, (self.c, p * p)).transpose(-1, -2).reshape(b, -1, self.c)
+            return cache.write(self.last_norm(x), patch_tokens(index, self.grid, p))
         x = x.transpose(1, 2).reshape(b, self.hidden_dim, height // p, width // p)
         x = self.out_proj(x).flatten(2).transpose(1, 2)
-        return self.last_norm(x)
+        hidden = self.last_norm(x)
+        return hidden if cache is None else cache.write(hidden, None)
+
+    def trunk_cost(self, positions: int | None = None) -> int:
+        """Position-layers of one sample's trunk pass: (trunk positions, i.e. patches, or those a local call at
+        ``positions`` token positions runs) x blocks."""
+        length = (self.num_tokens // self.patch_size ** 2 if positions is None
+                  else recomputed_count(positions, self.grid, self.patch_size))
+        return length * len(self.transformer.layers)
 
     def trunk(self, codes: torch.Tensor, text: torch.Tensor, drop_label: torch.Tensor | None = None,
               text_mask: torch.Tensor | None = None) -> torch.Tensor:

@@ -12,6 +12,12 @@ import torch
 from einops import rearrange
 from torch import nn
 
+from halton.models.cache import (
+    TrunkCache,
+    patch_tokens,
+    recomputed_count,
+    recomputed_patches,
+)
 from halton.models.hub import HubModel
 from halton.models.layers import AdaLNBlock, AdaNorm, init_linears, padded_logits
 
@@ -112,8 +118,14 @@ class MaskTransformer(nn.Module, HubModel):
         null = self.tok_emb.weight[self.mask_id] if self.null_condition == "mask_token" else None
         return self.cls_emb(labels, drop_label, null)
 
-    def trunk_conditioned(self, codes: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        """Hidden states [B, H*W, D] right before the output head, from the conditioning vectors [B, D]."""
+    def trunk_conditioned(self, codes: torch.Tensor, cond: torch.Tensor, cache: TrunkCache | None = None,
+                          positions: torch.Tensor | None = None) -> torch.Tensor:
+        """Hidden states [B, H*W, D] right before the output head, from the conditioning vectors [B, D].
+
+        ``cache`` (:mod:`halton.models.cache`): without ``positions``, a full call that also fills the cache; with
+        token ``positions`` [B, n], a local call that runs the blocks only at the trunk positions holding them
+        (their patches), attending to the cached keys and values of the others; only the returned rows at
+        ``positions`` are computed by the call."""
         b = codes.shape[0]
         height, width = self.grid
         x = self.tok_emb(codes.reshape(b, -1)) + self.pos_emb.weight
@@ -123,13 +135,32 @@ class MaskTransformer(nn.Module, HubModel):
             x = rearrange(self.in_proj(x), "b c h w -> b (h w) c")
         if self.registers > 0:
             x = torch.cat([x, self.reg_tokens.weight.unsqueeze(0).expand(b, -1, -1)], dim=1)
-        for block in self.transformer.layers:
-            x = block(x, cond)
+        index = None
+        if positions is not None:
+            if cache is None:
+                raise ValueError("a trunk call at given positions needs the cache of a full call")
+            index = recomputed_patches(positions, self.grid, p)
+            x = x.gather(1, index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+        for i, block in enumerate(self.transformer.layers):
+            x = block(x, cond, None if cache is None else cache.layer(i), index)
+        if index is not None:  # the recomputed patches' tokens, normed, written into the cached hidden states
+            tokens = patch_tokens(index, self.grid, p)
+            if p > 1:  # each patch's p * p tokens, as the rearrange below orders them: (p1 p2 c)
+                x = self.out_proj(x).reshape(b, -1, x.shape[-1])
+            return cache.write(self.last_norm(x, cond), tokens)
         x = x[:, : x.shape[1] - self.registers]
         if p > 1:
             x = rearrange(self.out_proj(x), "b (h w) (p1 p2 c) -> b (h p1 w p2) c",
                           h=height // p, w=width // p, p1=p, p2=p)
-        return self.last_norm(x, cond)
+        hidden = self.last_norm(x, cond)
+        return hidden if cache is None else cache.write(hidden, None)
+
+    def trunk_cost(self, positions: int | None = None) -> int:
+        """Position-layers of one sample's trunk pass: (trunk positions, i.e. patches and registers, or those a local
+        call at ``positions`` token positions runs) x blocks."""
+        length = (self.num_tokens // self.patch_size ** 2 + self.registers if positions is None
+                  else recomputed_count(positions, self.grid, self.patch_size))
+        return length * len(self.transformer.layers)
 
     def trunk(self, codes: torch.Tensor, labels: torch.Tensor, drop_label: torch.Tensor) -> torch.Tensor:
         """Hidden states [B, H*W, D] right before the output head."""

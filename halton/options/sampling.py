@@ -80,7 +80,8 @@ class SamplingOptions:
     """How ``sample()`` draws: steps, classifier-free guidance (``cfg_weight``, only inside ``cfg_interval`` when
     given), the softmax temperature ``linspace(temp_min, temp_max, steps)[i] ** temp_pow`` (halved for the first
     ``temp_warmup`` steps), ``top_k``, the tokens-per-step ``schedule`` (with the poly exponent and exp/log rate)
-    and the seed. ``num_tokens`` and ``codebook_size`` (the model's, when known) bound ``steps`` and ``top_k``."""
+    and the seed; ``cache_refresh`` (None: off) caches the trunk's keys and values between full evaluations (see
+    :func:`halton.sampling.sample`). ``num_tokens`` and ``codebook_size`` (the model's, when known) bound ``steps`` and ``top_k``."""
 
     steps: int = 32
     cfg_weight: float = 0.0
@@ -94,6 +95,7 @@ class SamplingOptions:
     schedule_power: float = 0.5
     schedule_rate: float = 5.0
     seed: int = 0
+    cache_refresh: Optional[int] = None
     num_tokens: InitVar[Optional[int]] = None
     codebook_size: InitVar[Optional[int]] = None
 
@@ -109,6 +111,8 @@ class SamplingOptions:
         check_schedule(self.schedule, self.schedule_power, self.schedule_rate)
         object.__setattr__(self, "cfg_interval", check_cfg_interval(self.cfg_interval))
         seed(self.seed)
+        integer("cache_refresh", self.cache_refresh, 1, optional=True,
+                note=" (a full trunk evaluation every k steps, cached local steps between; 1: exact; null: off)")
 
     def fit(self, num_tokens: int, codebook_size: int) -> SamplingOptions:
         """These options checked against a model's token count and codebook."""

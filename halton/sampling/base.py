@@ -19,6 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from halton.conditions import Condition, as_condition
+from halton.models.cache import TrunkCache
 from halton.options.sampling import SamplingOptions
 from halton.sampling.schedules import tokens_per_step
 
@@ -69,6 +70,16 @@ class Scheduler(ABC):
         :func:`tokens_per_step`, each >= 1). ``power`` and ``rate``: the poly exponent and the exp/log rate."""
         return tokens_per_step(num_tokens, steps, schedule, power, rate).tolist()
 
+    def recomputed(self, state: Any, masked_at_refresh: torch.Tensor, done_at_refresh: int, needed: int
+                   ) -> torch.Tensor:
+        """Positions [B, n] a cached local step runs the trunk at (``sample(..., cache_refresh=k)``): the tokens
+        decoded since the last full evaluation, whose inputs changed from the mask token, and those whose logits
+        the step needs. ``masked_at_refresh`` [B, M - d]: the positions still masked at that evaluation, after
+        ``done_at_refresh`` = d decoded tokens; ``needed``: the step needs logits up to the ``needed``-th token in
+        decoding order (that of the step's last token; every token on a ``fill_steps`` step). Default: every
+        position masked at the evaluation (a Confidence step needs logits at every still-masked one)."""
+        return masked_at_refresh
+
     # True: every position is drawn again at every step and the decoded ones take the new draw (the reference
     # Confidence sampler); the candidates still say where new tokens may be unmasked.
     redraws_decoded: bool = False
@@ -93,6 +104,10 @@ class OrderScheduler(Scheduler):
     def candidates(self, state, masked, done, count):
         return state[:, done:done + count]
 
+    def recomputed(self, state, masked_at_refresh, done_at_refresh, needed):
+        # the order is known in advance: decoded since the refresh, then those needed now, one slice of it
+        return state[:, done_at_refresh:needed]
+
 
 @dataclass
 class SamplingResult:
@@ -110,11 +125,23 @@ class SamplingResult:
     # For each step in ``fill_steps`` (0-based): the codes after that step with every still-masked token filled by
     # a draw from the model's prediction at that step (the "intermediate image" of the paper's Table 4).
     filled: dict[int, torch.Tensor] = field(default_factory=dict)
+    # Trunk cost per image at each step in position-layers: trunk positions (patches and registers) run through a
+    # block, summed over blocks and CFG passes. A full evaluation costs (positions x blocks) per pass, a cached local
+    # step (``cache_refresh``) only its recomputed positions x blocks. Empty for a model without ``trunk_cost``.
+    position_layers_per_step: list[int] = field(default_factory=list)
+    # Per step: True where the trunk ran at every position (always without ``cache_refresh``).
+    full_per_step: list[bool] = field(default_factory=list)
 
     @property
     def nfe_per_image(self) -> int:
-        """Trunk forwards (network function evaluations) one image cost: 16 steps with guidance in 4 = 20."""
+        """Trunk forwards (network function evaluations) one image cost: 16 steps with guidance in 4 = 20. A cached
+        local step counts as a forward too; :attr:`position_layers_per_image` says what it cost."""
         return sum(self.nfe_per_step)
+
+    @property
+    def position_layers_per_image(self) -> int:
+        """The trunk's cost of one image in position-layers (see ``position_layers_per_step``)."""
+        return sum(self.position_layers_per_step)
 
 
 def check_init_codes(init_codes: torch.Tensor, batch: int, height: int, width: int, codebook_size: int,
@@ -199,6 +226,15 @@ def sample(model, scheduler: Scheduler, condition: Condition | torch.Tensor, opt
     tokens decoded before step i (the exact per-step counts) and M the tokens this run generates. None: every step
     (as the scheduler's weight says).
 
+    ``cache_refresh=k`` (context caching, ReCAP): a full trunk evaluation fills a cache of every block's keys and
+    values, and the next k - 1 steps are local: the trunk runs only at the tokens decoded since that evaluation and
+    at the positions whose logits the step needs (order schedulers: a slice of their order; Confidence: every
+    position masked at the evaluation), attending to the cached keys and values elsewhere. A step that turns
+    guidance on or off (``cfg_interval``, Confidence's ramp) is always a full evaluation, and so is a local step
+    that would run as many positions as a full one (as the model's ``trunk_cost`` says). 1: every step is full, the
+    same codes as None (no cache, the default); larger k: cheaper, approximate. ``result.position_layers_per_step``
+    shows the trunk cost.
+
     ``init_codes`` [B, H, W] (editing): the tokens equal to ``model.mask_id`` are generated, every other one is kept
     as it is. The same number M must be masked in every sample; the per-step counts split M
     (``scheduler.counts(M, steps, schedule, ...)``, so steps <= M), and order schedulers walk their order restricted to
@@ -257,6 +293,9 @@ def sample(model, scheduler: Scheduler, condition: Condition | torch.Tensor, opt
     state = scheduler.start(batch, height, width, generator, device, masked.clone(), num_masked=to_generate)
     result = SamplingResult(codes=codes)
     done = 0
+    cache_refresh, cache, since_refresh, cached_guided = options.cache_refresh, None, 0, None
+    masked_at_refresh, done_at_refresh = masked, 0  # set by every full step of a cached run
+    trunk_cost = getattr(model, "trunk_cost", None)
     was_training = model.training
     model.eval()
     fill_steps = set(fill_steps)
@@ -277,8 +316,31 @@ def sample(model, scheduler: Scheduler, condition: Condition | torch.Tensor, opt
             weight = 0.0  # outside the interval: the conditional pass alone (int / int is correctly rounded)
         guided = weight != 0
         result.nfe_per_step.append(2 if guided else 1)
-        with autocast:
-            hidden = model.trunk_conditioned(torch.cat([codes, codes]) if guided else codes, conditioning(guided))
+        batch_codes = torch.cat([codes, codes]) if guided else codes
+        full = cache_refresh is None or since_refresh >= cache_refresh or guided != cached_guided
+        if not full:
+            needed = to_generate if step in fill_steps else done + count
+            recompute = (everywhere if scheduler.redraws_decoded else
+                         scheduler.recomputed(state, masked_at_refresh, done_at_refresh, needed))
+            # a local step that would run as many positions as a full one runs as a full one (exact, and a refresh)
+            full = trunk_cost is not None and trunk_cost(recompute.shape[1]) >= trunk_cost(None)
+        result.full_per_step.append(full)
+        if cache_refresh is None:
+            with autocast:
+                hidden = model.trunk_conditioned(batch_codes, conditioning(guided))
+        elif full:  # fill the cache: [cond; uncond] in one batch, so each half keeps its own keys and values
+            cache, since_refresh, cached_guided, done_at_refresh = TrunkCache(), 1, guided, done
+            masked_at_refresh = masked_positions(masked, to_generate - done)
+            with autocast:
+                hidden = model.trunk_conditioned(batch_codes, conditioning(guided), cache=cache)
+        else:
+            since_refresh += 1
+            with autocast:
+                hidden = model.trunk_conditioned(batch_codes, conditioning(guided), cache=cache,
+                                                 positions=torch.cat([recompute, recompute]) if guided else recompute)
+        if trunk_cost is not None:
+            result.position_layers_per_step.append(
+                (2 if guided else 1) * trunk_cost(None if full else recompute.shape[1]))
         if scheduler.redraws_decoded:  # draw at every generated position; the decoded ones take the new draw
             logits = guided_logits(hidden, everywhere, weight, temperatures[step])
             drawn, drawn_probs, drawn_entropy = _sample_tokens(logits, top_k, generator, entropy=return_history)
