@@ -34,12 +34,14 @@ RUN_CONFIG = Path(".hydra") / "config.yaml"  # the config a train.py run was com
 class PipelineOutput:
     """What a call drew: ``images`` (PIL, one per sample, in the order asked: each class or prompt
     ``per_condition`` times), their token ``codes`` [B, h, w], and what the run cost: ``nfe_per_image`` (trunk
-    forwards per image, a guided pair counting 2) and ``nfe_per_step``."""
+    forwards per image, a guided pair counting 2), ``nfe_per_step`` and ``position_layers_per_image`` (the trunk's
+    cost in positions x blocks: what a cached run, ``cache_refresh=``, saves)."""
 
     images: list[Image.Image]
     codes: torch.Tensor
     nfe_per_image: int
     nfe_per_step: list[int]
+    position_layers_per_image: int
 
 
 def to_pil(images: torch.Tensor) -> list[Image.Image]:
@@ -146,7 +148,8 @@ class Pipeline:
         decoded = self.tokenizer.decode(result.codes)
         if edit is not None:
             decoded = edit.finish(decoded, paste_back=paste_back)
-        return PipelineOutput(to_pil(decoded), result.codes, result.nfe_per_image, list(result.nfe_per_step))
+        return PipelineOutput(to_pil(decoded), result.codes, result.nfe_per_image, list(result.nfe_per_step),
+                              result.position_layers_per_image)
 
     def recipe(self) -> dict[str, Any]:
         """What ``pipeline.json`` holds (:func:`recipe`)."""

@@ -44,6 +44,11 @@ def test_options_schedulers_and_edits(pipe):
     assert first.nfe_per_image == 7  # Confidence ramps its guidance up from 0: its first step is unguided
     unguided = pipe(classes=[1], steps=4, cfg_weight=0.0, scheduler={"name": "random"})
     assert unguided.nfe_per_step == [1] * 4
+    exact = pipe(classes=[1], steps=4, cfg_weight=0.0, scheduler={"name": "random"}, cache_refresh=1)
+    assert torch.equal(exact.codes, unguided.codes)
+    assert exact.position_layers_per_image == unguided.position_layers_per_image
+    cached = pipe(classes=[1], steps=4, cfg_weight=0.0, scheduler={"name": "random"}, cache_refresh=4)
+    assert cached.position_layers_per_image < unguided.position_layers_per_image
     edited = pipe(classes=[2, 5], image=first.images[0], box=[0, 0, 4, 4], steps=2, seed=0)
     kept = first.codes[0].clone()
     kept[:4, :4] = -1
