@@ -64,8 +64,9 @@ def test_wheel_outside_the_clone(tmp_path):
                     str(tmp_path / "dist"), str(source)], check=True, capture_output=True)
     (wheel,) = (tmp_path / "dist").glob("halton-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    configs = {f"halton/conf/{p.relative_to(ROOT / 'conf').as_posix()}" for p in (ROOT / "conf").rglob("*.yaml")}
-    assert configs and configs <= names
+    configs = {f"halton/conf/{p.relative_to(ROOT / 'conf').as_posix()}" for p in (ROOT / "conf").rglob("*")
+               if p.is_file() and "__pycache__" not in p.parts}
+    assert sorted(configs - names) == [] and len(configs) > 50  # every file of conf/ (setup.py's package_data)
 
     env_dir = tmp_path / "venv"
     venv.create(env_dir, with_pip=False)
@@ -88,7 +89,8 @@ def test_wheel_outside_the_clone(tmp_path):
     def command(*args, check=True):
         result = subprocess.run(args, cwd=elsewhere, env=env, capture_output=True, text=True, timeout=600)
         if check and result.returncode != 0:
-            raise AssertionError(f"{args} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+            raise AssertionError(f"{args} failed ({result.returncode}):\n{result.stdout[-3000:]}\n"
+                                 f"{result.stderr[-3000:]}")
         return result
 
     module, config_dir, shape, low, high = command(str(python), "-c", LIBRARY).stdout.split("\n")[:5]
@@ -113,7 +115,8 @@ def test_wheel_outside_the_clone(tmp_path):
     command("halton-train", *tiny)
     run_dir = elsewhere / "runs" / "tiny"
     assert (run_dir / "checkpoints" / "last.ckpt").is_file() and (run_dir / "train.log").is_file()
-    sampled = command("halton-sample", "experiment=digits", "name=tiny", *[a for a in TINY if a.startswith("model.net")],
-                      "steps=4", "per_class=1", "classes=[3]", "device=cpu")
+    tiny_net = [a for a in TINY if a.startswith("model.net")]
+    sampled = command("halton-sample", "experiment=digits", "name=tiny", *tiny_net, "steps=4", "per_class=1",
+                      "classes=[3]", "device=cpu")
     assert [p.name for p in (run_dir / "samples").glob("*.png")] and "wrote" in sampled.stdout
     assert not (elsewhere / "conf").exists()
