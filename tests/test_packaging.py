@@ -60,8 +60,7 @@ def test_wheel_outside_the_clone(tmp_path):
             shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy2(ROOT / name, source / name)
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--quiet", "-w",
-                    str(tmp_path / "dist"), str(source)], check=True, capture_output=True)
+    pip("wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "dist"), str(source))
     (wheel,) = (tmp_path / "dist").glob("halton-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     configs = {f"halton/conf/{p.relative_to(ROOT / 'conf').as_posix()}" for p in (ROOT / "conf").rglob("*")
@@ -76,8 +75,7 @@ def test_wheel_outside_the_clone(tmp_path):
     # this environment's packages, after the new one's own (its .pth files are not run: no editable halton)
     paths = dict.fromkeys(sysconfig.get_paths()[key] for key in ("purelib", "platlib"))
     Path(purelib, "borrowed.pth").write_text("".join(f"{p}\n" for p in paths))
-    subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet", "--no-deps",
-                    "--no-index", str(wheel)], check=True, capture_output=True)
+    pip("--python", str(python), "install", "--no-deps", "--no-index", str(wheel))
     bin_dir = python.parent
     assert all((bin_dir / name).is_file() or (bin_dir / f"{name}.exe").is_file() for name in CONSOLE_SCRIPTS)
 
@@ -120,3 +118,9 @@ def test_wheel_outside_the_clone(tmp_path):
                       "classes=[3]", "device=cpu")
     assert [p.name for p in (run_dir / "samples").glob("*.png")] and "wrote" in sampled.stdout
     assert not (elsewhere / "conf").exists()
+
+
+def pip(*args: str) -> None:
+    """This environment's pip (``--python``: acting on another environment), quietly; its output if it fails."""
+    result = subprocess.run([sys.executable, "-m", "pip", *args, "--quiet"], capture_output=True, text=True)
+    assert result.returncode == 0, f"pip {' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
