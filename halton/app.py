@@ -46,6 +46,7 @@ from halton.options.drawing import DrawOptions, ServeOptions
 from halton.options.rules import Invalid, from_config, integer, key
 from halton.options.sampling import check_top_k
 from halton.utils.pixels import open_image, unreadable
+from halton.validation import CONFIG_DIR
 
 if TYPE_CHECKING:
     import numpy as np
@@ -712,7 +713,7 @@ def serve_until_stopped(page, serve: ServeOptions, port: int) -> None:
         page.close(verbose=False)
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="app")
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="app")
 @entry_point
 def main(cfg: DictConfig) -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's own requests to the page, one line each

@@ -43,7 +43,10 @@ from halton.options.trainer import TrainerOptions, check_callbacks
 from halton.utils.files import read_lines, reads_as_path
 from halton.utils.hub import FILE_GRAMMAR, GRAMMAR, hub_parts, is_hub_path
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "conf"
+# Hydra's configs: the clone's top-level conf/ (what an editable install reads too); a wheel installs that folder as
+# the package's data, halton/conf (setup.py).
+_PACKAGE = Path(__file__).resolve().parent
+CONFIG_DIR = _PACKAGE / "conf" if (_PACKAGE / "conf").is_dir() else _PACKAGE.parent / "conf"
 _ABSENT = object()
 
 
@@ -273,8 +276,22 @@ def check_evaluate(c: Checks) -> None:
     check_checkpoint(c)
 
 
+# Lightning's loggers whose package is an optional extra (pyproject.toml): class -> (extra, modules it can use)
+LOGGER_EXTRAS = {"WandbLogger": ("wandb", ("wandb",)),
+                 "TensorBoardLogger": ("tensorboard", ("tensorboard", "tensorboardX"))}
+
+
+def check_loggers(c: Checks) -> None:
+    """logger=wandb or logger=tensorboard without its package: one line naming the extra, before anything runs."""
+    for name, logger in (c.get("logger") or {}).items():
+        logger_class = str((logger or {}).get("_target_", "")).rpartition(".")[2]
+        if logger_class in LOGGER_EXTRAS:
+            rules.extra(f"logger={name}", *LOGGER_EXTRAS[logger_class])
+
+
 def check_train(c: Checks) -> None:
     check_common(c)
+    check_loggers(c)
     c.boolean("resume")
     c.input_file("ckpt_path", optional=True, hub=True)
     c.options(TrainerOptions, "trainer.")

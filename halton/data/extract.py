@@ -4,5 +4,5 @@ halton.data.extract ...`` runs ``python -m halton.data.writing.extract_codes`` w
 import runpy
 
 if __name__ == "__main__":
-    # run as __main__, so that Hydra finds conf/ from that module's own file
+    # run as __main__: the same command, with the same Hydra job name (extract_codes)
     runpy.run_module("halton.data.writing.extract_codes", run_name="__main__", alter_sys=True)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import math
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -103,3 +104,11 @@ def from_config(kind: type, node: Any, **limits):
     values = {f.name: node[f.name] for f in dataclasses.fields(kind) if f.name in node}
     values = {k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v for k, v in values.items()}
     return kind(**values, **limits)
+
+
+def extra(what: str, name: str, modules: tuple[str, ...]) -> None:
+    """Refuse ``what`` (``logger=wandb``) when none of ``modules`` is installed: the optional extra ``name`` of
+    pyproject.toml installs the first."""
+    if not any(importlib.util.find_spec(module) for module in modules):
+        raise Invalid(f"{what} needs {modules[0]}, which the extra [{name}] installs: pip install -e '.[{name}]' "
+                      f"(in the clone) or pip install {modules[0]}")

@@ -21,7 +21,7 @@ import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from halton.cli import entry_point, run
+from halton.cli import CONFIG_DIR, entry_point, run
 from halton.options.extraction import ExtractionOptions, TextEncodingOptions, check_captions, check_extraction_tokenizer
 from halton.options.rules import from_config, under
 
@@ -54,7 +54,7 @@ def build_tokenizer(cfg: DictConfig):
     return tokenizer
 
 
-@hydra.main(version_base="1.3", config_path="../../../conf", config_name="extract")
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="extract")
 @entry_point
 def main(cfg: DictConfig) -> None:
     from halton.data.writing.extraction import extract_with_lightning

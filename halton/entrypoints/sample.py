@@ -1,0 +1,98 @@
+"""Draw a labelled sample grid, a row per class or per prompt: python sample.py experiment=digits scheduler=halton
+steps=16, or for a text model prompt="a red fox in the snow" (several: prompts=[...] or prompt_file=PATH; see
+conf/sample.yaml and conf/sampling/default.yaml). progression=true also writes the step-by-step image (paper Fig. 3).
+
+Editing: edit.image=PATH with one of edit.box=[x0,y0,x1,y1], edit.mask=PATH (white = regenerate) or
+edit.outpaint=[top,right,bottom,left] regenerates that region for every class or prompt and writes a
+before / masked / after grid (see halton/sampling/editing.py)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from halton.build import build_from_config
+from halton.cli import CONFIG_DIR, entry_point, read_prompts, resolve_autocast, resolve_device, run
+from halton.options import SamplingOptions
+from halton.options.drawing import DrawOptions
+from halton.options.rules import from_config
+
+log = logging.getLogger("halton.sample")
+
+
+def plain(value):
+    """A config value as plain Python (lists from the command line arrive as ListConfig)."""
+    return OmegaConf.to_container(value) if isinstance(value, ListConfig) else value
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="sample")
+@entry_point
+def main(cfg: DictConfig) -> None:
+    import torch
+
+    from halton.evaluation.results import file_stem, interval_text
+    from halton.sampling import sample
+    from halton.sampling.editing import edit_grid, paint_tokens, prepare_edit
+    from halton.sampling.schedules import schedule_label
+    from halton.utils.files import unused_path
+    from halton.utils.images import class_grid, progression_grid, save_png
+
+    draw = from_config(DrawOptions, cfg)
+    device = resolve_device(draw.device)
+    autocast = resolve_autocast(draw.precision, device)
+    built = build_from_config(cfg, device)
+    scheduler, datamodule, net, kind, tokenizer = built.scheduler, built.data, built.net, built.kind, built.tokenizer
+    classes = None if cfg.classes is None else [cfg.classes] if isinstance(cfg.classes, int) else list(cfg.classes)
+    values = kind.requested(net, classes, read_prompts(cfg))
+    rows = torch.arange(len(values), device=device).repeat_interleave(draw.per_class)
+    condition = kind.make(values, device).index(rows)
+    edit = None if cfg.edit.image is None else prepare_edit(  # validated: an image with exactly one region
+        net, tokenizer, cfg.edit.image, box=plain(cfg.edit.box), mask=cfg.edit.mask, outpaint=plain(cfg.edit.outpaint),
+        dilate=cfg.edit.dilate, device=device)
+    init_codes = None if edit is None else edit.init_codes.expand(len(rows), -1, -1)  # the same edit for every row
+    options = SamplingOptions.from_config(cfg)
+    result = sample(net, scheduler, condition, options, init_codes=init_codes, return_history=draw.progression,
+                    autocast_dtype=autocast, progress=True)
+    log.info(f"{result.nfe_per_image} network evaluations per image"
+             + (f", {result.position_layers_per_image} trunk position-layers" if result.position_layers_per_step else ""))
+    images = tokenizer.decode(result.codes)
+    stem = file_stem(scheduler.label(), options.steps, options.cfg_weight, options.seed,
+                     interval_text(options.cfg_interval),
+                     schedule_label(options.schedule, options.schedule_power, options.schedule_rate), options.cache_refresh)
+    out_dir = Path(cfg.out_dir)
+    labels = [kind.label(v) for v in values]
+
+    def written(grid, name: str) -> Path:
+        path = save_png(grid, unused_path(out_dir / name, draw.overwrite))
+        kept = f" ({name} is there already and is kept; overwrite=true replaces it)" if path.name != name else ""
+        log.info(f"wrote {path}{kept}")
+        return path
+
+    if edit is None:
+        written(class_grid(images, len(values), draw.per_class, labels), f"{stem}.png")
+    else:
+        images = edit.finish(images, paste_back=cfg.edit.composite)
+        written(edit_grid(edit, images, labels, draw.per_class), f"{stem}_edit-{edit.region}.png")
+    if draw.report_accuracy and edit is None and hasattr(datamodule, "recognition_accuracy"):
+        asked = [values[int(r)] for r in rows]
+        accuracy = datamodule.recognition_accuracy(images, asked)
+        log.info(f"{scheduler.label()}, {cfg.steps} steps: a digit classifier reads the requested digit in "
+                 f"{100 * accuracy:.1f}% of {len(asked)} samples")
+    if draw.progression:
+        first = [r * draw.per_class for r in range(min(draw.progression_samples, len(values)))]
+        painted = [paint_tokens(tokenizer.decode(codes[first]), codes[first] == net.mask_id)
+                   for codes in result.codes_per_step]
+        labels_per_step = [f"{i + 1}" for i in range(cfg.steps)]
+        written(progression_grid(painted, labels_per_step), f"{stem}_progression.png")
+
+
+def cli() -> None:
+    """``python sample.py ARGS`` and the console script ``halton-sample ARGS``."""
+    run(main, "sample")
+
+
+if __name__ == "__main__":
+    cli()
