@@ -7,12 +7,14 @@ their choices. ``conf/hydra/help/halton.yaml`` puts :func:`help_text` into Hydra
 from __future__ import annotations
 
 import re
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 RESOLVER = "halton.help"
+WIDTH = 118  # the help's lines, comments wrapped to fit
 # the command each primary config belongs to, as the user types it
 COMMANDS = {"train": "python train.py", "sample": "python sample.py", "evaluate": "python evaluate.py",
             "app": "python -m halton.app", "export": "python -m halton.export",
@@ -145,7 +147,7 @@ def help_text(config_name: str, root=None, config_dir: Path | None = None) -> st
     for line in primary.read_text().splitlines():
         if not line.startswith("#"):
             break
-        usage.append(line.lstrip("#").rstrip())
+        usage.append(re.sub(r"^# ?", "", line).rstrip())
     chosen = {} if root is None else (_raw(root, "hydra.runtime.choices") or {})
     defaults = {k.removeprefix("defaults."): v for k, v, _ in _lines(primary) if k.startswith("defaults.")}
     rows = []
@@ -163,9 +165,16 @@ def help_text(config_name: str, root=None, config_dir: Path | None = None) -> st
     width = min(max(len(left) for left, _ in rows + group_rows) + 2, 34)
 
     def table(pairs):
-        return "\n".join(f"  {left}" if not right else
-                         f"  {left:<{width}}{right}" if len(left) < width else f"  {left}\n  {'':<{width}}{right}"
-                         for left, right in pairs)
+        lines = []
+        for left, right in pairs:
+            wrapped = textwrap.wrap(right, WIDTH - width - 2, break_on_hyphens=False) or [""]
+            if len(left) >= width:  # a long value: its comment on the next lines
+                lines.append(f"  {left}")
+                wrapped = [line for line in wrapped if line]
+            else:
+                lines.append(f"  {left:<{width}}{wrapped.pop(0)}".rstrip())
+            lines += [f"  {'':<{width}}{line}" for line in wrapped]
+        return "\n".join(lines)
 
     sources = ", ".join(dict.fromkeys(f"conf/{e.source}" for e in own_keys(config_name, config_dir).values()))
     text = "\n".join([
@@ -178,8 +187,9 @@ def help_text(config_name: str, root=None, config_dir: Path | None = None) -> st
         "Config groups (GROUP=CHOICE; GROUP.KEY=VALUE sets one of its keys):",
         table(group_rows),
         "",
-        "An experiment= sets its own values for many keys. --cfg job prints the composed config, -m sweeps over "
-        "comma-separated values (steps=8,16), --hydra-help shows Hydra's own options.",
+        *textwrap.wrap("An experiment= sets its own values for many keys. --cfg job prints the composed config, -m "
+                       "sweeps over comma-separated values (steps=8,16), --hydra-help shows Hydra's own options.",
+                       WIDTH),
     ])
     return text.replace("$", "$$")  # Hydra fills its template with string.Template: a $ is written $$
 
