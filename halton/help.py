@@ -31,7 +31,8 @@ class Entry:
 
 
 def _config_dir() -> Path:
-    from halton.validation import CONFIG_DIR  # imported when needed: halton's import registers the resolver
+    # imported when needed: importing halton registers the resolver, and halton.validation imports much more
+    from halton.validation import CONFIG_DIR
 
     return CONFIG_DIR
 

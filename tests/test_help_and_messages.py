@@ -60,7 +60,7 @@ def test_help_lists_the_entry_points_own_keys_with_their_comments_then_its_group
 
 def test_sample_help_reads_its_comments_from_its_configs_and_has_no_training_keys():
     text = help_of("sample")
-    assert f"cfg_weight=1.0" in text and comment_of(CONF / "sampling" / "default.yaml", "cfg_weight") in text
+    assert "cfg_weight=1.0" in text and comment_of(CONF / "sampling" / "default.yaml", "cfg_weight") in text
     assert comment_of(CONF / "sample.yaml", "per_class") in text
     assert "checkpoint=${paths.runs_dir}/${name}/checkpoints/last.ckpt" in text  # a $ survives Hydra's template
     for training in ("resume=", "ckpt_path=", "model.lr", "max_steps", "callbacks"):
