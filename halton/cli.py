@@ -18,6 +18,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from halton.help import COMMANDS
 from halton.utils.run_lock import RunFolderInUse, RunFolderLock, launching_process
 from halton.validation import CONFIG_DIR, Invalid, validate
 
@@ -95,9 +96,7 @@ def check_overrides(argv: list[str], config_name: str, config_dir: Path = CONFIG
         if top == "scheduler" and dot:
             check_scheduler_option(rest, argv, config_dir)
         if top not in keys:
-            close = difflib.get_close_matches(top, keys, n=1)
-            hint = f"did you mean {close[0]}? " if close else ""
-            raise Invalid(f"unknown option {arg}: there is no key {top!r}; {hint}allowed: {', '.join(sorted(keys))}")
+            raise Invalid(unknown_key(arg, top, own_top_keys(config_name, config_dir), config_name, addable=True))
         if dot or top not in groups or "(" in value:
             continue
         allowed = choices(top, config_dir)
@@ -106,6 +105,64 @@ def check_overrides(argv: list[str], config_name: str, config_dir: Path = CONFIG
         for choice in value.split(","):
             if choice not in allowed and choice not in ("", "null"):
                 raise Invalid(f"unknown {top} {choice!r}; allowed: {', '.join(allowed)}")
+
+
+def own_top_keys(config_name: str, config_dir: Path = CONFIG_DIR) -> list[str]:
+    """The top-level keys and config groups an entry point has itself (:mod:`halton.help`), in file order: what its
+    unknown-key errors suggest and list (the keys experiments add for other entry points are accepted, not listed)."""
+    from halton.help import own_groups, own_keys
+
+    return list(dict.fromkeys([k.split(".")[0] for k in own_keys(config_name, config_dir)]
+                              + list(own_groups(config_name, config_dir))))
+
+
+def closest(name: str, candidates: list[str]) -> list[str]:
+    """The candidates a mistyped key most likely meant, best first: the closest spelling (difflib) and the keys
+    it begins (cfg: cfg_weight, cfg_interval) or is a word of (weight: cfg_weight); at most three."""
+    similar = difflib.get_close_matches(name, candidates, n=1)
+    related = [c for c in candidates if c.startswith(name) or name in c.split("_")]
+    ratio = {c: difflib.SequenceMatcher(None, name, c).ratio() for c in similar + related}
+    return sorted(ratio, key=lambda c: (c not in similar, -ratio[c]))[:3]
+
+
+def unknown_key(arg: str, key: str, candidates: list[str], config_name: str, addable: bool) -> str:
+    """The line for an override naming a key the config lacks: the closest of ``candidates`` (the keys beside it),
+    then all of them (the entry point's own, see :func:`own_top_keys`), and ``+key=value`` when Hydra would add it there (``addable``: its parent is a plain mapping)."""
+    name, _, value = arg.partition("=")
+    parent, _, leaf = key.rpartition(".")
+    candidates = [c for c in candidates if not c.startswith("_")]  # _target_: not an option
+    suggestions = [f"{parent}.{c}" if parent else c for c in closest(leaf, candidates)]
+    hint = (f"did you mean {', '.join(suggestions[:-1])}{' or ' if len(suggestions) > 1 else ''}{suggestions[-1]}? "
+            if suggestions else "")
+    command = COMMANDS.get(config_name, config_name).split()[-1]  # sample.py, halton.app
+    listed = ", ".join(f"{parent}.{c}" if parent else c for c in candidates)
+    unread = "" if parent else f", which {command} does not read"
+    add = f"; +{name.lstrip('+~')}={value} would add it as a new key{unread}" if addable else ""
+    return f"unknown option {arg}: there is no key {key!r}; {hint}allowed: {listed}{add}"
+
+
+def refused_as_unknown(error: Exception, cell: list[str], config_name: str) -> None:
+    """An override of a key the composed config does not have (Hydra: "Could not override 'num_images'"): raise
+    :func:`unknown_key`'s line, with the keys beside it in the config composed without that override."""
+    from hydra import compose
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError
+
+    cause = error.__cause__
+    if not isinstance(cause, (ConfigAttributeError, ConfigKeyError)) or "not in struct" not in str(cause):
+        return
+    key = str(getattr(cause, "full_key", ""))
+    arg = next((a for a in cell if a.partition("=")[0].lstrip("+~") == key), None)
+    if arg is None:
+        return
+    parent_key = key.rpartition(".")[0]
+    if not parent_key:
+        raise Invalid(unknown_key(arg, key, own_top_keys(config_name), config_name, addable=True))
+    cfg = compose(config_name, overrides=[a for a in cell if a != arg])
+    parent = OmegaConf.select(cfg, parent_key, throw_on_resolution_failure=False)
+    if not isinstance(parent, DictConfig):
+        return
+    addable = OmegaConf.get_type(parent) is dict  # Hydra adds keys to a plain mapping, not to a typed schema's
+    raise Invalid(unknown_key(arg, key, [str(k) for k in parent], config_name, addable))
 
 
 def check_scheduler_option(option: str, argv: list[str], config_dir: Path = CONFIG_DIR) -> None:
@@ -149,6 +206,7 @@ def composed_runs(argv: list[str], config_name: str) -> list[DictConfig] | None:
             try:
                 cfg = compose(config_name, overrides=cell, return_hydra_config=True)
             except ConfigCompositionException as error:
+                refused_as_unknown(error, cell, config_name)
                 refused_by_schema(error, cell, config_name)
                 raise
             HydraConfig.instance().set_config(cfg)  # ${hydra:runtime.choices.experiment} in name

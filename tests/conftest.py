@@ -22,6 +22,7 @@ TINY = ["experiment=digits", "trainer.max_steps=4", "model.net.depth=1", "model.
         "trainer.val_check_interval=2", "callbacks.model_checkpoint.every_n_train_steps=2",
         "model.sample_grid.per_class=2", "model.sample_grid.steps=4", "name=tiny"]
 TINY_NET = ["model.net.depth=1", "model.net.hidden_dim=32", "model.net.heads=2"]
+CONSOLE: dict[str, str] = {}  # what session fixtures' runs printed, by fixture
 
 
 def run(script, *args, check=True, timeout=600, env=None):
@@ -110,7 +111,8 @@ def tiny_run(tmp_path_factory, digits_features) -> Path:
     """A tiny digits model trained for 4 steps through train.py; returns the runs folder (run name "tiny"), whose
     data folder (``paths.data_dir={runs}/data`` in the evaluation tests) holds the trained digits classifier."""
     runs = tmp_path_factory.mktemp("runs")
-    run("train.py", *TINY, f"paths.runs_dir={runs}")
+    result = run("train.py", *TINY, f"paths.runs_dir={runs}")
+    CONSOLE["tiny_run"] = result.stdout + result.stderr  # what it printed, redirected (tests/test_help_and_messages.py)
     digits_cache(digits_features, runs / "data")
     return runs
 

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from halton.evaluation.coco import sample_captions
 from halton.evaluation.features import FeatureExtractor, fingerprint
@@ -21,6 +20,7 @@ from halton.evaluation.metrics import feature_statistics
 from halton.options.choices import REFERENCE_KINDS
 from halton.utils.checkpoint import read_checkpoint
 from halton.utils.files import atomic_write, file_sha256, require_file
+from halton.utils.progress import progress as progress_bar
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 KINDS = REFERENCE_KINDS  # halton.options.choices
@@ -86,7 +86,7 @@ def extract_features(extractor: FeatureExtractor, batches, device: torch.device,
     """Run the extractor over an iterable of image batches in [-1, 1]; features and logits on the CPU."""
     features, logits = [], []
     extractor = extractor.to(device)
-    for images in tqdm(batches, desc=desc, leave=False):
+    for images in progress_bar(batches, desc=desc, leave=False):
         out = extractor(images.to(device))
         features.append(out["features"].cpu())
         logits.append(out["logits"].cpu())

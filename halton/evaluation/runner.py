@@ -12,7 +12,6 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from tqdm.auto import tqdm
 
 from halton.evaluation.diagnostics import plot_diagnostics, step_diagnostics, summarise
 from halton.evaluation.features import FeatureExtractor
@@ -22,6 +21,7 @@ from halton.conditions import ConditionKind
 from halton.sampling import Scheduler, sample
 from halton.utils.files import atomic_write
 from halton.utils.images import class_grid, save_png
+from halton.utils.progress import progress as progress_bar
 
 
 def batch_seed(seed: int, batch_index: int) -> int:
@@ -54,7 +54,7 @@ def generate_and_extract(model, tokenizer, extractor: FeatureExtractor, schedule
     mine = range(rank, len(batches), world_size)
     final = sampling["options"].steps - 1
     fill = tuple(s - 1 for s in eval_steps if s - 1 != final)
-    for index in tqdm(mine, desc=f"generating ({scheduler.name})", disable=rank != 0, leave=False):
+    for index in progress_bar(mine, desc=f"generating ({scheduler.name})", disable=rank != 0, leave=False):
         generator = torch.Generator(device=device).manual_seed(batch_seed(seed, index))
         condition = kind.make(batches[index], device)
         result = sample(model, scheduler, condition, generator=generator, return_history=diagnostics,

@@ -16,12 +16,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from halton.conditions import Condition, as_condition
 from halton.models.cache import TrunkCache
 from halton.options.sampling import SamplingOptions
 from halton.sampling.schedules import tokens_per_step
+from halton.utils.progress import progress as progress_bar
 
 
 class Scheduler(ABC):
@@ -308,7 +308,7 @@ def sample(model, scheduler: Scheduler, condition: Condition | torch.Tensor, opt
         # (1 + w) * cond - w * uncond, then the temperature, in place
         return cond.mul_(1 + weight).sub_(uncond, alpha=weight).mul_(temperature)
 
-    for step in tqdm(range(steps), desc=f"sampling ({scheduler.name})", disable=not progress, leave=False):
+    for step in progress_bar(range(steps), desc=f"sampling ({scheduler.name})", disable=not progress, leave=False):
         count = counts[step]
         positions = scheduler.candidates(state, masked, done, count)
         weight = scheduler.guidance_weight(cfg_weight, step, steps)

@@ -8,7 +8,8 @@ from halton.training.module import MaskGITModule
 from halton.training.preemption import PreemptionCheckpoint, cluster_plugins
 from halton.training.progress import StepProgressBar
 from halton.training.rng_state import RNGStateCheckpoint
+from halton.training.summary import ParameterSummary
 from halton.training.throughput import Throughput
 
-__all__ = ["EMA", "AtomicCheckpointIO", "Diverged", "DivergenceGuard", "MaskGITModule", "PreemptionCheckpoint",
-           "RNGStateCheckpoint", "ResumableLoader", "StepProgressBar", "Throughput", "cluster_plugins"]
+__all__ = ["EMA", "AtomicCheckpointIO", "Diverged", "DivergenceGuard", "MaskGITModule", "ParameterSummary",
+           "PreemptionCheckpoint", "RNGStateCheckpoint", "ResumableLoader", "StepProgressBar", "Throughput", "cluster_plugins"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
 
 from halton.utils.files import DISK_FULL, errno_text
@@ -20,9 +21,21 @@ class BelowLevel(logging.Filter):
         return record.levelno < self.level
 
 
+class LightningBanner(logging.Filter):
+    """Drops Lightning's lines that do not concern the user: the accelerators that are absent ("GPU available:
+    False, used: False", "TPU available: False, using: 0 TPU cores") and its advertisements ("💡 Tip: ...
+    litlogger"). Its warnings, and the GPU line when there is a GPU, pass."""
+
+    NOISE = re.compile(r"(GPU|TPU|HPU) available: False|💡 Tip: ")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not self.NOISE.match(str(record.msg))
+
+
 def route_lightning_logs() -> None:
     """Import Lightning and send its records through the run's handlers only: importing the ``lightning`` package
-    gives its logger a stderr handler of its own, which would print every message a second time (on stderr)."""
+    gives its logger a stderr handler of its own, which would print every message a second time (on stderr).
+    Its banner lines are dropped (:class:`LightningBanner`) where they are logged (its rank-zero loggers)."""
     import lightning  # noqa: F401
 
     for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
@@ -30,6 +43,10 @@ def route_lightning_logs() -> None:
         for handler in list(logger.handlers):
             logger.removeHandler(handler)
         logger.propagate = True
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, LightningBanner) for f in logger.filters):
+            logger.addFilter(LightningBanner())
 
 
 class RunLogFile(logging.FileHandler):

@@ -37,6 +37,7 @@ from halton.data.writing.sources import Item, Skip, Source, Unit
 from halton.options.extraction import ExtractionOptions, check_captions
 from halton.tokenizers import Tokenizer
 from halton.utils.files import atomic_write, remove_stale_temporaries
+from halton.utils.progress import progress
 
 log = logging.getLogger("halton.data")
 
@@ -291,7 +292,7 @@ def progress_bar(units: list[Unit], rank: int, world_size: int, enabled: bool = 
     sizes = [u.samples for u in units]
     total = sum(sizes) if all(s is not None for s in sizes) else None
     suffix = f" (rank 0 of {world_size})" if world_size > 1 else ""
-    return tqdm(total=total, unit="img", unit_scale=True, desc=f"extracting{suffix}", dynamic_ncols=True)
+    return progress(total=total, unit="img", unit_scale=True, desc=f"extracting{suffix}", dynamic_ncols=True)
 
 
 # ---------------------------------------------------------------------------------------------------- drivers
