@@ -235,7 +235,7 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
 def test_the_entry_point_refuses_bad_values_in_one_line(tiny_checkpoint, tmp_path, args, message, fresh_process):
     """The command line itself once (a fresh process); the other refusals in this process, by the same checks."""
     command = ["-m halton.app", "experiment=digits", f"checkpoint={tiny_checkpoint}", *TINY_NET,
-               f"paths.root_dir={tmp_path}", *args]
+               f"paths.root_dir={tmp_path}", "port=0", *args]  # port=0: whatever else this machine serves
     result = run(*command, check=False, timeout=120) if fresh_process else run_in_process(*command)
     assert result.returncode == 2 and result.stderr.strip().splitlines()[-1].startswith(
         message.format(ckpt=tiny_checkpoint))
