@@ -66,6 +66,11 @@ PENDING_CANVASES = 32   # editor canvases sent as bytes (held in memory until a 
 MAX_LAYERS = 16         # paint layers of one canvas sent as bytes (Gradio makes room for any index it is sent)
 LOOPBACK_NAMES = ("localhost",)
 COMPARED_WIDTH = 420    # px: the least width of a comparison grid (side by side when the window has room, else stacked)
+# The comparison's grids fill their column, small ones (digits) enlarged without blur, so that samples can be
+# judged side by side
+PAGE_CSS = (".compared button, .compared .image-frame { width: 100% !important; } "
+            ".compared img { width: 100% !important; height: auto !important; max-height: none !important; "
+            "object-fit: contain !important; image-rendering: pixelated; }")
 
 
 @contextlib.contextmanager
@@ -555,13 +560,13 @@ def remove_upload(path: Path) -> None:
         path.parent.rmdir()
 
 
-def shown_image(label: str, elem_id: str):
+def shown_image(label: str, elem_id: str, **kwargs):
     """An output picture, sent as PNG (Gradio's default WebP is lossy); its label is not drawn, as Gradio would
     float it over the grid's first row label."""
     import gradio as gr
 
     return gr.Image(label=label, show_label=False, format="png", interactive=False, elem_id=elem_id,
-                    buttons=["download", "fullscreen"])
+                    buttons=["download", "fullscreen"], **kwargs)
 
 
 def number_field(value, label: str, elem_id: str, low=None, high=None, above=None, whole: bool = False):
@@ -656,7 +661,7 @@ def build_page(studio: Studio, defaults: dict, title: str):
                         for i, name in enumerate(studio.schedulers):
                             with gr.Column(min_width=COMPARED_WIDTH):
                                 titles.append(gr.Markdown(f"**{name}**", elem_id=f"compare_title_{i}"))
-                                side_by_side.append(shown_image(name, f"compare_{i}"))
+                                side_by_side.append(shown_image(name, f"compare_{i}", elem_classes="compared"))
                 with gr.Tab("Edit"):
                     gr.Markdown(f"Upload an image (it is resized to cover {width}x{height} and center-cropped) and "
                                 "give the region to regenerate: paint over it, type a box, or both. Every condition "
@@ -824,7 +829,7 @@ def launch(page, serve: ServeOptions, port: int, **kwargs):
         log.warning(warning)
     return page.queue().launch(server_name=serve.host, server_port=port, share=serve.share, show_error=True,
                                quiet=True, max_file_size=serve.max_upload_bytes, auth=read_logins(serve.auth),
-                               **kwargs)
+                               css=PAGE_CSS, **kwargs)
 
 
 def stop_on_sigterm(signum, frame) -> None:
