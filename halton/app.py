@@ -66,11 +66,11 @@ PENDING_CANVASES = 32   # editor canvases sent as bytes (held in memory until a 
 MAX_LAYERS = 16         # paint layers of one canvas sent as bytes (Gradio makes room for any index it is sent)
 LOOPBACK_NAMES = ("localhost",)
 COMPARED_WIDTH = 420    # px: the least width of a comparison grid (side by side when the window has room, else stacked)
-# The comparison's grids fill their column, small ones (digits) enlarged without blur, so that samples can be
-# judged side by side
+# The comparison's grids fill their column, at most COMPARED_HEIGHT tall, small ones (digits) enlarged without blur
+COMPARED_HEIGHT = 640   # px
 PAGE_CSS = (".compared button, .compared .image-frame { width: 100% !important; } "
-            ".compared img { width: 100% !important; height: auto !important; max-height: none !important; "
-            "object-fit: contain !important; image-rendering: pixelated; }")
+            ".compared img { width: 100% !important; height: auto !important; "
+            f"max-height: {COMPARED_HEIGHT}px !important; object-fit: contain !important; image-rendering: pixelated; }}")
 
 
 @contextlib.contextmanager

@@ -162,3 +162,23 @@ def test_the_client_example_of_the_docs_runs(client, capsys):
     grid, summary = capsys.readouterr().out.strip().splitlines()[-1].split(" ", 1)  # after the client's "Loaded as"
     assert np.asarray(Image.open(grid).convert("RGB")).shape == grid_shape(["3", "7"], 4)
     assert summary.startswith("2 x 4 samples, halton, 16 steps")
+
+
+def test_an_edit_and_a_comparison_are_checked_before_they_run(client, tmp_path):
+    from gradio_client import handle_file
+    from gradio_client.exceptions import ValidationError
+
+    path = tmp_path / "digit.png"
+    Image.new("L", (8, 8), 100).save(path)
+    image = {"background": handle_file(str(path)), "layers": [], "composite": None}
+    picture, summary = client.predict(image, "0,0,2,2", api_name="/edit", steps=2)
+    assert summary.startswith("4 of 64 tokens regenerated") and Image.open(picture).size[0] > 0
+    for values, line in [({"steps": 16}, "- steps: steps=16 is out of range for an edit of 4 tokens; allowed: 1 to 4"),
+                         ({"box": "0,0,9,9"}, "- box: box=[0, 0, 9, 9] is outside the 8x8 image"),
+                         ({"box": ""}, "- box: no region to regenerate"),
+                         ({"margin": 9}, "- margin: margin=9 is out of range; allowed: 0 to 8")]:
+        with pytest.raises(ValidationError) as error:
+            client.predict(image, **{"box": "0,0,2,2", "steps": 2, **values}, api_name="/edit")
+        assert str(error.value).splitlines()[1].startswith(line)
+    with pytest.raises(ValidationError, match="- schedulers: pick two or three schedulers to compare, got 1"):
+        client.predict(schedulers=["halton"], api_name="/compare")
