@@ -65,12 +65,13 @@ REMEMBERED_UPLOADS = 6  # decoded edit uploads kept once their files are deleted
 PENDING_CANVASES = 32   # editor canvases sent as bytes (held in memory until a request takes them): the oldest go
 MAX_LAYERS = 16         # paint layers of one canvas sent as bytes (Gradio makes room for any index it is sent)
 LOOPBACK_NAMES = ("localhost",)
-COMPARED_WIDTH = 420    # px: the least width of a comparison grid (side by side when the window has room, else stacked)
+COMPARED_WIDTH = 420    # px: the least width of a comparison grid (side by side where the window has room)
 # The comparison's grids fill their column, at most COMPARED_HEIGHT tall, small ones (digits) enlarged without blur
 COMPARED_HEIGHT = 640   # px
 PAGE_CSS = (".compared button, .compared .image-frame { width: 100% !important; } "
             ".compared img { width: 100% !important; height: auto !important; "
-            f"max-height: {COMPARED_HEIGHT}px !important; object-fit: contain !important; image-rendering: pixelated; }}")
+            f"max-height: {COMPARED_HEIGHT}px !important; object-fit: contain !important; "
+            "image-rendering: pixelated; }")
 
 
 @contextlib.contextmanager
@@ -501,8 +502,9 @@ def bounded_canvases(editor):
 
 class UploadReader:
     """What an ImageEditor does with each file it is sent (``convert``: its own reading), preceded by the check of
-    the header (a file refused becomes :class:`Refused`) and followed by the deletion of the uploaded file. The decoded picture is remembered by path (the
-    path holds the content's hash): the page sends the same files again when Regenerate is clicked twice."""
+    the header (a file refused becomes :class:`Refused`) and followed by the deletion of the uploaded file. The
+    decoded picture is remembered by path (the path holds the content's hash): the page sends the same files again
+    when Regenerate is clicked twice, and the event's validator reads them before the event does."""
 
     def __init__(self, convert):
         self.convert = convert

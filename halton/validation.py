@@ -382,7 +382,8 @@ def check_port(host: str, port: int | None) -> None:
         try:
             family, kind, proto, _, where = socket.getaddrinfo(address, port or 0, type=socket.SOCK_STREAM)[0]
         except (socket.gaierror, UnicodeError) as error:
-            raise Invalid(f"host={host} cannot be served: {getattr(error, 'strerror', None) or error}; {local}") from None
+            reason = getattr(error, "strerror", None) or error
+            raise Invalid(f"host={host} cannot be served: {reason}; {local}") from None
         with socket.socket(family, kind, proto) as probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:

@@ -12,7 +12,13 @@ import numpy as np
 import pytest
 from conftest import ROOT, TINY_NET, run_in_process
 from PIL import Image
-from test_app import grid_shape, settings, studio_for, tiny_checkpoint, tiny_net  # noqa: F401  (tiny_checkpoint: a fixture)
+from test_app import (
+    grid_shape,
+    settings,
+    studio_for,
+    tiny_checkpoint,  # noqa: F401  (a fixture)
+    tiny_net,
+)
 
 pytest.importorskip("gradio", reason="the app extra is not installed: pip install -e '.[app]'")
 
@@ -24,7 +30,8 @@ from halton.validation import check_port
 pytestmark = pytest.mark.xdist_group("app")
 DEFAULTS = {"classes": [3, 5], "prompts": "", "scheduler": "halton", "steps": 4, "cfg_weight": 1.0, "temp_min": 1.0,
             "temp_max": 1.0, "top_k": "", "seed": 0, "per_condition": 3}
-BUSY = "port={port} is in use on 127.0.0.1 (another program, or another app, serves it); allowed: a free port, or port=0"
+BUSY = ("port={port} is in use on 127.0.0.1 (another program, or another app, serves it); allowed: a free port, or "
+        "port=0")
 
 
 @pytest.fixture(scope="module")

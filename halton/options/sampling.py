@@ -33,7 +33,8 @@ RANGES = {"steps": {"low": 1}, "cfg_weight": {"low": 0}, "temp_min": {"above": 0
 
 def check_steps(steps: Any, num_tokens: int | None = None) -> int:
     """Steps of a sampling run: each unmasks at least one of the ``num_tokens`` tokens (when known)."""
-    return integer("steps", steps, RANGES["steps"]["low"], num_tokens, note=" (the number of tokens)" if num_tokens else "")
+    return integer("steps", steps, RANGES["steps"]["low"], num_tokens,
+                   note=" (the number of tokens)" if num_tokens else "")
 
 
 def check_edit_steps(steps: int, masked: int) -> int:
