@@ -62,7 +62,8 @@ EDIT_VIEW = 256         # a generated sample goes to the editor at least this la
 # deleted once read).
 CACHE_SWEEP_S = (600, 3600)
 REMEMBERED_UPLOADS = 6  # decoded edit uploads kept once their files are deleted: a second click sends the same files
-PENDING_CANVASES = 32   # editor canvases sent as bytes (held in memory until a request takes them): the oldest go
+PENDING_CANVASES = 32   # editor canvases sent as bytes, held in memory (a request's validator and the request read
+                        # them): beyond this many, the oldest go
 MAX_LAYERS = 16         # paint layers of one canvas sent as bytes (Gradio makes room for any index it is sent)
 LOOPBACK_NAMES = ("localhost",)
 COMPARED_WIDTH = 420    # px: the least width of a comparison grid (side by side where the window has room)
