@@ -23,6 +23,7 @@ import contextlib
 import dataclasses
 import functools
 import importlib.util
+import inspect
 import ipaddress
 import logging
 import os
@@ -43,8 +44,8 @@ from halton.build import build_from_config
 from halton.cli import entry_point, fail, resolve_autocast, resolve_device, run
 from halton.options import SamplingOptions
 from halton.options.drawing import DrawOptions, ServeOptions
-from halton.options.rules import Invalid, from_config, integer, key
-from halton.options.sampling import check_top_k
+from halton.options.rules import SEED_RANGE, Invalid, from_config, integer, key
+from halton.options.sampling import RANGES, check_top_k
 from halton.utils.pixels import open_image, unreadable
 from halton.validation import CONFIG_DIR
 
@@ -64,9 +65,29 @@ EDIT_VIEW = 256         # a generated sample goes to the editor at least this la
 # deleted once read).
 CACHE_SWEEP_S = (600, 3600)
 REMEMBERED_UPLOADS = 6  # decoded edit uploads kept once their files are deleted: a second click sends the same files
-PENDING_CANVASES = 32   # editor canvases sent as bytes (held in memory until a request takes them): the oldest go
+PENDING_CANVASES = 32   # editor canvases sent as bytes, held in memory (a request's validator and the request read
+                        # them): beyond this many, the oldest go
 MAX_LAYERS = 16         # paint layers of one canvas sent as bytes (Gradio makes room for any index it is sent)
 LOOPBACK_NAMES = ("localhost",)
+COMPARED_WIDTH = 420    # px: the least width of a comparison grid (side by side where the window has room)
+# The comparison's grids fill their column, at most COMPARED_HEIGHT tall, small ones (digits) enlarged without blur
+COMPARED_HEIGHT = 640   # px
+PAGE_CSS = (".compared button, .compared .image-frame { width: 100% !important; } "
+            ".compared img { width: 100% !important; height: auto !important; "
+            f"max-height: {COMPARED_HEIGHT}px !important; object-fit: contain !important; "
+            "image-rendering: pixelated; }")
+
+
+@contextlib.contextmanager
+def about(control: str, named: tuple[str, ...] = ()):
+    """A ValueError raised inside is about the page's field ``control`` (or, when its message starts with the
+    ``key=`` of one of ``named``, that one): the events' validator marks that field with the message."""
+    try:
+        yield
+    except ValueError as error:
+        name = str(error).partition("=")[0]
+        error.control = name if name in named else control
+        raise
 
 
 def one_line(error: BaseException) -> str:
@@ -192,17 +213,26 @@ class Studio:
 
     def settings(self, conditions, scheduler, steps, cfg_weight, temp_min, temp_max, top_k, seed,
                  per_condition) -> Settings:
-        values = parse_prompts(conditions) if self.is_text else parse_classes(conditions, self.net.num_classes)
-        if scheduler not in self.schedulers:
-            raise ValueError(f"unknown scheduler {scheduler!r}; allowed: {', '.join(self.schedulers)}")
-        per_condition = whole(per_condition, "samples per condition", 1, MAX_PER_CONDITION)
-        if len(values) * per_condition > MAX_IMAGES:
-            raise ValueError(f"{len(values)} conditions x {per_condition} samples = {len(values) * per_condition} "
-                             f"images; allowed: at most {MAX_IMAGES} per request")
-        top_k = parse_top_k(top_k, self.net.codebook_size)
-        options = dataclasses.replace(self.options, steps=as_whole(steps), cfg_weight=cfg_weight, temp_min=temp_min,
-                                      temp_max=temp_max, top_k=top_k, seed=as_whole(seed), num_tokens=self.num_tokens,
-                                      codebook_size=self.net.codebook_size)  # checked as the command line's
+        """The page's values checked; a bad one raises ValueError about its field (``error.control``: the name of
+        its parameter here)."""
+        with about("conditions"):
+            values = parse_prompts(conditions) if self.is_text else parse_classes(conditions, self.net.num_classes)
+        with about("scheduler"):
+            if scheduler not in self.schedulers:
+                raise ValueError(f"unknown scheduler {scheduler!r}; allowed: {', '.join(self.schedulers)}")
+        with about("per_condition"):
+            per_condition = whole(per_condition, "samples per condition", 1, MAX_PER_CONDITION)
+            if len(values) * per_condition > MAX_IMAGES:
+                raise ValueError(f"{len(values)} conditions x {per_condition} samples = "
+                                 f"{len(values) * per_condition} images; allowed: at most {MAX_IMAGES} per request")
+        with about("top_k"):
+            top_k = parse_top_k(top_k, self.net.codebook_size)
+        # checked as the command line's; a rule between a field and the command line's options (temp_warmup)
+        # is about steps
+        with about("steps", named=("steps", "cfg_weight", "temp_min", "temp_max", "seed")):
+            options = dataclasses.replace(self.options, steps=as_whole(steps), cfg_weight=cfg_weight,
+                                          temp_min=temp_min, temp_max=temp_max, top_k=top_k, seed=as_whole(seed),
+                                          num_tokens=self.num_tokens, codebook_size=self.net.codebook_size)
         return Settings(values, scheduler, options.steps, float(options.cfg_weight), float(options.temp_min),
                         float(options.temp_max), options.top_k, options.seed, per_condition)
 
@@ -264,14 +294,19 @@ class Studio:
         images = paint_tokens(self.decode(codes), codes == self.net.mask_id)
         return as_array(class_grid(images, len(drawn.labels), drawn.per_condition, drawn.labels))
 
-    def compare(self, settings: Settings, names) -> list[tuple[str, np.ndarray]]:
-        """The same request (and seed) drawn by each scheduler of ``names``: [(label, grid)]."""
-        from halton.utils.images import class_grid
-
+    def compared(self, names) -> list[str]:
+        """The schedulers picked for a comparison: two or three of the page's."""
         names = list(names or [])
         if not 2 <= len(names) <= 3 or any(name not in self.schedulers for name in names):
             raise ValueError(f"pick two or three schedulers to compare, got {len(names)} ({', '.join(names) or 'none'}"
                              f"); allowed: {', '.join(self.schedulers)}")
+        return names
+
+    def compare(self, settings: Settings, names) -> list[tuple[str, np.ndarray]]:
+        """The same request (and seed) drawn by each scheduler of ``names``: [(label, grid)]."""
+        from halton.utils.images import class_grid
+
+        names = self.compared(names)
         labels, grids = self.labels(settings), []
         for name in names:
             images, _ = self.sample(settings, scheduler=name)
@@ -279,31 +314,50 @@ class Studio:
                                                                                settings.per_condition, labels))))
         return grids
 
-    def edit(self, settings: Settings, image: Image | None, painted: Image | None, box_text, margin,
-             paste_back: bool) -> tuple[np.ndarray, str]:
-        """Regenerate the region of ``image`` given by the typed box, the painted strokes (``painted``: a mask at
-        the image's size, white = painted) or both, ``margin`` tokens around it: a row per condition, before /
-        region / after (uint8 [H, W, 3]), and a line on what was done."""
+    def prepare_edit(self, settings: Settings, image: Image | None, painted: Image | None, box_text, margin):
+        """The edit of ``image`` (a :class:`halton.sampling.editing.Edit`) whose region is the typed box, the
+        painted strokes (``painted``: a mask at the image's size, white = painted) or both, with ``margin`` tokens
+        around it, checked against ``settings`` (steps at most the region's tokens); a bad value raises ValueError
+        about its field."""
         import numpy as np
         import torch
 
-        from halton.sampling.editing import box_mask, edit_grid, prepare_edit
+        from halton.options.sampling import check_edit_steps
+        from halton.sampling.editing import box_mask, prepare_edit
 
-        if image is None:
-            raise ValueError("no image to edit; upload one (or take a generated sample) first")
-        box = parse_box(box_text, self.image_size)
+        with about("image"):
+            if image is None:
+                raise ValueError("no image to edit; upload one (or take a generated sample) first")
+        with about("box"):
+            box = parse_box(box_text, self.image_size)
         strokes = None
         if painted is not None and painted.getbbox() is not None:
             strokes = torch.from_numpy(np.asarray(fit(painted, self.image_size, mask=True)) > 0)
-        if box is None and strokes is None:
-            raise ValueError("no region to regenerate; type a box x0,y0,x1,y1 or paint over the image")
-        if strokes is None:
-            region = {"box": box}
-        else:  # strokes, or strokes and a box: their union as one pixel mask
-            region = {"mask": strokes if box is None else strokes | box_mask(box, self.image_size, self.image_size)}
+        with about("box"):
+            if box is None and strokes is None:
+                raise ValueError("no region to regenerate; type a box x0,y0,x1,y1 or paint over the image")
+            if strokes is None:
+                region = {"box": box}
+            else:  # strokes, or strokes and a box: their union as one pixel mask
+                region = {"mask": strokes if box is None else strokes | box_mask(box, self.image_size,
+                                                                                 self.image_size)}
+        with about("margin"):
+            dilate = whole(margin, "margin", 0, max(self.net.grid))
+        with about("box"):
+            edit = prepare_edit(self.net, self.tokenizer, fit(image, self.image_size), dilate=dilate,
+                                device=self.device, **region)
+        with about("steps"):
+            check_edit_steps(settings.steps, int(edit.mask.sum()))
+        return edit
+
+    def edit(self, settings: Settings, image: Image | None, painted: Image | None, box_text, margin,
+             paste_back: bool) -> tuple[np.ndarray, str]:
+        """Regenerate the region of ``image`` (:meth:`prepare_edit`): a row per condition, before / region / after
+        (uint8 [H, W, 3]), and a line on what was done."""
+        from halton.sampling.editing import edit_grid
+
         began = time.perf_counter()
-        edit = prepare_edit(self.net, self.tokenizer, fit(image, self.image_size),
-                            dilate=whole(margin, "margin", 0, max(self.net.grid)), device=self.device, **region)
+        edit = self.prepare_edit(settings, image, painted, box_text, margin)
         images, result = self.sample(settings, init_codes=edit.init_codes)
         images = edit.finish(images, paste_back=bool(paste_back))
         grid = edit_grid(edit, images, self.labels(settings), settings.per_condition)
@@ -395,7 +449,42 @@ def checked_editor(**kwargs):
     editor = gr.ImageEditor(**kwargs)
     editor.convert_and_format_image = UploadReader(editor.convert_and_format_image)
     editor.accept_blobs = bounded_canvases(editor)
+    editor.preprocess = canvas_kept(editor)
     return editor
+
+
+def canvas_kept(editor):
+    """The editor's reading of an event's value, keeping a canvas sent as bytes: Gradio drops it once read, but the
+    event's validator reads it before the event does (the canvases waiting stay bounded by PENDING_CANVASES)."""
+    preprocess = editor.preprocess
+
+    @functools.wraps(preprocess)
+    def preprocess_keeping(payload):
+        kept = editor.blob_storage.get(payload.id) if payload is not None and payload.id is not None else None
+        value = preprocess(payload)
+        if kept is not None:
+            editor.blob_storage[payload.id] = kept
+        return value
+    return preprocess_keeping
+
+
+@dataclass
+class Refused:
+    """An uploaded file the editor would not read (no image, too many pixels, gone), in place of its picture: the
+    edit's checks answer with ``message`` about the image field, so the page keeps what it shows."""
+
+    message: str
+
+
+def edited_pictures(editor_value: dict | None) -> tuple[Image | None, Image | None]:
+    """The editor's uploaded image and its painted strokes (:func:`painted_mask`); a refused upload raises its
+    one-line message (about the image field)."""
+    value = editor_value or {}
+    for part in [value.get("background"), value.get("composite"), *(value.get("layers") or [])]:
+        if isinstance(part, Refused):
+            with about("image"):
+                raise ValueError(part.message)
+    return value.get("background"), painted_mask(value)
 
 
 def bounded_canvases(editor):
@@ -420,8 +509,9 @@ def bounded_canvases(editor):
 
 class UploadReader:
     """What an ImageEditor does with each file it is sent (``convert``: its own reading), preceded by the check of
-    the header and followed by the deletion of the uploaded file. The decoded picture is remembered by path (the
-    path holds the content's hash): the page sends the same files again when Regenerate is clicked twice."""
+    the header (a file refused becomes :class:`Refused`) and followed by the deletion of the uploaded file. The
+    decoded picture is remembered by path (the path holds the content's hash): the page sends the same files again
+    when Regenerate is clicked twice, and the event's validator reads them before the event does."""
 
     def __init__(self, convert):
         self.convert = convert
@@ -443,7 +533,7 @@ class UploadReader:
             return self.remembered[known]
         name = file.orig_name or Path(file.path).name
         if not os.path.isfile(file.path):
-            raise page_error(f"{name} is no longer on the server; upload the image again")
+            return Refused(f"{name} is no longer on the server; upload the image again")
         try:
             picture = self.decoded(file, name, flatten_on_white)
         finally:
@@ -467,9 +557,9 @@ class UploadReader:
                 picture.load()  # decoded now: its file may go
             return picture
         except ValueError as error:
-            raise page_error(one_line(error)) from None
+            return Refused(one_line(error))
         except (OSError, SyntaxError) as error:  # a header that looked right over damaged pixels
-            raise page_error(f"{name} cannot be read as an image: {unreadable(error)}") from None
+            return Refused(f"{name} cannot be read as an image: {unreadable(error)}")
 
 
 def remove_upload(path: Path) -> None:
@@ -479,20 +569,57 @@ def remove_upload(path: Path) -> None:
         path.parent.rmdir()
 
 
-def shown_image(label: str, elem_id: str):
+def shown_image(label: str, elem_id: str, **kwargs):
     """An output picture, sent as PNG (Gradio's default WebP is lossy); its label is not drawn, as Gradio would
     float it over the grid's first row label."""
     import gradio as gr
 
     return gr.Image(label=label, show_label=False, format="png", interactive=False, elem_id=elem_id,
-                    buttons=["download", "fullscreen"])
+                    buttons=["download", "fullscreen"], **kwargs)
+
+
+def number_field(value, label: str, elem_id: str, low=None, high=None, above=None, whole: bool = False):
+    """A number field bounded as the rule of its value bounds it (``above``: an exclusive lower bound, the field's
+    minimum): the browser's arrows stay inside. Values are checked by the events' validator, in the rule's words;
+    Gradio's own refusal of an out-of-range number is left out, as it comes first, in other words, and as an error
+    that blanks the page's results."""
+    import gradio as gr
+
+    field = gr.Number(value, label=label, elem_id=elem_id, minimum=low if low is not None else above, maximum=high,
+                      precision=0 if whole else None, step=1 if whole else 0.1)
+    field.raise_if_out_of_bounds = lambda *number_and_bounds: None
+    return field
+
+
+def validator_for(handler, check):
+    """The validator of an event whose function is ``handler``: ``check`` takes the same values and raises
+    ValueError for a bad one, about a field (``error.control``, a parameter name of ``handler``; else the first).
+    Gradio runs it before the event is queued: that field shows the one-line message, the page keeps the results it
+    shows, and a script (gradio_client) gets the message as a ValidationError."""
+    import gradio as gr
+
+    names = [name for name in inspect.signature(handler).parameters if name != "progress"]
+
+    def validator(*values):
+        try:
+            check(*values)
+        except (ValueError, TypeError) as error:
+            blamed = getattr(error, "control", None)
+            blamed = blamed if blamed in names else names[0]
+            return [gr.validate(name != blamed, one_line(error) if name == blamed else "") for name in names]
+        except Exception:  # not a bad value: the event runs and answers it (logged, in one line)
+            log.debug("the validator let a failure through to the event", exc_info=True)
+        return [gr.validate(True, "") for _ in names]
+    return validator
 
 
 def build_page(studio: Studio, defaults: dict, title: str):
-    """The Gradio Blocks page over ``studio``; ``defaults``: the controls' first values (conf/app.yaml)."""
+    """The Gradio Blocks page over ``studio``; ``defaults``: the controls' first values (conf/app.yaml). Its events
+    are API endpoints (/generate, /step, /compare, /take_sample, /edit) for gradio_client."""
     import gradio as gr
 
     net = studio.net
+    steps_range = (RANGES["steps"]["low"], studio.num_tokens)
     with gr.Blocks(title=title, delete_cache=CACHE_SWEEP_S) as page:
         kind = "text-to-image" if studio.is_text else f"class-conditional, {net.num_classes} classes"
         height, width = studio.image_size
@@ -511,17 +638,19 @@ def build_page(studio: Studio, defaults: dict, title: str):
                                             label=f"Class ids 0 to {net.num_classes - 1}, separated by commas")
                 scheduler = gr.Radio(list(studio.schedulers), value=defaults["scheduler"], label="Scheduler",
                                      elem_id="scheduler")
-                steps = gr.Number(defaults["steps"], precision=0, label=f"Steps (1 to {studio.num_tokens})",
-                                  elem_id="steps")
-                cfg_weight = gr.Number(defaults["cfg_weight"], label="CFG weight (0: no guidance)", elem_id="cfg")
+                steps = number_field(defaults["steps"], f"Steps ({steps_range[0]} to {steps_range[1]})", "steps",
+                                     *steps_range, whole=True)
+                cfg_weight = number_field(defaults["cfg_weight"], "CFG weight (0: no guidance)", "cfg",
+                                          **RANGES["cfg_weight"])
                 with gr.Row():
-                    temp_min = gr.Number(defaults["temp_min"], label="temp_min", elem_id="temp_min")
-                    temp_max = gr.Number(defaults["temp_max"], label="temp_max", elem_id="temp_max")
+                    temp_min = number_field(defaults["temp_min"], "temp_min", "temp_min", **RANGES["temp_min"])
+                    temp_max = number_field(defaults["temp_max"], "temp_max", "temp_max", **RANGES["temp_max"])
                 top_k = gr.Textbox(defaults["top_k"], label="Top-k (empty or 0: none)", elem_id="top_k")
                 with gr.Row():
-                    seed = gr.Number(defaults["seed"], precision=0, label="Seed", elem_id="seed")
-                    per_condition = gr.Number(defaults["per_condition"], precision=0, elem_id="per_condition",
-                                              label=f"Samples per {'prompt' if studio.is_text else 'class'}")
+                    seed = number_field(defaults["seed"], "Seed", "seed", *SEED_RANGE, whole=True)
+                    per_condition = number_field(defaults["per_condition"],
+                                                 f"Samples per {'prompt' if studio.is_text else 'class'}",
+                                                 "per_condition", 1, MAX_PER_CONDITION, whole=True)
             with gr.Column(scale=2):
                 drawn = gr.State(None)
                 with gr.Tab("Generate"):
@@ -533,15 +662,15 @@ def build_page(studio: Studio, defaults: dict, title: str):
                                              label="Step by step: the grid after step (red: still masked)")
                             step_grid = shown_image("After the step", "step_grid")
                 with gr.Tab("Compare schedulers"):
-                    compared = gr.CheckboxGroup(list(studio.schedulers), value=list(studio.schedulers),
-                                                label="Two or three schedulers, same seed", elem_id="compared")
+                    schedulers = gr.CheckboxGroup(list(studio.schedulers), value=list(studio.schedulers),
+                                                  label="Two or three schedulers, same seed", elem_id="compared")
                     compare = gr.Button("Compare", variant="primary", elem_id="compare")
                     titles, side_by_side = [], []
-                    with gr.Row():
+                    with gr.Row():  # side by side where the window has room for them at COMPARED_WIDTH, else stacked
                         for i, name in enumerate(studio.schedulers):
-                            with gr.Column(min_width=200):
+                            with gr.Column(min_width=COMPARED_WIDTH):
                                 titles.append(gr.Markdown(f"**{name}**", elem_id=f"compare_title_{i}"))
-                                side_by_side.append(shown_image(name, f"compare_{i}"))
+                                side_by_side.append(shown_image(name, f"compare_{i}", elem_classes="compared"))
                 with gr.Tab("Edit"):
                     gr.Markdown(f"Upload an image (it is resized to cover {width}x{height} and center-cropped) and "
                                 "give the region to regenerate: paint over it, type a box, or both. Every condition "
@@ -554,8 +683,8 @@ def build_page(studio: Studio, defaults: dict, title: str):
                         with gr.Column():
                             box = gr.Textbox("", label=f"Box x0,y0,x1,y1 in pixels of the {width}x{height} image",
                                              placeholder=f"e.g. 0,0,{width // 2},{height // 2}", elem_id="box")
-                            margin = gr.Number(0, precision=0, label="Margin around the region (tokens)",
-                                               elem_id="margin")
+                            margin = number_field(0, "Margin around the region (tokens)", "margin", 0,
+                                                  max(net.grid), whole=True)
                             paste_back = gr.Checkbox(False, label="Paste the original back outside the region")
                             take_sample = gr.Button("Edit the first generated sample", elem_id="take_sample")
                             regenerate = gr.Button("Regenerate the region", variant="primary", elem_id="regenerate")
@@ -565,20 +694,24 @@ def build_page(studio: Studio, defaults: dict, title: str):
         controls = [conditions, scheduler, steps, cfg_weight, temp_min, temp_max, top_k, seed, per_condition]
 
         @answered_in_page
-        def on_generate(*values, progress=gr.Progress(track_tqdm=True)):
-            settings = studio.settings(*values)
+        def on_generate(conditions, scheduler, steps, cfg_weight, temp_min, temp_max, top_k, seed, per_condition,
+                        progress=gr.Progress(track_tqdm=True)):
+            settings = studio.settings(conditions, scheduler, steps, cfg_weight, temp_min, temp_max, top_k, seed,
+                                       per_condition)
             picture, record, summary = studio.generate(settings)
             last = gr.Slider(1, settings.steps, value=settings.steps, step=1)
             return picture, record, last, studio.step_picture(record, settings.steps), summary
 
         @answered_in_page
-        def on_step(record, chosen):
-            return None if record is None else studio.step_picture(record, chosen)
+        def on_step(record, step):
+            return None if record is None else studio.step_picture(record, step)
 
         @answered_in_page
-        def on_compare(names, *values, progress=gr.Progress(track_tqdm=True)):
-            settings = studio.settings(*values)
-            grids = studio.compare(settings, names)
+        def on_compare(schedulers, conditions, scheduler, steps, cfg_weight, temp_min, temp_max, top_k, seed,
+                       per_condition, progress=gr.Progress(track_tqdm=True)):
+            settings = studio.settings(conditions, scheduler, steps, cfg_weight, temp_min, temp_max, top_k, seed,
+                                       per_condition)
+            grids = studio.compare(settings, schedulers)
             hidden = len(side_by_side) - len(grids)
             shown = [gr.Image(value=picture, label=label, visible=True) for label, picture in grids]
             named = [gr.Markdown(f"**{label}**", visible=True) for label, _ in grids]
@@ -587,18 +720,33 @@ def build_page(studio: Studio, defaults: dict, title: str):
                     f"compared {', '.join(label for label, _ in grids)} with seed {settings.seed}")
 
         @answered_in_page
-        def on_edit(image, box_text, margin, paste, *values, progress=gr.Progress(track_tqdm=True)):
-            background = (image or {}).get("background")
-            return studio.edit(studio.settings(*values), background, painted_mask(image), box_text, margin, paste)
+        def on_edit(image, box, margin, paste_back, conditions, scheduler, steps, cfg_weight, temp_min, temp_max,
+                    top_k, seed, per_condition, progress=gr.Progress(track_tqdm=True)):
+            settings = studio.settings(conditions, scheduler, steps, cfg_weight, temp_min, temp_max, top_k, seed,
+                                       per_condition)
+            return studio.edit(settings, *edited_pictures(image), box, margin, paste_back)
 
-        # One request at a time across the page's events: they share the model (and the CPU or GPU).
+        def check_compare(schedulers, *values):
+            with about("schedulers"):
+                studio.compared(schedulers)
+            studio.settings(*values)
+
+        def check_edit(image, box, margin, paste_back, *values):
+            studio.prepare_edit(studio.settings(*values), *edited_pictures(image), box, margin)
+
+        # One request at a time across the page's events: they share the model (and the CPU or GPU). Bad values
+        # are answered by each event's validator before it is queued, so the page keeps what it shows.
         one_at_a_time = {"concurrency_id": "model", "concurrency_limit": 1}
-        generate.click(on_generate, controls, [grid, drawn, step, step_grid, status], **one_at_a_time)
+        generate.click(on_generate, controls, [grid, drawn, step, step_grid, status], api_name="generate",
+                       validator=validator_for(on_generate, studio.settings), **one_at_a_time)
         step.input(on_step, [drawn, step], step_grid, trigger_mode="always_last", show_progress="hidden",
-                   **one_at_a_time)
-        compare.click(on_compare, [compared, *controls], [*side_by_side, *titles, status], **one_at_a_time)
-        take_sample.click(answered_in_page(studio.first_sample), drawn, editor, **one_at_a_time)
-        regenerate.click(on_edit, [editor, box, margin, paste_back, *controls], [edited, status], **one_at_a_time)
+                   api_name="step", **one_at_a_time)
+        compare.click(on_compare, [schedulers, *controls], [*side_by_side, *titles, status], api_name="compare",
+                      validator=validator_for(on_compare, check_compare), **one_at_a_time)
+        take_sample.click(answered_in_page(studio.first_sample), drawn, editor, api_name="take_sample",
+                          **one_at_a_time)
+        regenerate.click(on_edit, [editor, box, margin, paste_back, *controls], [edited, status], api_name="edit",
+                         validator=validator_for(on_edit, check_edit), **one_at_a_time)
     return page
 
 
@@ -690,7 +838,7 @@ def launch(page, serve: ServeOptions, port: int, **kwargs):
         log.warning(warning)
     return page.queue().launch(server_name=serve.host, server_port=port, share=serve.share, show_error=True,
                                quiet=True, max_file_size=serve.max_upload_bytes, auth=read_logins(serve.auth),
-                               **kwargs)
+                               css=PAGE_CSS, **kwargs)
 
 
 def stop_on_sigterm(signum, frame) -> None:

@@ -10,8 +10,10 @@ the value and says what is allowed."""
 from __future__ import annotations
 
 import dataclasses
+import errno
 import os
 import re
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -380,8 +382,38 @@ def check_export(c: Checks) -> None:
 def check_app(c: Checks) -> None:
     """python -m halton.app: sample.py's checks of the page's first values, and where to serve it."""
     check_drawing(c)
-    c.options(ServeOptions)
+    serve = c.options(ServeOptions)
     c.input_file("auth", optional=True)  # its lines are read before the model loads
+    check_port(serve.host, serve.port)
+
+
+def check_port(host: str, port: int | None) -> None:
+    """The app can serve ``port`` (None or 0: a free one) on ``host``, and on 127.0.0.1 where Gradio first looks:
+    a port another program (or a second app) holds is refused now, not by the web server once the model has
+    loaded. Bound as the server binds (SO_REUSEADDR: a port its last user has just closed is free), then let go."""
+    from halton.utils.files import errno_text
+
+    free = "allowed: a free port, or port=0 (a free one, chosen at start)"
+    local = "allowed: an address of this machine, e.g. 127.0.0.1 (this machine only) or 0.0.0.0 (every interface)"
+    for address in dict.fromkeys((host.strip("[]"), "127.0.0.1")):
+        try:
+            family, kind, proto, _, where = socket.getaddrinfo(address, port or 0, type=socket.SOCK_STREAM)[0]
+        except (socket.gaierror, UnicodeError) as error:
+            reason = getattr(error, "strerror", None) or error
+            raise Invalid(f"host={host} cannot be served: {reason}; {local}") from None
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(where)
+            except OSError as error:
+                reason = errno_text(error.errno) if error.errno else str(error)
+                if error.errno == errno.EADDRINUSE:
+                    raise Invalid(f"port={port} is in use on {address} (another program, or another app, serves "
+                                  f"it); {free}") from None
+                if error.errno == errno.EADDRNOTAVAIL:
+                    raise Invalid(f"host={host} cannot be served: {reason}; {local}") from None
+                below = " (ports below 1024 need root)" if error.errno == errno.EACCES else ""
+                raise Invalid(f"port={port} cannot be served on {address}: {reason}{below}; {free}") from None
 
 
 RULES = {"train": check_train, "sample": check_sample, "evaluate": check_evaluate, "extract": check_extract,

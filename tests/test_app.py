@@ -24,7 +24,17 @@ from conftest import ROOT, TINY_NET, run, run_in_process
 from test_configs import compose_job
 from test_text_model import tiny as tiny_text_model
 
-from halton.app import Drawn, Studio, fit, painted_mask, parse_box, parse_classes, parse_prompts, parse_top_k
+from halton.app import (
+    COMPARED_WIDTH,
+    Drawn,
+    Studio,
+    fit,
+    painted_mask,
+    parse_box,
+    parse_classes,
+    parse_prompts,
+    parse_top_k,
+)
 from halton.build import condition_kind
 from halton.cli import choices
 from halton.conditions import ClassKind, TextEmbeddings, TextKind
@@ -235,7 +245,7 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
 def test_the_entry_point_refuses_bad_values_in_one_line(tiny_checkpoint, tmp_path, args, message, fresh_process):
     """The command line itself once (a fresh process); the other refusals in this process, by the same checks."""
     command = ["-m halton.app", "experiment=digits", f"checkpoint={tiny_checkpoint}", *TINY_NET,
-               f"paths.root_dir={tmp_path}", *args]
+               f"paths.root_dir={tmp_path}", "port=0", *args]  # port=0: whatever else this machine serves
     result = run(*command, check=False, timeout=120) if fresh_process else run_in_process(*command)
     assert result.returncode == 2 and result.stderr.strip().splitlines()[-1].startswith(
         message.format(ckpt=tiny_checkpoint))
@@ -390,19 +400,38 @@ def test_the_page_draws_the_grid_asked_for(served, browser, tmp_path):
     assert time.monotonic() - began < 60
 
 
-def test_a_bad_value_is_answered_in_the_page(served, browser):
+def test_a_bad_value_is_answered_at_its_field_and_the_results_stay(served, browser):
+    """The event's validator refuses steps=0 before the run: the steps field shows the one line, while the grid,
+    the step slider's picture and the status stay as they were (no "Error" badge over them)."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
     open_page(browser, served)
+    pick_classes(browser, {"3"})
+    type_into(browser, "steps", 2)
+    browser.find_element(By.ID, "generate").click()
+    _, src = shown_picture(browser, "grid")
+    _, step_src = shown_picture(browser, "step_grid")
+    WebDriverWait(browser, 10).until(lambda d: "1 x 3 samples" in d.find_element(By.ID, "status").text)
+    status = browser.find_element(By.ID, "status").text
     type_into(browser, "steps", 0)
     browser.find_element(By.ID, "generate").click()
     message = "steps=0 is out of range; allowed: 1 to 64 (the number of tokens)"
-    WebDriverWait(browser, 20).until(lambda d: message in d.find_element(By.TAG_NAME, "body").text)
+    WebDriverWait(browser, 20).until(lambda d: message in d.find_element(By.ID, "steps").text)
+    time.sleep(0.5)  # what an error would do to the outputs happens at once
+    for elem_id, shown in (("grid", src), ("step_grid", step_src)):
+        picture = browser.find_element(By.CSS_SELECTOR, f"#{elem_id} img")
+        assert picture.get_attribute("src") == shown and picture.is_displayed() and picture.size["width"] > 20
+        assert "Error" not in browser.find_element(By.ID, elem_id).text
+    assert browser.find_element(By.ID, "status").text == status
     assert "Traceback" not in browser.find_element(By.TAG_NAME, "body").text
+    type_into(browser, "steps", 3)  # a good value clears the message and draws again
+    browser.find_element(By.ID, "generate").click()
+    shown_picture(browser, "grid", previous=src)
+    assert message not in browser.find_element(By.ID, "steps").text
 
 
-def test_the_page_compares_schedulers_and_edits_a_sample(served, browser):
+def test_the_page_compares_schedulers_and_edits_a_sample(served, browser, tmp_path):
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
 
@@ -422,6 +451,16 @@ def test_the_page_compares_schedulers_and_edits_a_sample(served, browser):
     compared = [shown_picture(browser, f"compare_{i}")[0] for i in range(3)]
     assert all(picture.shape == grid.shape for picture in compared)
     assert not np.array_equal(compared[0], compared[2]) and "compared halton, confidence, random" in status()
+    # large enough to judge: each grid at least COMPARED_WIDTH wide in a 1400 px window (stacked), the small
+    # digits grid (under 200 px) enlarged to fill it
+    for i in range(3):
+        shown = browser.find_element(By.CSS_SELECTOR, f"#compare_{i} img")
+        assert shown.size["width"] >= COMPARED_WIDTH - 30 and shown.size["width"] >= 2 * grid.shape[1]
+    browser.set_window_size(1400, browser.execute_script("return document.body.scrollHeight") + 100)
+    screenshot = tmp_path / "compare.png"
+    browser.save_screenshot(str(screenshot))
+    browser.set_window_size(1400, 1000)
+    print(f"screenshot of the comparison: {screenshot}")
 
     tab("Edit")
     browser.find_element(By.ID, "take_sample").click()

@@ -80,12 +80,18 @@ def upload(url: str, name: str, data: bytes, cookie: str | None = None) -> tuple
 
 
 def call(url: str, api: str, data: list) -> tuple[str, object]:
-    """Run one of the page's events through Gradio's HTTP API: ("complete", outputs) or ("error", the message the
-    page shows)."""
+    """Run one of the page's events through Gradio's HTTP API: ("complete", outputs), ("invalid", {field: message})
+    for values its validator refuses, or ("error", the message the page shows)."""
     request = urllib.request.Request(f"{url}gradio_api/call/{api}", headers={"Content-Type": "application/json"},
                                      data=json.dumps({"data": data}).encode())
-    with OPENER.open(request, timeout=30) as response:
-        event = json.loads(response.read())["event_id"]
+    try:
+        with OPENER.open(request, timeout=30) as response:
+            event = json.loads(response.read())["event_id"]
+    except urllib.error.HTTPError as error:  # refused before it is queued: by the event's validator (422, the
+        detail = json.loads(error.read())["detail"]  # field and its message) or while its values were read (400)
+        if error.code == 422:
+            return "invalid", {item["parameter_name"]: item["message"] for item in detail if not item["is_valid"]}
+        return "error", detail
     with OPENER.open(f"{url}gradio_api/call/{api}/{event}", timeout=60) as response:
         lines = response.read().decode().splitlines()
     kind = next(line.split(": ", 1)[1] for line in lines if line.startswith("event: "))
@@ -97,7 +103,7 @@ def edit(url: str, path: str, name: str, box: str = "0,0,2,2") -> tuple[str, obj
     """The page's Regenerate on an uploaded file."""
     editor = {"background": {"path": path, "orig_name": name, "meta": {"_type": "gradio.FileData"}}, "layers": [],
               "composite": None, "id": None}
-    return call(url, "on_edit", [editor, box, 0, False, *CONTROLS])
+    return call(url, "edit", [editor, box, 0, False, *CONTROLS])
 
 
 def send_canvas(url: str, editor_id: int, canvas: str, index: object = 0) -> int:
@@ -199,7 +205,7 @@ def test_a_non_image_or_a_bomb_is_answered_in_one_line(served, capfd, name, data
     status, body = upload(url, name, data)
     assert status == 200
     kind, error = edit(url, json.loads(body)[0], name)
-    assert kind == "error" and error.startswith(message) and "\n" not in error
+    assert kind == "invalid" and error["image"].startswith(message) and "\n" not in error["image"]
     assert not any(file.name == name for file in files_in(folder))  # refused, and deleted all the same
     assert "Traceback" not in "".join(capfd.readouterr())
 
@@ -207,8 +213,8 @@ def test_a_non_image_or_a_bomb_is_answered_in_one_line(served, capfd, name, data
 def test_a_bad_value_is_one_line_in_the_page_and_no_traceback_on_the_console(served, capfd):
     url, _, _ = served
     steps = CONTROLS.index(2)
-    kind, error = call(url, "on_generate", [*CONTROLS[:steps], 0, *CONTROLS[steps + 1:]])
-    assert (kind, error) == ("error", "steps=0 is out of range; allowed: 1 to 64 (the number of tokens)")
+    kind, error = call(url, "generate", [*CONTROLS[:steps], 0, *CONTROLS[steps + 1:]])
+    assert (kind, error) == ("invalid", {"steps": "steps=0 is out of range; allowed: 1 to 64 (the number of tokens)"})
     assert "Traceback" not in "".join(capfd.readouterr())
 
 

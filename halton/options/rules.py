@@ -91,9 +91,12 @@ def choice(name: str, value: Any, allowed: tuple[str, ...]) -> str:
     return value
 
 
+SEED_RANGE = (0, 2**32 - 1)  # what torch and numpy accept
+
+
 def seed(value: Any, name: str = "seed") -> int:
-    """A random seed: what torch and numpy accept."""
-    return integer(name, value, 0, 2**32 - 1)
+    """A random seed in :data:`SEED_RANGE`."""
+    return integer(name, value, *SEED_RANGE)
 
 
 def from_config(kind: type, node: Any, **limits):

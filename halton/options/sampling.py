@@ -24,9 +24,25 @@ def check_schedule(schedule: str, power: float = 0.5, rate: float = 5.0,
     return schedule
 
 
+# The bounds of the numeric sampling options, as rules.number and rules.integer take them (low, high: inclusive;
+# above: exclusive); steps is also at most the number of tokens and top_k the codebook size, when known. The app's
+# number fields are bounded by them.
+RANGES = {"steps": {"low": 1}, "cfg_weight": {"low": 0}, "temp_min": {"above": 0}, "temp_max": {"above": 0},
+          "temp_pow": {"above": 0}}
+
+
 def check_steps(steps: Any, num_tokens: int | None = None) -> int:
     """Steps of a sampling run: each unmasks at least one of the ``num_tokens`` tokens (when known)."""
-    return integer("steps", steps, 1, num_tokens, note=" (the number of tokens)" if num_tokens else "")
+    return integer("steps", steps, RANGES["steps"]["low"], num_tokens,
+                   note=" (the number of tokens)" if num_tokens else "")
+
+
+def check_edit_steps(steps: int, masked: int) -> int:
+    """Steps of an edit: each unmasks at least one of its ``masked`` tokens."""
+    if steps > masked:
+        raise Invalid(f"{key('steps')}={steps} is out of range for an edit of {masked} tokens; allowed: 1 to {masked} "
+                      "(the number of masked tokens)")
+    return steps
 
 
 def check_top_k(value: Any, codebook_size: int | None = None) -> int | None:
@@ -101,10 +117,9 @@ class SamplingOptions:
 
     def __post_init__(self, num_tokens: int | None, codebook_size: int | None) -> None:
         check_steps(self.steps, num_tokens)
-        number("cfg_weight", self.cfg_weight, low=0, note=" (0 disables guidance)")
-        number("temp_min", self.temp_min, above=0)
-        number("temp_max", self.temp_max, above=0)
-        number("temp_pow", self.temp_pow, above=0)
+        number("cfg_weight", self.cfg_weight, **RANGES["cfg_weight"], note=" (0 disables guidance)")
+        for name in ("temp_min", "temp_max", "temp_pow"):
+            number(name, getattr(self, name), **RANGES[name])
         check_logit_scale(self.cfg_weight, self.temp_min, self.temp_max, self.temp_pow)
         integer("temp_warmup", self.temp_warmup, 0, self.steps)
         check_top_k(self.top_k, codebook_size)

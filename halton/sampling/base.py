@@ -19,7 +19,7 @@ import torch
 
 from halton.conditions import Condition, as_condition
 from halton.models.cache import TrunkCache
-from halton.options.sampling import SamplingOptions
+from halton.options.sampling import SamplingOptions, check_edit_steps
 from halton.sampling.schedules import tokens_per_step
 from halton.utils.progress import progress as progress_bar
 
@@ -263,9 +263,7 @@ def sample(model, scheduler: Scheduler, condition: Condition | torch.Tensor, opt
         init_codes = init_codes.to(device)
         masked, to_generate = check_init_codes(init_codes, batch, height, width, vocab, model.mask_id)
         codes = init_codes.reshape(batch, num_tokens).clone()
-        if steps > to_generate:
-            raise ValueError(f"steps={steps} is out of range for an edit of {to_generate} tokens; allowed: 1 to "
-                             f"{to_generate} (the number of masked tokens)")
+        check_edit_steps(steps, to_generate)
     if generator is None:
         generator = torch.Generator(device=device)
         generator.manual_seed(options.seed)
