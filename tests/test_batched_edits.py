@@ -1,0 +1,199 @@
+"""Batched edits whose samples mask different numbers of tokens (issue 22, point 4): every sample splits its own
+masked count over the steps by the schedule rule, keeps its known tokens bit for bit, and order schedulers walk
+their order restricted to each sample's region; a batch of equal counts is the sampler of before."""
+
+import pytest
+import torch
+
+from halton.sampling import ConfidenceScheduler, HaltonScheduler, RandomScheduler, sample, tokens_per_step
+from halton.sampling.confidence import reference_tokens_per_step
+from test_editing import class_model, text_model
+from test_sampling import StubModel
+
+SCHEDULERS = {"halton": HaltonScheduler(randomize=False), "halton-randomized": HaltonScheduler(),
+              "confidence": ConfidenceScheduler(), "confidence-reference": ConfidenceScheduler(mode="reference"),
+              "random": RandomScheduler()}
+
+
+def counts_rule(name):
+    rule = reference_tokens_per_step if name == "confidence-reference" else tokens_per_step
+    return lambda size, steps: [int(count) for count in rule(size, steps)]
+
+
+def regions(grid, sizes, seed=3):
+    """[len(sizes), h, w] masks, sample b masking ``sizes[b]`` random positions of its own."""
+    generator = torch.Generator().manual_seed(seed)
+    n = grid[0] * grid[1]
+    rows = [torch.zeros(n, dtype=torch.bool).index_fill_(0, torch.randperm(n, generator=generator)[:size], True)
+            for size in sizes]
+    return torch.stack(rows).view(len(sizes), *grid)
+
+
+def edit(model, region, seed=2):
+    generator = torch.Generator().manual_seed(seed)
+    codes = torch.randint(0, model.codebook_size, region.shape, generator=generator)
+    return torch.where(region, model.mask_id, codes)
+
+
+def check_run(name, model, condition, region, steps, **options):
+    """Runs one mixed batch with history and checks what every sample must get; returns the result."""
+    init = edit(model, region)
+    known = ~region
+    result = sample(model, SCHEDULERS[name], condition, steps=steps, seed=4, init_codes=init, return_history=True,
+                    **options)
+    assert torch.equal(result.codes[known], init[known])  # kept bit for bit
+    assert (result.codes != model.mask_id).all() and result.codes.max() < model.codebook_size
+    unmasked = torch.stack(result.unmasked_per_step)  # [steps, B, H, W]
+    assert torch.equal(unmasked.sum(0), region.long())  # each region token once, nothing outside
+    per_step = unmasked.flatten(2).sum(-1).T.tolist()   # [B][steps]
+    assert per_step == [counts_rule(name)(int(size), steps) for size in region.flatten(1).sum(1)]
+    for codes, predictions, new in zip(result.codes_per_step, result.predictions_per_step, result.unmasked_per_step):
+        assert torch.equal(codes[known], init[known])
+        assert (predictions[known] == model.mask_id).all()            # no prediction shown at a kept token
+        assert torch.equal(codes[new], predictions[new])               # what was unmasked is what was drawn
+    assert all(torch.isfinite(entropy).all() for entropy in result.entropy_per_step)
+    for filled in result.filled.values():
+        assert torch.equal(filled[known], init[known]) and (filled != model.mask_id).all()
+    return result
+
+
+@pytest.mark.parametrize("name", SCHEDULERS)
+def test_one_token_next_to_a_whole_grid_in_one_step(name):
+    model = StubModel(4, 4)
+    region = torch.zeros(3, 4, 4, dtype=torch.bool)
+    region[0, 2, 1] = True    # a single masked token
+    region[1] = True          # every token
+    region[2, 1:3, :] = True  # 8 tokens
+    check_run(name, model, torch.tensor([0, 1, 2]), region, steps=1, cfg_weight=1.5)
+
+
+@pytest.mark.parametrize("kind", ["stub", "class", "text"])
+@pytest.mark.parametrize("name", SCHEDULERS)
+def test_mixed_counts_each_get_their_own_schedule(name, kind):
+    if kind == "stub":
+        model, condition = StubModel(8, 8), torch.tensor([0, 1, 2, 0])
+    else:
+        model, condition = class_model() if kind == "class" else text_model()
+    region = regions(model.grid, [3, model.grid[0] * model.grid[1], 9, 20])
+    check_run(name, model, condition, region, steps=3, cfg_weight=1.5, fill_steps=(0, 1))
+
+
+@pytest.mark.parametrize("name", ["halton", "halton-randomized", "random"])
+def test_order_schedulers_walk_their_order_restricted_to_each_region(name):
+    model, steps, seed = StubModel(8, 8), 4, 6
+    region = regions((8, 8), [4, 40, 17])
+    scheduler = SCHEDULERS[name]
+    full = scheduler.order(3, 8, 8, torch.Generator().manual_seed(seed), torch.device("cpu"))  # the first draw
+    result = sample(model, scheduler, torch.tensor([0, 1, 2]), steps=steps, seed=seed, init_codes=edit(model, region),
+                    return_history=True)
+    for b in range(3):
+        restricted = [p for p in full[b].tolist() if region[b].flatten()[p]]
+        done = 0
+        for count, unmasked in zip(tokens_per_step(len(restricted), steps).tolist(), result.unmasked_per_step):
+            assert set(unmasked[b].flatten().nonzero()[:, 0].tolist()) == set(restricted[done:done + count])
+            done += count
+
+
+@pytest.mark.parametrize("name", ["confidence", "confidence-reference"])
+def test_confidence_unmasks_each_samples_most_confident_tokens(name):
+    # without noise the confidence is the probability of the drawn token (the history's prediction): each step
+    # keeps, per sample, its own count of still-masked positions with the highest one
+    n, vocab = 16, 6
+    table = 3 * torch.randn(n, vocab + 1, generator=torch.Generator().manual_seed(0))
+    model = StubModel(4, 4, codebook_size=vocab, cond_logits=table, uncond_logits=table)
+    probs = table[:, :vocab].softmax(-1)
+    scheduler = ConfidenceScheduler(r_temp=0.0, mode="keep" if name == "confidence" else "reference")
+    region = regions((4, 4), [5, 16, 2])
+    result = sample(model, scheduler, torch.tensor([0, 1, 2]), steps=2, cfg_weight=0.0,
+                    init_codes=edit(model, region), return_history=True)
+    masked = region.flatten(1).clone()
+    for step, (unmasked, drawn) in enumerate(zip(result.unmasked_per_step, result.predictions_per_step)):
+        for b in range(3):
+            count = counts_rule(name)(int(region[b].sum()), 2)[step]
+            left = masked[b].nonzero()[:, 0]
+            confidence = probs[left, drawn[b].flatten()[left]]
+            expected = left[confidence.argsort(descending=True)[:count]]
+            assert set(unmasked[b].flatten().nonzero()[:, 0].tolist()) == set(expected.tolist())
+        masked &= ~unmasked.flatten(1)
+
+
+def test_halton_fixed_order_draws_each_sample_as_alone_when_the_draw_is_certain():
+    # top_k=1 leaves nothing to chance, so the batch's random stream does not matter: each sample of a mixed batch
+    # equals the same sample drawn alone (its positions, counts and logits are wired to the right sample)
+    model = StubModel(8, 8)
+    region = regions((8, 8), [5, 64, 23, 11])
+    init, labels = edit(model, region), torch.tensor([0, 1, 2, 1])
+    batch = sample(model, HaltonScheduler(randomize=False), labels, steps=5, cfg_weight=2.0, top_k=1,
+                   init_codes=init).codes
+    for b in range(4):
+        alone = sample(model, HaltonScheduler(randomize=False), labels[b:b + 1], steps=5, cfg_weight=2.0, top_k=1,
+                       init_codes=init[b:b + 1]).codes
+        assert torch.equal(batch[b], alone[0])
+
+
+def test_the_cfg_interval_is_each_samples_own_time():
+    # sample 0 (2 tokens, 2 steps) is at time 1 then 1/2; sample 1 (16 tokens) at 1 then 1 - c0/16. With the
+    # interval (0.6, 1] the second step guides sample 1 only: a certain draw (top_k=1) shows which logits it used
+    model, steps = StubModel(4, 4), 2
+    region = torch.zeros(2, 4, 4, dtype=torch.bool)
+    region[0, 0, :2] = True
+    region[1] = True
+    first = tokens_per_step(16, steps).tolist()[0]
+    assert 1 - first / 16 > 0.6
+    init, weight = edit(model, region), 3.0
+    result = sample(model, HaltonScheduler(randomize=False), torch.tensor([0, 1]), steps=steps, cfg_weight=weight,
+                    cfg_interval=(0.6, 1.0), top_k=1, init_codes=init, return_history=True)
+    vocab = model.codebook_size
+    cond, uncond = model.cond_logits[:, :vocab], model.uncond_logits[:, :vocab]
+    guided = ((1 + weight) * cond - weight * uncond).argmax(-1)
+    alone = cond.argmax(-1)
+    assert result.nfe_per_step == [2, 2]
+    second = result.unmasked_per_step[1].flatten(1)
+    codes = result.codes.flatten(1)
+    assert torch.equal(codes[0][second[0]], alone[second[0]]) and torch.equal(codes[1][second[1]], guided[second[1]])
+    first_step = result.unmasked_per_step[0].flatten(1)
+    assert torch.equal(codes[0][first_step[0]], guided[first_step[0]])
+
+
+# The codes of a batch of equal masked counts (each sample its own region of 5 tokens), as the sampler gave them
+# before samples could mask different numbers: an equal-count batch must still take exactly that path.
+EQUAL_INIT = [[6, 6, 6, 6, 6, 4, 4, 5, 0, 4, 1, 0, 5, 2, 0, 0], [3, 0, 5, 1, 3, 6, 0, 6, 2, 6, 1, 6, 5, 0, 0, 6],
+              [5, 0, 4, 6, 1, 2, 6, 1, 6, 5, 0, 5, 6, 4, 6, 2]]
+EQUAL_CODES = {
+    "halton": [[5, 3, 4, 2, 1, 4, 4, 5, 0, 4, 1, 0, 5, 2, 0, 0], [3, 0, 5, 1, 3, 4, 0, 1, 2, 3, 1, 0, 5, 0, 0, 5],
+               [5, 0, 4, 2, 1, 2, 3, 1, 3, 5, 0, 5, 5, 4, 5, 2]],
+    "halton-randomized": [[5, 4, 4, 2, 1, 4, 4, 5, 0, 4, 1, 0, 5, 2, 0, 0],
+                          [3, 0, 5, 1, 3, 2, 0, 0, 2, 3, 1, 0, 5, 0, 0, 5],
+                          [5, 0, 4, 2, 1, 2, 3, 1, 3, 5, 0, 5, 5, 4, 1, 2]],
+    "confidence": [[1, 1, 4, 2, 1, 4, 4, 5, 0, 4, 1, 0, 5, 2, 0, 0], [3, 0, 5, 1, 3, 2, 0, 0, 2, 3, 1, 0, 5, 0, 0, 5],
+                   [5, 0, 4, 2, 1, 2, 3, 1, 3, 5, 0, 5, 5, 4, 5, 2]],
+    "confidence-reference": [[4, 4, 4, 2, 1, 4, 4, 5, 0, 4, 1, 0, 5, 2, 0, 0],
+                             [3, 0, 5, 1, 3, 3, 0, 0, 2, 3, 1, 0, 5, 0, 0, 3],
+                             [5, 0, 4, 2, 1, 2, 3, 1, 3, 5, 0, 5, 5, 4, 5, 2]],
+    "random": [[1, 4, 4, 2, 1, 4, 4, 5, 0, 4, 1, 0, 5, 2, 0, 0], [3, 0, 5, 1, 3, 1, 0, 0, 2, 4, 1, 0, 5, 0, 0, 5],
+               [5, 0, 4, 2, 1, 2, 2, 1, 3, 5, 0, 5, 5, 4, 5, 2]],
+}
+
+
+@pytest.mark.parametrize("name", SCHEDULERS)
+def test_equal_counts_in_different_regions_give_the_codes_of_before(name):
+    init = torch.tensor(EQUAL_INIT).view(3, 4, 4)
+    result = sample(StubModel(4, 4), SCHEDULERS[name], torch.tensor([0, 1, 2]), steps=3, cfg_weight=1.5, seed=7,
+                    init_codes=init)
+    assert result.codes.flatten(1).tolist() == EQUAL_CODES[name]
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"steps": 4}, "steps=4 is out of range for init_codes sample 1, which masks 3 tokens; allowed: 1 to 3 (the "
+                   "fewest masked tokens of any sample)"),
+    ({"steps": 2, "cache_refresh": 2}, "cache_refresh=2 needs the same number of masked tokens in every sample; "
+                                       "these init_codes mask 3 to 16; allowed: cache_refresh=None"),
+])
+def test_mixed_counts_refuse_in_one_line(options, message):
+    model = StubModel(4, 4)
+    region = torch.zeros(2, 4, 4, dtype=torch.bool)
+    region[0] = True
+    region[1, 0, :3] = True
+    with pytest.raises(ValueError) as error:
+        sample(model, HaltonScheduler(), torch.tensor([0, 1]), init_codes=edit(model, region), **options)
+    assert str(error.value).startswith(message) and "\n" not in str(error.value)
