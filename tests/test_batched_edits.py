@@ -197,3 +197,22 @@ def test_mixed_counts_refuse_in_one_line(options, message):
     with pytest.raises(ValueError) as error:
         sample(model, HaltonScheduler(), torch.tensor([0, 1]), init_codes=edit(model, region), **options)
     assert str(error.value).startswith(message) and "\n" not in str(error.value)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("name", ["halton", "confidence", "random"])
+def test_mixed_count_steps_never_synchronise(name):
+    """The per-run set-up may synchronise a fixed number of times; the steps add none: 4 and 16 steps make the
+    same number of synchronisations, with per-sample guidance (the CFG interval) and fill steps."""
+    from halton.models import MaskTransformer
+    from test_cuda import syncs
+
+    model = MaskTransformer(64, 8, 64, 2, 4, 128, num_classes=10).cuda()
+    region = regions((8, 8), [20, 64, 33, 40]).cuda()
+    init, labels = edit(model, region), torch.arange(4, device="cuda")
+
+    def run(steps):
+        return sample(model, SCHEDULERS[name], labels, steps=steps, cfg_weight=1.0, cfg_interval=(0.3, 0.9),
+                      init_codes=init, fill_steps=(1,))
+    run(4)
+    assert len(syncs(lambda: run(4))) == len(syncs(lambda: run(16)))

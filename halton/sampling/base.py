@@ -307,7 +307,10 @@ def sample(model, scheduler: Scheduler, condition: Condition | torch.Tensor, opt
         sample_done = torch.cumsum(sample_counts, 1) - sample_counts                          # decoded before each step
         counts = sample_counts.amax(0).tolist()
         masked_left = (torch.tensor(per_sample)[:, None] - sample_done).amax(0).tolist()     # most left, per step
-        done_before = sample_done.T.tolist()                                                   # [steps][B], host
+        if cfg_interval is not None:  # each sample's own time s = 1 - d / M_b: inside the interval or not
+            inside = [[cfg_interval[0] < (m - d) / m <= cfg_interval[1] for m, d in zip(per_sample, done)]
+                      for done in sample_done.T.tolist()]
+            inside_device = torch.tensor(inside, device=device)                                # [steps, B]
         sample_counts, sample_done = sample_counts.T.to(device), sample_done.T.to(device)      # [steps, B]
     temperatures = step_temperatures(steps, options.temp_min, options.temp_max, options.temp_pow, options.temp_warmup)
     # The positions this run generates [B, M]: where a redrawing scheduler draws at every step (all of them without
@@ -360,11 +363,8 @@ def sample(model, scheduler: Scheduler, condition: Condition | torch.Tensor, opt
         if cfg_interval is not None and per_sample is None:
             if not cfg_interval[0] < (to_generate - done) / to_generate <= cfg_interval[1]:
                 weight = 0.0  # outside the interval: the conditional pass alone (int / int is correctly rounded)
-        elif cfg_interval is not None and weight != 0:  # each sample's own time; guided where any is inside
-            inside = [cfg_interval[0] < (m - d) / m <= cfg_interval[1] for m, d in zip(per_sample, done_before[step])]
-            if not all(inside):
-                weight = (0.0 if not any(inside) else
-                          torch.tensor([weight if i else 0.0 for i in inside], device=device).view(batch, 1, 1))
+        elif cfg_interval is not None and weight != 0 and not all(inside[step]):  # guided where any is inside
+            weight = (inside_device[step].float().mul_(weight).view(batch, 1, 1) if any(inside[step]) else 0.0)
         guided = torch.is_tensor(weight) or weight != 0
         result.nfe_per_step.append(2 if guided else 1)
         batch_codes = torch.cat([codes, codes]) if guided else codes
