@@ -184,10 +184,10 @@ def test_equal_counts_in_different_regions_give_the_codes_of_before(name):
 
 
 @pytest.mark.parametrize("options, message", [
-    ({"steps": 4}, "steps=4 is out of range for init_codes sample 1, which masks 3 tokens; allowed: 1 to 3 (the "
-                   "fewest masked tokens of any sample)"),
-    ({"steps": 2, "cache_refresh": 2}, "cache_refresh=2 needs the same number of masked tokens in every sample; "
-                                       "these init_codes mask 3 to 16; allowed: cache_refresh=None"),
+    ({"steps": 4}, ("steps=4 is out of range for init_codes sample 1, which masks 3 tokens; allowed: 1 to 3 (the "
+                    "fewest masked tokens of any sample)")),
+    ({"steps": 2, "cache_refresh": 2}, ("cache_refresh=2 needs the same number of masked tokens in every sample; "
+                                        "these init_codes mask 3 to 16; allowed: cache_refresh=None")),
 ])
 def test_mixed_counts_refuse_in_one_line(options, message):
     model = StubModel(4, 4)

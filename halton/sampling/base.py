@@ -48,8 +48,9 @@ class Scheduler(ABC):
     def start(self, batch: int, height: int, width: int, generator: torch.Generator, device: torch.device,
               masked: torch.Tensor, num_masked: int | None = None) -> Any:
         """Called once before the first step with the tokens to generate (``masked`` [B, N], True where masked:
-        everywhere, or the region of an edit; ``num_masked`` of them in every sample, a host value); returns
-        per-run state (an order for order-based schedulers)."""
+        everywhere, or the region of an edit; ``num_masked`` of them in every sample, a host value: the largest
+        where the samples of an edit mask different numbers); returns per-run state (an order for order-based
+        schedulers)."""
 
     @abstractmethod
     def candidates(self, state: torch.Tensor | None, masked: torch.Tensor, done: int | torch.Tensor, count: int,
