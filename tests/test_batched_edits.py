@@ -216,3 +216,105 @@ def test_mixed_count_steps_never_synchronise(name):
                       init_codes=init, fill_steps=(1,))
     run(4)
     assert len(syncs(lambda: run(4))) == len(syncs(lambda: run(16)))
+
+
+# sample.py's several images, each with its own region (edit.images with edit.boxes or edit.masks)
+
+@pytest.mark.parametrize("values, message", [
+    ({"boxes": [[0, 0, 4, 4]]}, "edit.boxes needs the images to edit; pass edit.images=[PATH,...]"),
+    ({"images": ["a.png"], "boxes": [[0, 0, 4, 4]], "box": [0, 0, 4, 4]},
+     "edit.images takes its regions from edit.boxes or edit.masks, not edit.box"),
+    ({"images": ["a.png"], "image": "b.png", "masks": ["m.png"]},
+     "edit.images takes its regions from edit.boxes or edit.masks, not edit.image"),
+    ({"images": "a.png", "boxes": [[0, 0, 4, 4]]}, "edit.images='a.png' is not a list of images"),
+    ({"images": ["a.png", "b.png"]}, "edit.images needs exactly one region list, got 0 (none)"),
+    ({"images": ["a.png"], "boxes": [[0, 0, 4, 4]], "masks": ["m.png"]},
+     "edit.images needs exactly one region list, got 2 (boxes, masks)"),
+    ({"images": ["a.png", "b.png"], "boxes": [[0, 0, 4, 4]]},
+     "edit.boxes gives 1 regions for 2 images; allowed: one region per image"),
+    ({"images": ["a.png", "b.png"], "boxes": [[0, 0, 4, 4], [0, 0, 4]]},
+     "edit.boxes.1=[0, 0, 4] is not a box; allowed: [x0,y0,x1,y1] in pixels"),
+    ({"images": ["a.png"], "masks": [3]}, "edit.masks.0=3 is not an image path"),
+])
+def test_several_image_rules(values, message):
+    from halton.options import EditOptions
+    from halton.options.rules import Invalid, under
+
+    with pytest.raises(Invalid) as error, under("edit."):
+        EditOptions(**values)
+    assert str(error.value).startswith(message) and "\n" not in str(error.value)
+    EditOptions(images=["a.png", "b.png"], boxes=[[0, 0, 4, 4], [1, 1, 2, 2]], dilate=1, composite=True)
+    EditOptions(images=["a.png"], masks=["m.png"])
+
+
+def test_several_images_each_keep_their_own_region(tmp_path):
+    from PIL import Image
+
+    from halton.sampling.editing import box_mask, edit_grid, prepare_edit, prepare_edits
+    from halton.tokenizers import PixelTokenizer
+
+    model, _ = class_model()
+    tokenizer = PixelTokenizer(model.codebook_size)
+    generator = torch.Generator().manual_seed(1)
+    paths = []
+    for index in range(2):
+        pixels = torch.randint(0, 17, (8, 8), generator=generator) * 255 // 16
+        paths.append(tmp_path / f"digit{index}.png")
+        Image.fromarray(pixels.to(torch.uint8).numpy()).save(paths[-1])
+    boxes = [[2, 1, 6, 5], [0, 0, 1, 1]]  # 16 tokens, and a single one
+    edit = prepare_edits(model, tokenizer, paths, boxes=boxes)
+    assert edit.init_codes.shape == (2, 8, 8) and edit.mask.shape == (2, 8, 8) and edit.region == "box"
+    for index in range(2):  # each row is that image's own edit
+        alone = prepare_edit(model, tokenizer, paths[index], box=boxes[index])
+        assert torch.equal(edit.init_codes[index], alone.init_codes[0]) and torch.equal(edit.mask[index], alone.mask)
+    assert edit.mask.flatten(1).sum(1).tolist() == [16, 1]
+    labels = torch.tensor([0, 3, 7])
+    start, init, mask = edit.per_row(6)  # image by image: three classes each
+    result = sample(model, HaltonScheduler(), labels.repeat(2), steps=1, cfg_weight=1.0, init_codes=init)
+    assert torch.equal(result.codes[~mask], init[~mask]) and (result.codes != model.mask_id).all()
+    images = tokenizer.decode(result.codes)
+    pasted = edit.finish(images, paste_back=True)
+    for row in range(6):  # the original pixels outside each row's own box
+        outside = ~box_mask(boxes[row // 3], (8, 8), (8, 8))
+        assert torch.equal(pasted[row, 0][outside], edit.start[row // 3, 0][outside])
+    grid = edit_grid(edit, pasted, ["0", "3", "7"] * 2, 1)
+    assert grid.dtype == torch.uint8 and grid.shape[0] == 3
+    with pytest.raises(ValueError, match="^2 images and 1 boxes; allowed: at least one image and one region per"):
+        prepare_edits(model, tokenizer, paths, boxes=boxes[:1])
+
+
+@pytest.mark.slow
+def test_sample_py_edits_several_images_each_in_its_own_box(tiny_run, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from conftest import TINY_NET, run, run_in_process
+    from halton.sampling.editing import box_mask
+    from halton.utils.images import MIN_CELL, wrap_labels
+
+    rng = np.random.default_rng(0)
+    digits = [(rng.integers(0, 17, (8, 8)) * 255 / 16).round().astype(np.uint8) for _ in range(2)]
+    for index, digit in enumerate(digits):
+        Image.fromarray(digit).save(tmp_path / f"digit{index}.png")
+    ckpt = tiny_run / "tiny" / "checkpoints" / "last.ckpt"
+    boxes = [[2, 1, 6, 5], [0, 0, 1, 1]]
+    common = ["experiment=digits", f"checkpoint={ckpt}", *TINY_NET, f"paths.runs_dir={tiny_run}", "steps=1",
+              "classes=[3,5]", "per_class=2", f"edit.images=[{tmp_path / 'digit0.png'},{tmp_path / 'digit1.png'}]"]
+    run("sample.py", *common, "edit.boxes=[[2,1,6,5],[0,0,1,1]]", f"out_dir={tmp_path / 'out'}")
+    picture = np.asarray(Image.open(tmp_path / "out" / "halton_steps1_cfg1_seed0_edit-box.png"))
+    scale, pad = MIN_CELL // 8, 2
+    left = wrap_labels(["3", "5"] * 2, MIN_CELL)[1]
+
+    def cell(row, col):  # grey level per pixel of one 8x8 image of the grid
+        y, x = pad + row * (MIN_CELL + pad), left + pad + col * (MIN_CELL + pad)
+        return picture[y:y + MIN_CELL:scale, x:x + MIN_CELL:scale, 0]
+    assert picture.shape == (pad + 4 * (MIN_CELL + pad), left + pad + 4 * (MIN_CELL + pad), 3)
+    for row in range(4):  # image 0 for classes 3 and 5, then image 1
+        digit, outside = digits[row // 2], ~box_mask(boxes[row // 2], (8, 8), (8, 8)).numpy()
+        assert np.array_equal(cell(row, 0), digit)  # before
+        for col in (2, 3):  # after: the same outside that image's own box
+            assert np.array_equal(cell(row, col)[outside], digit[outside])
+    missing = run_in_process("sample.py", *common, f"edit.masks=[{tmp_path / 'digit0.png'},{tmp_path / 'no.png'}]",
+                             f"out_dir={tmp_path / 'bad'}")
+    assert missing.returncode == 2 and f"error: edit.masks.1 not found: {tmp_path / 'no.png'}" in missing.stderr
+    assert not (tmp_path / "bad").exists()
