@@ -317,4 +317,11 @@ def test_sample_py_edits_several_images_each_in_its_own_box(tiny_run, tmp_path):
     missing = run_in_process("sample.py", *common, f"edit.masks=[{tmp_path / 'digit0.png'},{tmp_path / 'no.png'}]",
                              f"out_dir={tmp_path / 'bad'}")
     assert missing.returncode == 2 and f"error: edit.masks.1 not found: {tmp_path / 'no.png'}" in missing.stderr
+    from test_bad_input import png_header
+
+    (tmp_path / "bomb.png").write_bytes(png_header(10000, 10000))
+    common[-1] = f"edit.images=[{tmp_path / 'digit0.png'},{tmp_path / 'bomb.png'}]"
+    bomb = run_in_process("sample.py", *common, "edit.boxes=[[2,1,6,5],[0,0,1,1]]", f"out_dir={tmp_path / 'bad'}")
+    assert bomb.returncode == 2 and (f"error: edit.images.1={tmp_path / 'bomb.png'} has 100000000 pixels"
+                                     in bomb.stderr)
     assert not (tmp_path / "bad").exists()
