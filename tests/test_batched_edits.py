@@ -281,6 +281,12 @@ def test_several_images_each_keep_their_own_region(tmp_path):
     assert grid.dtype == torch.uint8 and grid.shape[0] == 3
     with pytest.raises(ValueError, match="^2 images and 1 boxes; allowed: at least one image and one region per"):
         prepare_edits(model, tokenizer, paths, boxes=boxes[:1])
+    masks = [torch.zeros(8, 8, dtype=torch.bool) for _ in range(2)]
+    masks[0][:, :3], masks[1][7, 7] = True, True  # mask images (white = regenerate): 24 tokens, and one
+    Image.fromarray(masks[1].to(torch.uint8).numpy() * 255).save(tmp_path / "mask1.png")
+    by_mask = prepare_edits(model, tokenizer, paths, masks=[masks[0], tmp_path / "mask1.png"])
+    assert torch.equal(by_mask.mask, torch.stack(masks)) and by_mask.region == "mask"
+    assert by_mask.init_codes.eq(model.mask_id).flatten(1).sum(1).tolist() == [24, 1]
 
 
 @pytest.mark.slow
