@@ -270,7 +270,9 @@ def check_inputs(cfg: DictConfig, entry: str) -> None:
             read_checkpoint(OmegaConf.select(cfg, key), key)
     if entry in ("sample", "evaluate", "train"):
         memory.check_request(cfg, entry)
-    for key in ("edit.image", "edit.mask"):  # their size from the header, before any pixel is decoded
+    several = [f"edit.{name}.{index}" for name in ("images", "masks")
+               for index in range(len(OmegaConf.select(cfg, f"edit.{name}") or ()))] if entry == "sample" else []
+    for key in ("edit.image", "edit.mask", *several):  # their size from the header, before any pixel is decoded
         if entry == "sample" and OmegaConf.select(cfg, key):
             open_image(OmegaConf.select(cfg, key), f"{key}={OmegaConf.select(cfg, key)}").close()
 

@@ -246,7 +246,10 @@ def check_sample(c: Checks) -> None:
     check_drawing(c)
     c.input_file("edit.image", optional=True)
     c.input_file("edit.mask", optional=True)
-    c.options(EditOptions, "edit.")
+    edit = c.options(EditOptions, "edit.")
+    for name in ("images", "masks"):
+        for index in range(len(getattr(edit, name) or ())):
+            c.input_file(f"edit.{name}.{index}")
     c.writable("out_dir")
 
 

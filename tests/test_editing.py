@@ -205,7 +205,7 @@ def test_bad_regions_are_one_line_errors(call, message):
     (torch.tensor([6, 6, 6] + [0] * 13).view(1, 4, 4).repeat(2, 1, 1), 4,
      "steps=4 is out of range for an edit of 3 tokens; allowed: 1 to 3"),
     (torch.stack([torch.full((4, 4), 6), torch.zeros(4, 4, dtype=torch.long)]), 2,
-     "init_codes mask 0 to 16 tokens per sample; allowed: the same number in every sample"),
+     "init_codes sample 1 holds no mask id (6); allowed: at least one token to generate in every sample"),
     (torch.full((2, 4, 4), 9), 2, "init_codes hold code 9; allowed: 0 to 5, or the mask id 6"),
     (torch.full((2, 4, 5), 6), 2, "init_codes of shape [2, 4, 5] (torch.int64) do not fit"),
 ])

@@ -4,7 +4,8 @@ conf/sample.yaml and conf/sampling/default.yaml). progression=true also writes t
 
 Editing: edit.image=PATH with one of edit.box=[x0,y0,x1,y1], edit.mask=PATH (white = regenerate) or
 edit.outpaint=[top,right,bottom,left] regenerates that region for every class or prompt and writes a
-before / masked / after grid (see halton/sampling/editing.py)."""
+before / masked / after grid (see halton/sampling/editing.py). Several images, each with its own region:
+edit.images=[A,B] with edit.boxes=[[x0,y0,x1,y1],[...]] or edit.masks=[MA,MB]: a row per image and class or prompt."""
 
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ def main(cfg: DictConfig) -> None:
 
     from halton.evaluation.results import file_stem, interval_text
     from halton.sampling import sample
-    from halton.sampling.editing import edit_grid, paint_tokens, prepare_edit
+    from halton.sampling.editing import edit_grid, paint_tokens, prepare_edit, prepare_edits
     from halton.sampling.schedules import schedule_label
     from halton.utils.files import unused_path
     from halton.utils.images import class_grid, progression_grid, save_png
@@ -48,11 +49,16 @@ def main(cfg: DictConfig) -> None:
     classes = None if cfg.classes is None else [cfg.classes] if isinstance(cfg.classes, int) else list(cfg.classes)
     values = kind.requested(net, classes, read_prompts(cfg))
     rows = torch.arange(len(values), device=device).repeat_interleave(draw.per_class)
-    condition = kind.make(values, device).index(rows)
     edit = None if cfg.edit.image is None else prepare_edit(  # validated: an image with exactly one region
         net, tokenizer, cfg.edit.image, box=plain(cfg.edit.box), mask=cfg.edit.mask, outpaint=plain(cfg.edit.outpaint),
         dilate=cfg.edit.dilate, device=device)
-    init_codes = None if edit is None else edit.init_codes.expand(len(rows), -1, -1)  # the same edit for every row
+    if cfg.edit.get("images") is not None:  # validated: several images, one region each
+        edit = prepare_edits(net, tokenizer, plain(cfg.edit.images), boxes=plain(cfg.edit.boxes),
+                             masks=plain(cfg.edit.masks), dilate=cfg.edit.dilate, device=device)
+    images_edited = 1 if edit is None else len(edit.init_codes)
+    rows = rows.repeat(images_edited)  # image by image: every class or prompt for each
+    condition = kind.make(values, device).index(rows)
+    init_codes = None if edit is None else edit.per_row(len(rows))[1]  # each image's edit for its rows
     options = SamplingOptions.from_config(cfg)
     result = sample(net, scheduler, condition, options, init_codes=init_codes, return_history=draw.progression,
                     autocast_dtype=autocast, progress=True)
@@ -63,7 +69,7 @@ def main(cfg: DictConfig) -> None:
                      interval_text(options.cfg_interval),
                      schedule_label(options.schedule, options.schedule_power, options.schedule_rate), options.cache_refresh)
     out_dir = Path(cfg.out_dir)
-    labels = [kind.label(v) for v in values]
+    labels = [kind.label(v) for v in values] * images_edited
 
     def written(grid, name: str) -> Path:
         path = save_png(grid, unused_path(out_dir / name, draw.overwrite))

@@ -48,17 +48,25 @@ class Scheduler(ABC):
     def start(self, batch: int, height: int, width: int, generator: torch.Generator, device: torch.device,
               masked: torch.Tensor, num_masked: int | None = None) -> Any:
         """Called once before the first step with the tokens to generate (``masked`` [B, N], True where masked:
-        everywhere, or the region of an edit; ``num_masked`` of them in every sample, a host value); returns
-        per-run state (an order for order-based schedulers)."""
+        everywhere, or the region of an edit; ``num_masked`` of them in every sample, a host value: the largest
+        where the samples of an edit mask different numbers); returns per-run state (an order for order-based
+        schedulers)."""
 
     @abstractmethod
-    def candidates(self, state: torch.Tensor | None, masked: torch.Tensor, done: int, count: int) -> torch.Tensor:
+    def candidates(self, state: torch.Tensor | None, masked: torch.Tensor, done: int | torch.Tensor, count: int,
+                   left: int | None = None) -> torch.Tensor:
         """Positions [B, M] whose logits this step needs. ``masked`` [B, N] is True where still masked, ``done``
-        tokens are already unmasked and ``count`` are unmasked by this step."""
+        tokens are already unmasked and ``count`` are unmasked by this step. Where the samples of an edit mask
+        different numbers of tokens, ``done`` is each sample's [B] (on the device), ``count`` the largest count of
+        the step and ``left`` the most tokens any sample still has masked (host values): sample b unmasks the
+        first of its candidates up to its own count, and its candidates past those that are still masked are
+        padding (any other positions, distinct within the row)."""
 
     def choose(self, step: int, steps: int, tokens: torch.Tensor, probs: torch.Tensor, count: int,
-               generator: torch.Generator) -> torch.Tensor:
-        """Indices [B, count] into the candidates of the tokens unmasked this step (default: all of them)."""
+               generator: torch.Generator, choosable: torch.Tensor | None = None) -> torch.Tensor:
+        """Indices [B, count] into the candidates of the tokens unmasked this step (default: all of them).
+        ``choosable`` [B, M] (mixed counts, see :meth:`candidates`): True at the candidates still masked; each
+        sample's own count of indices comes first and must point at those."""
         return torch.arange(count, device=tokens.device).expand(tokens.shape[0], count)
 
     def guidance_weight(self, weight: float, step: int, steps: int) -> float:
@@ -101,8 +109,12 @@ class OrderScheduler(Scheduler):
         known = ~masked.gather(1, order)
         return order.gather(1, torch.argsort(known.to(torch.uint8), dim=1, stable=True))
 
-    def candidates(self, state, masked, done, count):
-        return state[:, done:done + count]
+    def candidates(self, state, masked, done, count, left=None):
+        if not torch.is_tensor(done):
+            return state[:, done:done + count]
+        # each sample's own slice of its order; past its own count: later positions of the order (padding)
+        index = (done[:, None] + torch.arange(count, device=state.device)) % state.shape[1]
+        return state.gather(1, index)
 
     def recomputed(self, state, masked_at_refresh, done_at_refresh, needed):
         # the order is known in advance: decoded since the refresh, then those needed now, one slice of it
@@ -145,25 +157,25 @@ class SamplingResult:
 
 
 def check_init_codes(init_codes: torch.Tensor, batch: int, height: int, width: int, codebook_size: int,
-                     mask_id: int) -> tuple[torch.Tensor, int]:
+                     mask_id: int) -> tuple[torch.Tensor, list[int]]:
     """The masked positions [B, N] of ``init_codes`` [B, H, W] (codes in [0, codebook_size) or ``mask_id``) and
-    their number per sample, which must be the same in every sample (one sync, once per run)."""
+    their number in each sample, a host list (one sync, once per run); every sample masks at least one token."""
     if init_codes.shape != (batch, height, width) or init_codes.dtype != torch.long:
         raise ValueError(f"init_codes of shape {list(init_codes.shape)} ({init_codes.dtype}) do not fit; allowed: "
                          f"torch.long codes of shape {[batch, height, width]} (batch, token grid)")
     flat = init_codes.reshape(batch, height * width)
     masked = flat == mask_id
     bad = ((flat < 0) | (flat >= codebook_size)) & ~masked
-    per_sample = masked.sum(1)
-    low, high, has_bad = torch.stack([per_sample.min(), per_sample.max(), bad.any().long()]).tolist()
+    *per_sample, has_bad = torch.cat([masked.sum(1), bad.any().long()[None]]).tolist()
     if has_bad:
         raise ValueError(f"init_codes hold code {int(flat[bad][0])}; allowed: 0 to {codebook_size - 1}, or the mask id "
                          f"{mask_id} where a token is to be generated")
-    if low != high:
-        raise ValueError(f"init_codes mask {low} to {high} tokens per sample; allowed: the same number in every sample")
-    if low == 0:
+    if max(per_sample) == 0:
         raise ValueError(f"init_codes hold no mask id ({mask_id}); allowed: codes with at least one token to generate")
-    return masked, low
+    if min(per_sample) == 0:
+        raise ValueError(f"init_codes sample {per_sample.index(0)} holds no mask id ({mask_id}); allowed: at least "
+                         "one token to generate in every sample")
+    return masked, per_sample
 
 
 def masked_positions(masked: torch.Tensor, count: int) -> torch.Tensor:
@@ -236,9 +248,12 @@ def sample(model, scheduler: Scheduler, condition: Condition | torch.Tensor, opt
     shows the trunk cost.
 
     ``init_codes`` [B, H, W] (editing): the tokens equal to ``model.mask_id`` are generated, every other one is kept
-    as it is. The same number M must be masked in every sample; the per-step counts split M
-    (``scheduler.counts(M, steps, schedule, ...)``, so steps <= M), and order schedulers walk their order restricted to
-    the masked positions. None: every token is generated.
+    as it is. Each sample's per-step counts split its own masked count M_b (``scheduler.counts(M_b, steps, schedule,
+    ...)``, so steps <= the smallest M_b), order schedulers walk their order restricted to each sample's masked
+    positions and Confidence keeps each sample's own count of most confident ones. Samples may mask different
+    numbers of tokens (e.g. a batch of inpaintings, each with its own box), except with ``cache_refresh``; when
+    they all mask the same number the codes are those of a batch without per-sample counts. None: every token is
+    generated.
 
     The sampling options come as :class:`halton.options.SamplingOptions` (``options``), as keywords (``steps=16,
     cfg_weight=2.0, ...``: its fields, ``seed=None`` meaning 0), or both (the keywords replace the options' values);
@@ -255,25 +270,54 @@ def sample(model, scheduler: Scheduler, condition: Condition | torch.Tensor, opt
     condition.check(model)
     device = condition.device
     batch = len(condition)
+    per_sample = None  # the masked count of each sample (host list) where the samples of an edit differ
     if init_codes is None:
         codes = torch.full((batch, num_tokens), model.mask_id, dtype=torch.long, device=device)
         masked = torch.ones(batch, num_tokens, dtype=torch.bool, device=device)
         to_generate = num_tokens
     else:
         init_codes = init_codes.to(device)
-        masked, to_generate = check_init_codes(init_codes, batch, height, width, vocab, model.mask_id)
+        masked, masked_counts = check_init_codes(init_codes, batch, height, width, vocab, model.mask_id)
         codes = init_codes.reshape(batch, num_tokens).clone()
-        check_edit_steps(steps, to_generate)
+        to_generate, fewest = max(masked_counts), min(masked_counts)
+        if fewest == to_generate:
+            check_edit_steps(steps, to_generate)
+        elif steps > fewest:
+            raise ValueError(f"steps={steps} is out of range for init_codes sample {masked_counts.index(fewest)}, "
+                             f"which masks {fewest} tokens; allowed: 1 to {fewest} (the fewest masked tokens of "
+                             "any sample)")
+        if fewest != to_generate:
+            per_sample = masked_counts
+            if options.cache_refresh is not None:
+                raise ValueError(f"cache_refresh={options.cache_refresh} needs the same number of masked tokens in "
+                                 f"every sample; these init_codes mask {fewest} to {to_generate}; allowed: "
+                                 "cache_refresh=None, or one batch per masked count")
     if generator is None:
         generator = torch.Generator(device=device)
         generator.manual_seed(options.seed)
-    counts = scheduler.counts(to_generate, steps, options.schedule, options.schedule_power, options.schedule_rate)
+    schedule_rule = (steps, options.schedule, options.schedule_power, options.schedule_rate)
+    if per_sample is None:
+        counts = scheduler.counts(to_generate, *schedule_rule)
+    else:
+        # Each sample splits its own masked count by the schedule rule: once per distinct count, on the host, once
+        # per run (init_codes are known up front), so no step waits for the device. A step's candidates are as wide
+        # as its largest count (``counts``); each sample unmasks the first of them up to its own count.
+        by_count = {m: scheduler.counts(m, *schedule_rule) for m in sorted(set(per_sample))}
+        sample_counts = torch.tensor([by_count[m] for m in per_sample], dtype=torch.long)  # [B, steps]
+        sample_done = torch.cumsum(sample_counts, 1) - sample_counts                          # decoded before each step
+        counts = sample_counts.amax(0).tolist()
+        masked_left = (torch.tensor(per_sample)[:, None] - sample_done).amax(0).tolist()     # most left, per step
+        if cfg_interval is not None:  # each sample's own time s = 1 - d / M_b: inside the interval or not
+            inside = [[cfg_interval[0] < (m - d) / m <= cfg_interval[1] for m, d in zip(per_sample, done)]
+                      for done in sample_done.T.tolist()]
+            inside_device = torch.tensor(inside, device=device)                                # [steps, B]
+        sample_counts, sample_done = sample_counts.T.to(device), sample_done.T.to(device)      # [steps, B]
     temperatures = step_temperatures(steps, options.temp_min, options.temp_max, options.temp_pow, options.temp_warmup)
     # The positions this run generates [B, M]: where a redrawing scheduler draws at every step (all of them without
     # an edit); the known tokens of an edit are never drawn, so never changed.
     generated = masked.clone()
     everywhere = None
-    if scheduler.redraws_decoded:
+    if scheduler.redraws_decoded:  # mixed counts: as many as the largest, the others padded with known positions
         everywhere = (torch.arange(num_tokens, device=device).expand(batch, num_tokens) if init_codes is None
                       else masked_positions(masked, to_generate))
     autocast = (torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None
@@ -300,19 +344,28 @@ def sample(model, scheduler: Scheduler, condition: Condition | torch.Tensor, opt
 
     def guided_logits(hidden, positions, weight, temperature):
         with autocast:
-            if weight == 0:
+            if not torch.is_tensor(weight) and weight == 0:
                 return model.logits(hidden, positions, vocab).float().mul_(temperature)
             cond, uncond = model.logits(hidden, torch.cat([positions, positions]), vocab).float().chunk(2)
+        if torch.is_tensor(weight):  # per sample [B, 1, 1] (mixed counts inside and outside the CFG interval)
+            return cond.mul_(1 + weight).sub_(uncond.mul_(weight)).mul_(temperature)
         # (1 + w) * cond - w * uncond, then the temperature, in place
         return cond.mul_(1 + weight).sub_(uncond, alpha=weight).mul_(temperature)
 
     for step in progress_bar(range(steps), desc=f"sampling ({scheduler.name})", disable=not progress, leave=False):
         count = counts[step]
-        positions = scheduler.candidates(state, masked, done, count)
+        if per_sample is None:
+            positions = scheduler.candidates(state, masked, done, count)
+        else:  # ``count`` is the widest; ``still``: the candidates still masked (the others are padding)
+            positions = scheduler.candidates(state, masked, sample_done[step], count, left=masked_left[step])
+            still = masked.gather(1, positions)
         weight = scheduler.guidance_weight(cfg_weight, step, steps)
-        if cfg_interval is not None and not cfg_interval[0] < (to_generate - done) / to_generate <= cfg_interval[1]:
-            weight = 0.0  # outside the interval: the conditional pass alone (int / int is correctly rounded)
-        guided = weight != 0
+        if cfg_interval is not None and per_sample is None:
+            if not cfg_interval[0] < (to_generate - done) / to_generate <= cfg_interval[1]:
+                weight = 0.0  # outside the interval: the conditional pass alone (int / int is correctly rounded)
+        elif cfg_interval is not None and weight != 0 and not all(inside[step]):  # guided where any is inside
+            weight = (inside_device[step].float().mul_(weight).view(batch, 1, 1) if any(inside[step]) else 0.0)
+        guided = torch.is_tensor(weight) or weight != 0
         result.nfe_per_step.append(2 if guided else 1)
         batch_codes = torch.cat([codes, codes]) if guided else codes
         full = cache_refresh is None or since_refresh >= cache_refresh or guided != cached_guided
@@ -342,38 +395,61 @@ def sample(model, scheduler: Scheduler, condition: Condition | torch.Tensor, opt
         if scheduler.redraws_decoded:  # draw at every generated position; the decoded ones take the new draw
             logits = guided_logits(hidden, everywhere, weight, temperatures[step])
             drawn, drawn_probs, drawn_entropy = _sample_tokens(logits, top_k, generator, entropy=return_history)
-            if to_generate < num_tokens:  # back to grid positions (mask id, 0 at the known tokens)
+            if to_generate < num_tokens or per_sample is not None:  # grid positions (mask id, 0 at known tokens)
                 drawn = torch.full_like(codes, model.mask_id).scatter_(1, everywhere, drawn)
                 drawn_probs = drawn_probs.new_zeros(codes.shape).scatter_(1, everywhere, drawn_probs)
                 if return_history:
                     drawn_entropy = drawn_entropy.new_zeros(codes.shape).scatter_(1, everywhere, drawn_entropy)
+                if per_sample is not None:  # the padding drew at known positions: never used
+                    drawn.masked_fill_(~generated, model.mask_id)
+                    drawn_probs.masked_fill_(~generated, 0.0)
+                    if return_history:
+                        drawn_entropy.masked_fill_(~generated, 0.0)
             tokens, token_probs = drawn.gather(1, positions), drawn_probs.gather(1, positions)
             entropy = drawn_entropy.gather(1, positions) if return_history else None
             codes = torch.where(generated & ~masked, drawn, codes)
         else:
             logits = guided_logits(hidden, positions, weight, temperatures[step])
             tokens, token_probs, entropy = _sample_tokens(logits, top_k, generator, entropy=return_history)
-        chosen = scheduler.choose(step, steps, tokens, token_probs, count, generator)
-        new_positions = positions.gather(1, chosen)
-        codes.scatter_(1, new_positions, tokens.gather(1, chosen))
-        masked.scatter_(1, new_positions, False)
+        if per_sample is None:
+            chosen = scheduler.choose(step, steps, tokens, token_probs, count, generator)
+            new_positions = positions.gather(1, chosen)
+            codes.scatter_(1, new_positions, tokens.gather(1, chosen))
+            masked.scatter_(1, new_positions, False)
+            unmasked = True
+        else:
+            chosen = scheduler.choose(step, steps, tokens, token_probs, count, generator, choosable=still)
+            new_positions = positions.gather(1, chosen)
+            # each sample unmasks the first ``own count`` chosen; a row's positions are distinct, so writing the
+            # current values back at the others changes nothing
+            unmasked = torch.arange(count, device=device) < sample_counts[step][:, None]
+            codes.scatter_(1, new_positions, torch.where(unmasked, tokens.gather(1, chosen),
+                                                         codes.gather(1, new_positions)))
+            masked.scatter_(1, new_positions, masked.gather(1, new_positions) & ~unmasked)
         done += count
+        left = to_generate - done if per_sample is None else masked_left[step + 1] if step + 1 < steps else 0
         if step in fill_steps:
             filled = codes.clone()
-            if done < to_generate:
-                rest = masked_positions(masked, to_generate - done)
+            if left > 0:
+                rest = masked_positions(masked, left)
                 rest_logits = guided_logits(hidden, rest, weight, temperatures[step])
-                filled.scatter_(1, rest, _sample_tokens(rest_logits, top_k, generator)[0])
+                rest_tokens = _sample_tokens(rest_logits, top_k, generator)[0]
+                if per_sample is not None:  # the padding of samples with fewer left: known, kept
+                    rest_tokens = torch.where(masked.gather(1, rest), rest_tokens, filled.gather(1, rest))
+                filled.scatter_(1, rest, rest_tokens)
             result.filled[step] = filled.view(batch, height, width)
         if return_history:
-            result.entropy_per_step.append(entropy.gather(1, chosen).mean(1))
+            chosen_entropy = entropy.gather(1, chosen)
+            result.entropy_per_step.append(chosen_entropy.mean(1) if per_sample is None else
+                                           (chosen_entropy * unmasked).sum(1) / sample_counts[step].clamp_min(1))
             grid = (batch, height, width)
+            sampled = tokens if per_sample is None else torch.where(still, tokens, model.mask_id)
             predictions = (drawn.clone() if scheduler.redraws_decoded else
-                           torch.full_like(codes, model.mask_id).scatter_(1, positions, tokens))
+                           torch.full_like(codes, model.mask_id).scatter_(1, positions, sampled))
             result.codes_per_step.append(codes.clone().view(grid))
             result.predictions_per_step.append(predictions.view(grid))
             result.unmasked_per_step.append(
-                torch.zeros_like(masked).scatter_(1, new_positions, True).view(grid))
+                torch.zeros_like(masked).scatter_(1, new_positions, unmasked).view(grid))
     model.train(was_training)
     result.codes = codes.view(batch, height, width)
     return result

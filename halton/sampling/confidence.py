@@ -66,22 +66,25 @@ class ConfidenceScheduler(Scheduler):
     def start(self, batch, height, width, generator, device, masked, num_masked=None):
         return masked.shape[1] if num_masked is None else num_masked  # the state: tokens this run generates
 
-    def candidates(self, state, masked, done, count):
-        # Every sample has the same number of masked tokens, so the positions form a [B, M - done] block. Only
-        # masked positions are candidates: a known token (decoded, or kept by an edit) is never re-masked.
-        return masked_positions(masked, state - done)
+    def candidates(self, state, masked, done, count, left=None):
+        # The still-masked positions first, as a [B, M - done] block (mixed counts: as wide as the most left, padded
+        # with known ones). Only masked positions are chosen: a known token (decoded, or kept by an edit) is never
+        # re-masked.
+        return masked_positions(masked, state - done if left is None else left)
 
     @staticmethod
     def _progress(step: int, steps: int) -> float:
         return step / (steps - 1) if steps > 1 else 0.0
 
-    def choose(self, step, steps, tokens, probs, count, generator):
+    def choose(self, step, steps, tokens, probs, count, generator, choosable=None):
         confidence = probs.clamp_min(torch.finfo(probs.dtype).tiny).log()
         noise_scale = self.r_temp * (1 - self._progress(step, steps))
         if noise_scale > 0:
             uniform = torch.rand(probs.shape, generator=generator, device=probs.device)
             gumbel = -torch.log(-torch.log(uniform.clamp(1e-20, 1 - 1e-7)))
             confidence = confidence + noise_scale * gumbel
+        if choosable is not None:  # the padding never ranks above a still-masked candidate
+            confidence = confidence.masked_fill(~choosable, float("-inf"))
         return confidence.topk(count, dim=1).indices
 
     def guidance_weight(self, weight, step, steps):

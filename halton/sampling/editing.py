@@ -151,9 +151,11 @@ def paint_tokens(images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def composite(generated: torch.Tensor, original: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """The generated images [B, C, H, W] inside the regenerated cells of ``mask`` [h, w], the original pixels
-    elsewhere: a VQ decoder's receptive field lets tokens change pixels beyond their cell, and this undoes that."""
+    """The generated images [B, C, H, W] inside the regenerated cells of ``mask`` ([h, w], or [B, h, w] per image),
+    the original pixels elsewhere: a VQ decoder's receptive field lets tokens change pixels beyond their cell, and
+    this undoes that."""
     inside = pixel_mask(mask, tuple(generated.shape[-2:])).to(generated.device)
+    inside = inside[:, None] if inside.dim() == 3 else inside
     return torch.where(inside, generated, original.to(generated.device))
 
 
@@ -195,7 +197,8 @@ EDIT_REGIONS = ("box", "mask", "outpaint")
 
 @dataclass
 class Edit:
-    """An image to edit, as :func:`prepare_edit` readies it for ``sample(..., init_codes=edit.init_codes)``."""
+    """An image to edit, as :func:`prepare_edit` readies it for ``sample(..., init_codes=edit.init_codes)``; or n
+    images with a region each (:func:`prepare_edits`), one per row of every tensor, the mask then [n, h, w]."""
 
     original: torch.Tensor    # [1, C, H, W] the input image as the model sees it, in [-1, 1]
     start: torch.Tensor       # [1, C, H, W] the image the edit starts from (outpainting: shifted away from the bands)
@@ -203,10 +206,19 @@ class Edit:
     mask: torch.Tensor        # [h, w] bool, True = regenerated
     region: str               # box, mask or outpaint
 
+    def per_row(self, rows: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``start``, ``init_codes`` and the mask for ``rows`` results made image by image (rows / n each)."""
+        each = rows // len(self.init_codes)
+        mask = self.mask if self.mask.dim() == 2 else self.mask.repeat_interleave(each, 0)
+        return self.start.repeat_interleave(each, 0), self.init_codes.repeat_interleave(each, 0), mask
+
     def finish(self, generated: torch.Tensor, paste_back: bool = False) -> torch.Tensor:
-        """The decoded results [B, C, H, W], with the original pixels pasted back outside the regenerated tokens
-        when ``paste_back`` (see :func:`composite`)."""
-        return composite(generated, self.start, self.mask) if paste_back else generated
+        """The decoded results [B, C, H, W] (image by image), with the original pixels pasted back outside the
+        regenerated tokens when ``paste_back`` (see :func:`composite`)."""
+        if not paste_back:
+            return generated
+        start, _, mask = self.per_row(len(generated))
+        return composite(generated, start, mask)
 
 
 def prepare_edit(model, tokenizer, image: str | Path | Image, box: Sequence[float] | None = None,
@@ -240,13 +252,34 @@ def prepare_edit(model, tokenizer, image: str | Path | Image, box: Sequence[floa
     return Edit(original, start, apply_mask(codes, token_mask, model.mask_id), token_mask.to(device), region)
 
 
+def prepare_edits(model, tokenizer, images: Sequence[str | Path | Image], boxes: Sequence[Sequence[float]] | None = None,
+                  masks: Sequence[str | Path | Image | torch.Tensor] | None = None, dilate: int = 0,
+                  device: torch.device | str = "cpu") -> Edit:
+    """Several images, each with its own region (``boxes[i]`` or ``masks[i]``, as :func:`prepare_edit` takes one),
+    as one :class:`Edit` with a row per image. The regions may cover different numbers of tokens: ``sample()``
+    splits each sample's own count over the steps."""
+    given = [name for name, value in (("boxes", boxes), ("masks", masks)) if value is not None]
+    if len(given) != 1 or not images or len(boxes if boxes is not None else masks) != len(images):
+        got = ", ".join(f"{len(boxes if name == 'boxes' else masks)} {name}" for name in given) or "no regions"
+        raise ValueError(f"{len(images)} images and {got}; allowed: at least one image and one region per image, "
+                         "as boxes or as masks")
+    regions = boxes if boxes is not None else masks
+    edits = [prepare_edit(model, tokenizer, image, box=region if boxes is not None else None,
+                          mask=region if masks is not None else None, dilate=dilate, device=device)
+             for image, region in zip(images, regions)]
+    return Edit(*(torch.cat([getattr(edit, name) for edit in edits]) for name in ("original", "start", "init_codes")),
+                torch.stack([edit.mask for edit in edits]), edits[0].region)
+
+
 def edit_grid(edit: Edit, after: torch.Tensor, labels: list[str], per_row: int) -> torch.Tensor:
-    """A row per condition: the input, the image the edit starts from with its region painted, then the
-    ``per_row`` results of that condition (``after`` [rows * per_row, C, H, W], row by row). [3, H, W] uint8."""
+    """A row per condition (and per image, image by image, for several): the input, the image the edit starts from
+    with its region painted, then the ``per_row`` results of that row (``after`` [rows * per_row, C, H, W], row by
+    row). [3, H, W] uint8."""
     from halton.utils.images import class_grid
 
-    masked = paint_tokens(edit.start, edit.mask)
     rows = len(labels)
-    shown = [as_rgb(edit.original).expand(rows, 1, -1, -1, -1), masked.expand(rows, 1, -1, -1, -1),
+    each = rows // len(edit.original)
+    masked = paint_tokens(edit.start, edit.mask).repeat_interleave(each, 0)
+    shown = [as_rgb(edit.original).repeat_interleave(each, 0)[:, None], masked[:, None],
              as_rgb(after).reshape(rows, per_row, 3, *after.shape[-2:])]
     return class_grid(torch.cat(shown, dim=1).flatten(0, 1), rows, per_row + 2, labels)
