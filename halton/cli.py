@@ -18,7 +18,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from halton.help import COMMANDS
+from halton.help import COMMANDS, choices
 from halton.utils.run_lock import RunFolderInUse, RunFolderLock, launching_process
 from halton.validation import CONFIG_DIR, Invalid, validate
 
@@ -45,11 +45,6 @@ def fail(message: str, status: int = 2) -> None:
     else:
         print(f"error: {message}", file=sys.stderr)
     sys.exit(status)
-
-
-def choices(group: str, config_dir: Path = CONFIG_DIR) -> list[str]:
-    """The configs of a group: conf/<group>/*.yaml."""
-    return sorted(p.stem for p in (config_dir / group).glob("*.yaml"))
 
 
 def _keys_of(path: Path) -> tuple[set[str], set[str]]:
@@ -240,7 +235,7 @@ def check_inputs(cfg: DictConfig, entry: str) -> None:
     import torch
     from hydra.utils import instantiate
 
-    from halton import memory
+    from halton.memory import check_request
     from halton.models import loading
     from halton.utils.checkpoint import read_checkpoint
     from halton.utils.pixels import open_image
@@ -269,7 +264,7 @@ def check_inputs(cfg: DictConfig, entry: str) -> None:
         if OmegaConf.select(cfg, key):
             read_checkpoint(OmegaConf.select(cfg, key), key)
     if entry in ("sample", "evaluate", "train"):
-        memory.check_request(cfg, entry)
+        check_request(cfg, entry)
     several = [f"edit.{name}.{index}" for name in ("images", "masks")
                for index in range(len(OmegaConf.select(cfg, f"edit.{name}") or ()))] if entry == "sample" else []
     for key in ("edit.image", "edit.mask", *several):  # their size from the header, before any pixel is decoded

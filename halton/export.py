@@ -128,6 +128,24 @@ def replace_folder(out: Path, write) -> Path:
     return out
 
 
+PIPELINE_FILE = "pipeline.json"  # an export's tokenizer, condition kind, scheduler and sampling defaults
+
+
+def recipe(tokenizer, condition, scheduler, sampling) -> dict:
+    """An export's ``pipeline.json``: the tokenizer, the condition kind and the scheduler as specs Hydra builds
+    again, and the sampling defaults (:class:`halton.options.SamplingOptions`), for ``halton.Pipeline``."""
+    import dataclasses
+
+    return {"tokenizer": tokenizer.recipe(), "condition": condition.spec(), "scheduler": scheduler.spec(),
+            "sampling": {f.name: getattr(sampling, f.name) for f in dataclasses.fields(sampling)}}
+
+
+def save_pipeline(folder: str | Path, model, pipeline: dict) -> None:
+    """The model in the Hugging Face format (config.json, model.safetensors, the model card) and ``pipeline.json``."""
+    model.save_pretrained(folder)
+    (Path(folder) / PIPELINE_FILE).write_text(json.dumps(pipeline, indent=1) + "\n")
+
+
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="export")
 @entry_point
 def main(cfg: DictConfig) -> None:
@@ -136,7 +154,6 @@ def main(cfg: DictConfig) -> None:
     from halton.build import condition_kind
     from halton.models.loading import load_model
     from halton.options import SamplingOptions
-    from halton.pipeline import PIPELINE_FILE, recipe, save_pipeline
 
     out = Path(cfg.out).expanduser()
     exported_files(out)  # a folder that is not ours is refused before the model loads

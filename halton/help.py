@@ -37,6 +37,11 @@ def _config_dir() -> Path:
     return CONFIG_DIR
 
 
+def choices(group: str, config_dir: Path | None = None) -> list[str]:
+    """The configs of a group: conf/<group>/*.yaml."""
+    return sorted(p.stem for p in ((config_dir or _config_dir()) / group).glob("*.yaml"))
+
+
 def _comment(rest: str) -> tuple[str, str]:
     """(value text, comment) of what follows ``key:`` on a YAML line; a # inside quotes is part of the value."""
     quote = None
@@ -140,8 +145,6 @@ def help_text(config_name: str, root=None, config_dir: Path | None = None) -> st
     """An entry point's help: its usage (the first comment lines of its config), its own keys with their values
     (from the composed config ``root`` when given, so an experiment's values show) and comments, then its config
     groups with the chosen one and every choice."""
-    from halton.cli import choices
-
     config_dir = config_dir or _config_dir()
     primary = config_dir / f"{config_name}.yaml"
     usage = []

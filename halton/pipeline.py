@@ -24,9 +24,9 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
+from halton.export import PIPELINE_FILE, recipe, replace_folder, save_pipeline
 from halton.options import SamplingOptions
 
-PIPELINE_FILE = "pipeline.json"  # an export's tokenizer, condition kind, scheduler and sampling defaults
 RUN_CONFIG = Path(".hydra") / "config.yaml"  # the config a train.py run was composed with (Hydra writes it)
 
 
@@ -72,7 +72,6 @@ class Pipeline:
         """The pipeline of a composed sample.py / evaluate.py / app config (``checkpoint=``, the data config's
         tokenizer, ``model.condition``, the scheduler and sampling options)."""
         from halton.build import build_from_config
-
         from halton.options.rules import from_config
 
         built = build_from_config(cfg, device)
@@ -106,9 +105,9 @@ class Pipeline:
             if not Path(recipe_file).is_file():
                 raise FileNotFoundError(f"{source} holds a model but no {PIPELINE_FILE} (exported before pipelines): "
                                         "export it again with python -m halton.export, or pass experiment=NAME")
-            recipe = json.loads(Path(recipe_file).read_text())
-            return cls(load_pretrained(source), instantiate(recipe["tokenizer"]), instantiate(recipe["condition"]),
-                       recipe["scheduler"], SamplingOptions(**recipe["sampling"]), device)
+            saved = json.loads(Path(recipe_file).read_text())
+            return cls(load_pretrained(source), instantiate(saved["tokenizer"]), instantiate(saved["condition"]),
+                       saved["scheduler"], SamplingOptions(**saved["sampling"]), device)
         run_dir, checkpoint = run_of(Path(source).expanduser())
         cfg = OmegaConf.load(run_dir / RUN_CONFIG)
         OmegaConf.update(cfg, "checkpoint", str(checkpoint), force_add=True)
@@ -127,9 +126,9 @@ class Pipeline:
         scheduler; default: the pipeline's) and any sampling option as a keyword (``steps``, ``cfg_weight``,
         ``temp_min``, ``top_k``, ``schedule``, ``seed``...; the others keep the pipeline's defaults). With ``image``
         and one region (``box``, ``mask`` or ``outpaint``), regenerate that region of the image instead."""
+        from halton.options.rules import integer
         from halton.sampling import as_scheduler, sample
         from halton.sampling.editing import prepare_edit
-        from halton.options.rules import integer
 
         integer("per_condition", per_condition, 1)
         classes = [classes] if isinstance(classes, int) else None if classes is None else list(classes)
@@ -158,23 +157,8 @@ class Pipeline:
     def save_pretrained(self, folder: str | Path) -> Path:
         """Write the pipeline as ``python -m halton.export`` does (into a new or empty folder, or over an earlier
         export): :meth:`from_pretrained` loads it alone, here or from its hub repository after ``push``."""
-        from halton.export import replace_folder
-
         return replace_folder(Path(folder).expanduser(),
                               lambda new: save_pipeline(new, self.model, self.recipe()))
-
-
-def recipe(tokenizer, condition, scheduler, sampling: SamplingOptions) -> dict[str, Any]:
-    """An export's ``pipeline.json``: the tokenizer, the condition kind and the scheduler as specs Hydra builds
-    again, and the sampling defaults."""
-    return {"tokenizer": tokenizer.recipe(), "condition": condition.spec(), "scheduler": scheduler.spec(),
-            "sampling": {f.name: getattr(sampling, f.name) for f in dataclasses.fields(SamplingOptions)}}
-
-
-def save_pipeline(folder: str | Path, model, pipeline: dict[str, Any]) -> None:
-    """The model in the Hugging Face format (config.json, model.safetensors, the model card) and ``pipeline.json``."""
-    model.save_pretrained(folder)
-    (Path(folder) / PIPELINE_FILE).write_text(json.dumps(pipeline, indent=1) + "\n")
 
 
 def run_of(path: Path) -> tuple[Path, Path]:

@@ -131,8 +131,9 @@ def test_a_key_another_entry_point_has_is_refused_in_one_line_with_this_ones_key
 
 def test_a_nested_unknown_key_lists_the_keys_beside_it_and_names_plus_where_hydra_adds_it():
     message = refusal("sample", "edit.imag=x.png")
-    assert message.startswith("unknown option edit.imag=x.png: there is no key 'edit.imag'; did you mean edit.image? "
-                              "allowed: edit.image, edit.box, edit.mask, edit.outpaint, edit.dilate, edit.composite")
+    assert message.startswith("unknown option edit.imag=x.png: there is no key 'edit.imag'; did you mean edit.image or "
+                              "edit.images? allowed: edit.image, edit.box, edit.mask, edit.outpaint, edit.dilate, "
+                              "edit.composite, edit.images, edit.boxes, edit.masks")
     assert message.endswith("; +edit.imag=x.png would add it as a new key")
     message = refusal("train", "model.lrr=1e-4")
     assert "did you mean model.lr?" in message and "_target_" not in message
