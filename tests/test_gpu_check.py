@@ -32,6 +32,8 @@ def dry_run(tmp_path, stages=None) -> dict:
     return summary
 
 
+@pytest.mark.slow  # 52 s: the default run stays under 5 minutes on 2 cores; the benchmark stages' own loops are
+# tested in tests/test_speed.py and tests/test_benchmarks.py
 def test_dry_run_of_the_benchmark_stages(tmp_path):
     summary = dry_run(tmp_path, BENCHMARK_STAGES)
     assert list(summary["stages"]) == BENCHMARK_STAGES  # in order of importance
