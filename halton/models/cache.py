@@ -80,6 +80,18 @@ def patch_index(positions: torch.Tensor, grid: tuple[int, int], patch: int) -> t
     return (rows // patch) * (width // patch) + cols // patch
 
 
+def local_inputs(x: torch.Tensor, positions: torch.Tensor | None, cache, grid: tuple[int, int], patch: int
+                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The trunk's inputs ``x`` [B, N, C] a call runs: all of them (``positions`` None), or for a local call the
+    recomputed patches' (:func:`recomputed_patches`), with their trunk positions [B, m]."""
+    if positions is None:
+        return x, None
+    if cache is None:
+        raise ValueError("a trunk call at given positions needs the cache of a full call")
+    index = recomputed_patches(positions, grid, patch)
+    return x.gather(1, index.unsqueeze(-1).expand(-1, -1, x.shape[-1])), index
+
+
 def recomputed_patches(positions: torch.Tensor, grid: tuple[int, int], patch: int) -> torch.Tensor:
     """The trunk positions [B, m] a local call runs for the token ``positions`` [B, n]: the tokens themselves when
     ``patch`` is 1; else the patches holding them, each once, m = min(n, patches) a fixed shape (no host

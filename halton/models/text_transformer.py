@@ -20,9 +20,9 @@ from torch import nn
 from halton.models.cache import (
     LayerCache,
     TrunkCache,
+    local_inputs,
     patch_tokens,
     recomputed_count,
-    recomputed_patches,
 )
 from halton.models.hub import HubModel
 from halton.models.layers import init_linears, padded_logits
@@ -200,12 +200,7 @@ class TextMaskTransformer(nn.Module, HubModel):
         x = self.first_norm(self.tok_emb(codes.reshape(b, -1)) + self.pos_emb.weight)
         x = self.in_proj(x.transpose(1, 2).reshape(b, self.c, height, width))
         x = x.flatten(2).transpose(1, 2)
-        index = None
-        if positions is not None:
-            if cache is None:
-                raise ValueError("a trunk call at given positions needs the cache of a full call")
-            index = recomputed_patches(positions, self.grid, p)
-            x = x.gather(1, index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+        x, index = local_inputs(x, positions, cache, self.grid, p)
         for i, (block, keys_values) in enumerate(zip(self.transformer.layers, context.keys_values)):
             x = block(x, keys_values, context.mask, None if cache is None else cache.layer(i), index)
         if index is not None:  # the 1x1 convolution as a linear map, then the pixel shuffle's (c p1 p2) order

@@ -14,9 +14,9 @@ from torch import nn
 
 from halton.models.cache import (
     TrunkCache,
+    local_inputs,
     patch_tokens,
     recomputed_count,
-    recomputed_patches,
 )
 from halton.models.hub import HubModel
 from halton.models.layers import AdaLNBlock, AdaNorm, init_linears, padded_logits
@@ -135,12 +135,7 @@ class MaskTransformer(nn.Module, HubModel):
             x = rearrange(self.in_proj(x), "b c h w -> b (h w) c")
         if self.registers > 0:
             x = torch.cat([x, self.reg_tokens.weight.unsqueeze(0).expand(b, -1, -1)], dim=1)
-        index = None
-        if positions is not None:
-            if cache is None:
-                raise ValueError("a trunk call at given positions needs the cache of a full call")
-            index = recomputed_patches(positions, self.grid, p)
-            x = x.gather(1, index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+        x, index = local_inputs(x, positions, cache, self.grid, p)
         for i, block in enumerate(self.transformer.layers):
             x = block(x, cond, None if cache is None else cache.layer(i), index)
         if index is not None:  # the recomputed patches' tokens, normed, written into the cached hidden states
