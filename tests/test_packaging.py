@@ -107,7 +107,7 @@ def test_wheel_outside_the_clone(tmp_path):
         refused = command(str(python), "-m", "halton.app", "checkpoint=missing.ckpt", check=False)
         assert refused.returncode == 2 and refused.stderr.splitlines()[0].startswith(
             "error: checkpoint not found: missing.ckpt")
-    assert "== Configuration groups ==" in command("halton-evaluate", "--help").stdout
+    assert "Config groups (GROUP=CHOICE" in command("halton-evaluate", "--help").stdout  # halton.help, from the wheel
 
     tiny = [a for a in TINY if not a.startswith("trainer.max_steps")] + ["trainer.max_steps=2"]
     command("halton-train", *tiny)
