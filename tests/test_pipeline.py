@@ -1,11 +1,11 @@
 """halton.Pipeline: one call from a trained model to PIL images, loaded from a train.py run folder, a checkpoint in
-one, an export (here or on the hub) or a released checkpoint with its experiment; the README's quick start."""
+one, an export (here or on the hub) or a released checkpoint with its experiment. (The README's quick start runs in
+tests/test_docs_examples.py.)"""
 
-import re
 
 import pytest
 import torch
-from conftest import ROOT, TINY_NET
+from conftest import TINY_NET
 from PIL import Image
 from test_hub import hub_cache, offline_cache  # noqa: F401 (a fixture)
 
@@ -83,21 +83,6 @@ def test_an_export_loads_alone_here_and_from_the_hub(pipe, tmp_path, offline_cac
         Pipeline.from_pretrained(folder)
     with pytest.raises(FileNotFoundError, match="is not a train.py run folder or a checkpoint in one"):
         Pipeline.from_pretrained(tmp_path)
-
-
-def test_the_readmes_python_quick_start_runs(tiny_run, tmp_path, monkeypatch):
-    """Every ```python block of the README's quick start, as a user pastes it, in a folder whose runs/digits is
-    the tiny run (the demo's run folder)."""
-    (tmp_path / "runs").mkdir()
-    (tmp_path / "runs" / "digits").symlink_to(tiny_run / "tiny")
-    monkeypatch.chdir(tmp_path)
-    readme = (ROOT / "README.md").read_text()
-    blocks = re.findall(r"```python\n(.*?)```", readme, flags=re.S)
-    quick = [b for b in blocks if "Pipeline" in b]
-    assert quick, "the README shows the pipeline"
-    for block in quick:
-        exec(compile(block, "README.md", "exec"), {})
-    assert (tmp_path / "three.png").is_file()
 
 
 def test_any_checkpoint_loads_with_an_experiment(pipe, tiny_run):

@@ -28,14 +28,13 @@ WORD_LIST = ("a an the handwritten digit number picture of figure in ink image s
              "scribbled , : " + " ".join(WORDS) + " " + " ".join(str(d) for d in range(10))).split()
 
 
-@pytest.fixture(scope="module")
-def tiny_t5(tmp_path_factory) -> Path:
-    """A random 1-layer T5 encoder (d_model 16) with a T5-style tokenizer built with ``tokenizers``: unigram pieces
-    with the ``▁`` word marker, ``</s>`` appended, ``<pad>`` = 0; what ``save_pretrained`` writes for Flan-T5."""
+def save_tiny_t5(folder: Path, d_model: int = 16) -> Path:
+    """Save a random 1-layer T5 encoder (``d_model`` wide) with a T5-style tokenizer built with ``tokenizers``:
+    unigram pieces with the ``▁`` word marker, ``</s>`` appended, ``<pad>`` = 0; what ``save_pretrained`` writes
+    for Flan-T5."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast, T5Config, T5EncoderModel
 
-    folder = tmp_path_factory.mktemp("tiny_t5")
     vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)] + [("▁" + w, -1.0) for w in WORD_LIST]
     backend = Tokenizer(models.Unigram(vocab, unk_id=2))
     backend.pre_tokenizer, backend.decoder = pre_tokenizers.Metaspace(), decoders.Metaspace()
@@ -43,10 +42,16 @@ def tiny_t5(tmp_path_factory) -> Path:
     PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="</s>",
                             unk_token="<unk>").save_pretrained(folder)
     torch.manual_seed(0)
-    config = T5Config(vocab_size=len(vocab), d_model=16, d_kv=8, d_ff=32, num_layers=1, num_heads=2, pad_token_id=0,
-                      eos_token_id=1, decoder_start_token_id=0)
+    config = T5Config(vocab_size=len(vocab), d_model=d_model, d_kv=8, d_ff=32, num_layers=1, num_heads=2,
+                      pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
     T5EncoderModel(config).save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_t5(tmp_path_factory) -> Path:
+    """A random 1-layer T5 encoder, d_model 16 (:func:`save_tiny_t5`)."""
+    return save_tiny_t5(tmp_path_factory.mktemp("tiny_t5"))
 
 
 @pytest.fixture(scope="module")
