@@ -156,7 +156,7 @@ class Pipeline:
 
     def save_pretrained(self, folder: str | Path) -> Path:
         """Write the pipeline as ``python -m halton.export`` does (into a new or empty folder, or over an earlier
-        export): :meth:`from_pretrained` loads it alone, here or from its hub repository after ``push``."""
+        export): :meth:`from_pretrained` loads it alone, here or from its hub repository after ``hf upload owner/repo FOLDER``."""
         return replace_folder(Path(folder).expanduser(),
                               lambda new: save_pipeline(new, self.model, self.recipe()))
 
