@@ -2,8 +2,9 @@
 out=DIR (see conf/export.yaml). The folder holds config.json and model.safetensors (the EMA weights of a train.py
 checkpoint; a released .pth converts too) and loads with ``MaskTransformer.from_pretrained(DIR)`` (or
 ``TextMaskTransformer``, or :func:`halton.models.load_pretrained` for either), as ``checkpoint=DIR`` in every entry
-point, and uploads whole (pipeline.json and model card too) with ``hf upload you/name DIR``. It also holds halton_export.json, the record of what the
-export wrote: exporting again replaces those files only, and any other folder is refused."""
+point, and uploads whole (pipeline.json and the model card too) with ``hf upload you/name DIR``. It also holds
+halton_export.json, the record of what the export wrote: exporting again replaces those files only, and any other
+folder is refused."""
 
 from __future__ import annotations
 
