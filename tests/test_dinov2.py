@@ -164,9 +164,9 @@ def test_missing_weights_folder_is_one_line(tmp_path):
     (["extractor=[digits,digits]"], "extractor=[digits,digits] names digits twice; allowed: each extractor once"),
     (["extractor=[]"], "extractor=[] names no feature extractor; allowed: inception, digits, dinov2, or a list"),
     (["extractor=[digits,dinov2]", "reference.kind=file", "reference.path=stats.npz"],
-     "reference.kind=file is one extractor's precomputed statistics, and extractor=[digits,dinov2] needs 2; allowed: "
-     "one extractor with kind=file, or kind=digits|folder|webdataset|coco (statistics computed and cached per "
-     "extractor)"),
+     ("reference.kind=file is one extractor's precomputed statistics, and extractor=[digits,dinov2] needs 2; "
+      "allowed: one extractor with kind=file, or kind=digits|folder|webdataset|coco (statistics computed and cached "
+      "per extractor)")),
     (["extractor=dinov2", "dinov2_weights=/no/such/dinov2"], "dinov2_weights=/no/such/dinov2: no such folder"),
 ])
 def test_bad_extractor_values_are_refused_in_one_line(tmp_path, args, message):
@@ -199,10 +199,10 @@ def test_one_evaluation_writes_fid_and_fd_dinov2_of_the_same_samples_in_one_row(
     digits_cache(digits_features, tmp_path / "data")
     results = tmp_path / "results.csv"
     result = run_in_process("evaluate.py", "experiment=digits", f"checkpoint={tiny_checkpoint}", *TINY_NET,
-                            f"paths.runs_dir={tmp_path}", f"paths.data_dir={tmp_path / 'data'}", "num_images=20",
+                            f"paths.runs_dir={tmp_path}", f"paths.data_dir={tmp_path / 'data'}", "num_images=10",
                             "batch_size=10", "steps=2", "intermediate_steps=[1]", "diagnostics=false",
                             "grid_per_class=0", "extractor=[digits,dinov2]", f"dinov2_weights={tiny_dinov2}",
-                            "reference.max_images=100", f"results={results}", "accelerator=cpu")
+                            "reference.max_images=40", f"results={results}", "accelerator=cpu")
     assert result.returncode == 0, result.stderr[-2000:]
     rows = {row["eval_step"]: row for row in ResultsFile(results).rows()}
     assert sorted(rows) == ["1", "2"]
@@ -217,9 +217,9 @@ def test_one_evaluation_writes_fid_and_fd_dinov2_of_the_same_samples_in_one_row(
     assert caches == ["digits", "digits"]  # kind=digits, once per extractor (the fingerprint names the extractor)
     assert "dinov2_fd" in result.stdout + result.stderr
     again = run_in_process("evaluate.py", "experiment=digits", f"checkpoint={tiny_checkpoint}", *TINY_NET,
-                           f"paths.runs_dir={tmp_path}", f"paths.data_dir={tmp_path / 'data'}", "num_images=20",
+                           f"paths.runs_dir={tmp_path}", f"paths.data_dir={tmp_path / 'data'}", "num_images=10",
                            "batch_size=10", "steps=2", "intermediate_steps=[1]", "extractor=[digits,dinov2]",
-                           f"dinov2_weights={tiny_dinov2}", "reference.max_images=100", f"results={results}")
+                           f"dinov2_weights={tiny_dinov2}", "reference.max_images=40", f"results={results}")
     assert again.returncode == 0 and "already in" in again.stdout + again.stderr
 
 

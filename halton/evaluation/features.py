@@ -164,8 +164,8 @@ def dinov2_pixels(images: torch.Tensor, size: int = DINOV2_SIZE) -> torch.Tensor
     """The DINOv2 input of images [B, C, H, W] in [-1, 1], as dgm-eval prepares a saved image: 8-bit RGB, resized
     to ``size`` x ``size`` with PIL's bicubic filter (torchvision's Resize of a PIL image), then ``/ 255`` and the
     ImageNet mean and deviation. PIL resizes an 8-bit image in two passes, across then down, each rounded to 8 bits;
-    the same passes with torch's antialiased bicubic (PIL's kernel) match it to 2 levels at most, and exactly on
-    more than 95% of the values (docs/evaluation.md has the measurement). Batched, on the images' device."""
+    the same passes with torch's antialiased bicubic (PIL's kernel) match it to 2 levels at most, and exactly on 95%
+    to 100% of the values (docs/evaluation.md has the measurement). Batched, on the images' device."""
     pixels = to_uint8_rgb(images).float()
     height, width = pixels.shape[-2:]
     if width != size:

@@ -36,7 +36,7 @@ def _float(value) -> float:
         return math.nan
 
 
-def metric_families(rows: list[dict]) -> list[tuple[str, ...]]:
+def feature_spaces(rows: list[dict]) -> list[tuple[str, ...]]:
     """The metric columns of each feature space the rows hold (its distance first: fid, dinov2_fd, ...), in the
     order of :data:`~halton.options.choices.EXTRACTORS`: the Inception or digits numbers, then DINOv2's."""
     return [spec.metrics for spec in EXTRACTORS.values()
@@ -246,7 +246,7 @@ def report(argv: list[str] | None = None) -> None:
     if not rows:
         raise ValueError(f"results file {args.results} has no rows")
     out = args.out or args.results.parent
-    families = metric_families(rows)
+    families = feature_spaces(rows)
     allowed = [c for family in families for c in family]
     if args.metric is not None and args.metric not in allowed:
         raise ValueError(f"unknown metric {args.metric!r}; allowed: {', '.join(allowed)}")
