@@ -168,15 +168,16 @@ def test_missing_weights_folder_is_one_line(tmp_path):
       "allowed: one extractor with kind=file, or kind=digits|folder|webdataset|coco (statistics computed and cached "
       "per extractor)")),
     (["extractor=dinov2", "dinov2_weights=/no/such/dinov2"], "dinov2_weights=/no/such/dinov2: no such folder"),
+    (["extractor=[digits,dinov2]", "num_images=1000000000000"],  # (8 + (74 + 384) * 4) bytes per image kept
+     "num_images=1000000000000 needs at least 1.63 PiB at once (the conditions and digits, dinov2 features of every "
+     "image, kept for the metrics)"),
 ])
-def test_bad_extractor_values_are_refused_in_one_line(tmp_path, args, message):
+def test_bad_extractor_values_are_refused_in_one_line(tiny_checkpoint, tmp_path, args, message):
     from halton.cli import preflight
     from halton.options import Invalid
 
-    checkpoint = tmp_path / "tiny.ckpt"
-    checkpoint.write_bytes(b"")  # refused before the checkpoint is read
-    with pytest.raises(Invalid) as error:
-        preflight(["experiment=digits", f"checkpoint={checkpoint}", *TINY_NET, f"paths.runs_dir={tmp_path}",
+    with pytest.raises(Invalid) as error:  # the checks before the task starts (halton.cli.preflight)
+        preflight(["experiment=digits", f"checkpoint={tiny_checkpoint}", *TINY_NET, f"paths.runs_dir={tmp_path}",
                    f"paths.data_dir={tmp_path / 'data'}", *args], "evaluate")
     assert "\n" not in str(error.value) and str(error.value).startswith(message), str(error.value)
 
