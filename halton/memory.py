@@ -115,9 +115,9 @@ def check_request(cfg, entry: str) -> None:
         refuse_beyond("batch_size", cfg.batch_size, need, device, "one batch of samples", "a smaller batch_size")
         from halton.evaluation.features import extractor_class
         from halton.options.evaluation import EvaluationOptions
-        from halton.options.rules import from_config
 
-        names = from_config(EvaluationOptions, cfg).extractors
+        chosen = list(cfg.extractor) if isinstance(cfg.extractor, ListConfig) else cfg.extractor
+        names = EvaluationOptions(extractor=chosen).extractors
         steps = 1 + len(cfg.get("intermediate_steps") or [])
         values = sum(extractor_class(name).values_per_image for name in names)  # every extractor's, per image
         kept = cfg.num_images * (POINTER + values * FLOAT * steps)

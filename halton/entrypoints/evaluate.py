@@ -1,7 +1,8 @@
 """Evaluate a checkpoint with one scheduler and step count: FID, IS, precision and recall of class-balanced
 samples (of a text model: samples of COCO captions or other prompts, with their CLIP score), and FD-DINOv2 of the
-same samples with extractor=[inception,dinov2], appended to a results file. Sweeps: python evaluate.py -m scheduler=halton,confidence,random
-steps=4,8,16,32 (see conf/evaluate.yaml); tables and plots: python -m halton.evaluation.report RESULTS."""
+same samples with extractor=[inception,dinov2], appended to a results file. Sweeps: python evaluate.py -m
+scheduler=halton,confidence,random steps=4,8,16,32 (see conf/evaluate.yaml); tables and plots:
+python -m halton.evaluation.report RESULTS."""
 
 from __future__ import annotations
 

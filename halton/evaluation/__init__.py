@@ -6,5 +6,5 @@ from halton.evaluation.metrics import fid, generative_metrics, inception_score, 
 from halton.evaluation.reference import ReferenceStats, reference_statistics
 from halton.evaluation.results import ResultsFile
 
-__all__ = ["DigitsFeatures", "DinoV2Features", "FeatureExtractor", "InceptionFeatures", "ReferenceStats", "ResultsFile", "fid",
-           "generative_metrics", "inception_score", "precision_recall", "reference_statistics"]
+__all__ = ["DigitsFeatures", "DinoV2Features", "FeatureExtractor", "InceptionFeatures", "ReferenceStats",
+           "ResultsFile", "fid", "generative_metrics", "inception_score", "precision_recall", "reference_statistics"]

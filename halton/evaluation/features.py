@@ -192,7 +192,8 @@ def load_dinov2(weights: str | Path = DINOV2_DEFAULT):
     if local and not path.is_dir():
         raise ValueError(f"DINOv2 weights folder not found: {path}; {allowed}")
     try:
-        model = Dinov2Model.from_pretrained(path if local else name, local_files_only=local, revision=revision)
+        model = Dinov2Model.from_pretrained(path if local else name, local_files_only=local, revision=revision,
+                                            dtype=torch.float32)  # as the torch.hub model runs, whatever the file's
     except (OSError, ValueError) as error:  # no config / weights there, or the hub cannot be reached
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ValueError(f"cannot load the DINOv2 weights {name!r} ({reason}); {allowed}") from None

@@ -46,8 +46,8 @@ class Generated:
 
 @torch.no_grad()
 def generate_and_extract(model, tokenizer, extractors: dict[str, FeatureExtractor], scheduler: Scheduler,
-                         kind: ConditionKind,
-                         values: list, batch_size: int, seed: int, rank: int, world_size: int, eval_steps: list[int],
+                         kind: ConditionKind, values: list, batch_size: int, seed: int, rank: int, world_size: int,
+                         eval_steps: list[int],
                          diagnostics: bool, device: torch.device, sampling: dict,
                          scorers: dict[str, Callable] | None = None) -> Generated:
     """Generate this rank's share of the batches (every ``world_size``-th) of ``values`` (conditions of ``kind``)
