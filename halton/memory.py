@@ -113,12 +113,16 @@ def check_request(cfg, entry: str) -> None:
     elif entry == "evaluate":
         need = sampling_bytes(cfg.batch_size, tokens, hidden, image_values(cfg), guided)
         refuse_beyond("batch_size", cfg.batch_size, need, device, "one batch of samples", "a smaller batch_size")
-        from halton.evaluation.features import EXTRACTORS
+        from halton.evaluation.features import extractor_class
+        from halton.options.evaluation import EvaluationOptions
 
+        chosen = list(cfg.extractor) if isinstance(cfg.extractor, ListConfig) else cfg.extractor
+        names = EvaluationOptions(extractor=chosen).extractors
         steps = 1 + len(cfg.get("intermediate_steps") or [])
-        kept = cfg.num_images * (POINTER + EXTRACTORS[cfg.extractor].values_per_image * FLOAT * steps)
+        values = sum(extractor_class(name).values_per_image for name in names)  # every extractor's, per image
+        kept = cfg.num_images * (POINTER + values * FLOAT * steps)
         refuse_beyond("num_images", cfg.num_images, kept, torch.device("cpu"),
-                      f"the conditions and {cfg.extractor} features of every image, kept for the metrics",
+                      f"the conditions and {', '.join(names)} features of every image, kept for the metrics",
                       "fewer images")
     elif entry == "train":
         bytes_per_value = 2 if "16" in str(cfg.trainer.precision) else FLOAT

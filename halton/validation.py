@@ -258,7 +258,7 @@ def check_evaluate(c: Checks) -> None:
     steps = sampling_options(c).steps
     check_scheduler(c)
     text = is_text_model(c)
-    c.options(EvaluationOptions, num_classes=None if text else c.get("data.num_classes"), steps=steps)
+    evaluation = c.options(EvaluationOptions, num_classes=None if text else c.get("data.num_classes"), steps=steps)
     if text:  # the evaluation prompts and the CLIP model
         source = c.options(PromptSetOptions, "prompt_set.").source
         hint = " (coco: annotations/captions_val2014.json; file: one prompt per line)"
@@ -267,9 +267,11 @@ def check_evaluate(c: Checks) -> None:
         elif source == "coco":
             c.input_file("prompt_set.path", hint=hint)
         c.local_path("clip_model")
-    if c.get("extractor") == "inception":
+    if "inception" in evaluation.extractors:
         c.input_file("inception_weights", optional=True, hub=True)
-    kind = c.options(ReferenceOptions, "reference.").kind
+    if "dinov2" in evaluation.extractors:
+        c.local_path("dinov2_weights")
+    kind = c.options(ReferenceOptions, "reference.", extractors=evaluation.extractors).kind
     if kind == "file":
         c.input_file("reference.path")
     elif kind in ("folder", "coco"):

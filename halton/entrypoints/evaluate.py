@@ -1,7 +1,8 @@
 """Evaluate a checkpoint with one scheduler and step count: FID, IS, precision and recall of class-balanced
-samples (of a text model: samples of COCO captions or other prompts, with their CLIP score), appended to a results
-file. Sweeps: python evaluate.py -m scheduler=halton,confidence,random
-steps=4,8,16,32 (see conf/evaluate.yaml); tables and plots: python -m halton.evaluation.report RESULTS."""
+samples (of a text model: samples of COCO captions or other prompts, with their CLIP score), and FD-DINOv2 of the
+same samples with extractor=[inception,dinov2], appended to a results file. Sweeps: python evaluate.py -m
+scheduler=halton,confidence,random steps=4,8,16,32 (see conf/evaluate.yaml); tables and plots:
+python -m halton.evaluation.report RESULTS."""
 
 from __future__ import annotations
 
@@ -20,23 +21,16 @@ from halton.options.rules import from_config, under
 log = logging.getLogger("halton.evaluate")
 
 
-def build_extractor(cfg: DictConfig, extractor: str):
-    from halton.evaluation.features import DigitsFeatures, InceptionFeatures
-
-    if extractor == "inception":
-        return InceptionFeatures(cfg.inception_weights)
-    return DigitsFeatures(Path(cfg.paths.data_dir) / "cache")
-
-
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="evaluate")
 @entry_point
 def main(cfg: DictConfig) -> None:
     import torch
     from lightning.fabric import Fabric
 
+    from halton.evaluation.features import build_extractors
     from halton.evaluation.prompts import evaluation_values
     from halton.evaluation.reference import reference_statistics
-    from halton.evaluation.results import ResultsFile, interval_text, options_text
+    from halton.evaluation.results import ResultsFile, extractor_text, interval_text, options_text
     from halton.evaluation.runner import (
         gather,
         generate_and_extract,
@@ -52,7 +46,7 @@ def main(cfg: DictConfig) -> None:
     options = SamplingOptions.from_config(cfg)
     run_options = from_config(EvaluationOptions, cfg, steps=options.steps)  # evaluation_values balances the classes
     with under("reference."):
-        ref = from_config(ReferenceOptions, cfg.reference)
+        ref = from_config(ReferenceOptions, cfg.reference, extractors=run_options.extractors)
     with under("prompt_set."):
         prompt_set = from_config(PromptSetOptions, cfg.prompt_set)
     eval_steps = list(run_options.intermediate_steps)
@@ -65,7 +59,8 @@ def main(cfg: DictConfig) -> None:
             "temp_pow": float(options.temp_pow), "temp_warmup": options.temp_warmup, "top_k": options.top_k,
             "schedule": schedule_label(options.schedule, options.schedule_power, options.schedule_rate),
             "cache_refresh": options.cache_refresh, "seed": options.seed,
-            "num_images": run_options.num_images, "extractor": run_options.extractor, "prompts": ""}
+            "num_images": run_options.num_images, "extractor": extractor_text(run_options.extractors),
+            "prompts": ""}
     values, cell["prompts"] = evaluation_values(kind, cfg.data.num_classes, run_options.num_images, prompt_set)
     results = ResultsFile(run_options.results)
     wanted = [{**cell, "eval_step": s} for s in sorted(set(eval_steps) | {cfg.steps})]
@@ -80,7 +75,8 @@ def main(cfg: DictConfig) -> None:
     autocast = resolve_autocast(run_options.precision, device)
     built.load(device)
     datamodule, model, tokenizer = built.data, built.net, built.tokenizer
-    extractor = build_extractor(cfg, run_options.extractor).to(device).eval()
+    extractors = {name: extractor.to(device).eval()
+                  for name, extractor in build_extractors(run_options.extractors, cfg).items()}
     scorers = {}
     if kind.prompts(values) is not None and cfg.clip_model:  # 100 * cos(image, prompt) of the generated images
         from halton.evaluation.clip import CLIPScorer
@@ -89,16 +85,19 @@ def main(cfg: DictConfig) -> None:
         scorers["clip_score"] = lambda images, asked: clip.scores(images, kind.prompts(asked))
     if hasattr(datamodule, "recognised"):  # the digits: is the requested digit the one drawn?
         scorers["adherence"] = datamodule.recognised
-    image_size = tuple(tokenizer.decode(torch.zeros(1, *model.grid, dtype=torch.long, device=device)).shape[-2:])
-    reference = None
+    probe = tokenizer.decode(torch.zeros(1, *model.grid, dtype=torch.long, device=device))
+    image_size = tuple(probe.shape[-2:])
+    references = {}
     if fabric.global_rank == 0:  # before generating: a bad reference fails fast
         coco = ref.kind == "coco"  # the images of exactly the captions drawn
-        reference = reference_statistics(ref.kind, ref.path, extractor, image_size,
-                                         Path(cfg.paths.data_dir) / "cache", device,
-                                         run_options.num_images if coco else ref.max_images,
-                                         captions=ref.captions, seed=prompt_set.seed)
+        for name, extractor in extractors.items():  # each extractor against statistics of its own features
+            references[name] = reference_statistics(ref.kind, ref.path, extractor, image_size,
+                                                    Path(cfg.paths.data_dir) / "cache", device,
+                                                    run_options.num_images if coco else ref.max_images,
+                                                    captions=ref.captions, seed=prompt_set.seed)
+            references[name].check_features(extractor(probe)["features"].shape[1], name)
     sampling = {"options": options, "autocast_dtype": autocast}
-    generated, seconds = timed(generate_and_extract, model, tokenizer, extractor, scheduler, kind, values,
+    generated, seconds = timed(generate_and_extract, model, tokenizer, extractors, scheduler, kind, values,
                                run_options.batch_size, cfg.seed, fabric.global_rank, fabric.world_size, eval_steps,
                                run_options.diagnostics, device, sampling, scorers)
     generated = gather(generated, fabric.world_size)
@@ -107,12 +106,12 @@ def main(cfg: DictConfig) -> None:
     cell.update(seconds=round(seconds, 2), images_per_s=round(run_options.num_images / seconds, 2))
     counts = scheduler.counts(model.num_tokens, options.steps, options.schedule, options.schedule_power,
                               options.schedule_rate)
-    rows = metric_rows(generated, reference, extractor, cell, counts, eval_steps)
+    rows = metric_rows(generated, references, cell, counts, eval_steps)
     save_artifacts(generated, results.path.parent, scheduler.label(), cell, kind, run_options.grid_per_class)
     results.write(rows)
     for row in rows:
         shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()
-                 if k.endswith(("fid", "is", "precision", "recall", "clip_score", "adherence"))}
+                 if k.endswith(("fid", "fd", "is", "precision", "recall", "clip_score", "adherence"))}
         log.info(f"{scheduler.label()}, step {row['eval_step']}/{cfg.steps}: {shown}, "
                  f"{row['nfe_per_image']} network evaluations per image"
                  + (f" ({row['position_layers_per_image']} trunk position-layers)"

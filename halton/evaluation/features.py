@@ -1,30 +1,39 @@
-"""Feature extractors for generative metrics: torch-fidelity's Inception-v3 and a small digits classifier.
+"""Feature extractors for generative metrics: torch-fidelity's Inception-v3, a small digits classifier and DINOv2.
 
-Every extractor maps images in [-1, 1] to ``features`` (for FID, precision, recall) and ``logits`` (for IS). Its
-``metric_prefix`` labels the metrics it yields ("" for Inception: fid, is, ...; "digits_" for the digits
-classifier), so numbers from different extractors are never mixed up.
+Every extractor maps images in [-1, 1] to ``features`` (for the Frechet distance, precision, recall) and, when it is
+a classifier, ``logits`` (for IS). The names ``extractor=`` takes, the class of each and the metric columns it yields
+(prefixed, so numbers from different feature spaces are never mixed up) are :data:`halton.options.choices.EXTRACTORS`;
+each class builds itself from the config (:meth:`FeatureExtractor.from_config`).
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from halton.utils.files import require_file
+from halton.options.choices import EXTRACTORS
+from halton.utils.files import reads_as_path, require_file
+from halton.utils.hub import hub_model
 
 
 class FeatureExtractor(nn.Module, ABC):
     name: str            # identifies the network and its weights (part of the reference-statistics fingerprint)
-    metric_prefix: str   # prefix of the metric names it yields
-    values_per_image: int  # features + logits of one image (what an evaluation keeps per image)
+    values_per_image: int  # features + logits of one image (what an evaluation keeps per image; a lower bound)
 
     @abstractmethod
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        """images [B, C, H, W] in [-1, 1] -> {"features": [B, D] float32, "logits": [B, K] float32}"""
+        """images [B, C, H, W] in [-1, 1] -> {"features": [B, D] float32, "logits": [B, K] float32 (classifiers)}"""
+
+    @classmethod
+    def from_config(cls, cfg) -> FeatureExtractor:
+        """The extractor evaluate.py's config asks for (its weights option, its cache folder)."""
+        raise NotImplementedError(f"{cls.__name__} is not built from evaluate.py's config")
 
 
 def to_uint8_rgb(images: torch.Tensor) -> torch.Tensor:
@@ -44,7 +53,6 @@ class InceptionFeatures(FeatureExtractor):
     the unbiased logits. Weights from ``weights_path`` (``INCEPTION_FILE``, torch-fidelity's format) or, when
     ``weights_path`` is None and the machine is online, torch-fidelity's usual download of ``INCEPTION_URL``."""
 
-    metric_prefix = ""
     values_per_image = 2048 + 1008
 
     def __init__(self, weights_path: str | None = None):
@@ -60,6 +68,10 @@ class InceptionFeatures(FeatureExtractor):
         except OSError as error:  # no network: urllib's URLError is an OSError
             raise ValueError(f"could not download the Inception-v3 weights ({error}); download {INCEPTION_URL} "
                              f"and pass inception_weights=PATH/{INCEPTION_FILE}") from None
+
+    @classmethod
+    def from_config(cls, cfg) -> InceptionFeatures:
+        return cls(cfg.get("inception_weights"))
 
     @torch.no_grad()
     def forward(self, images):
@@ -86,7 +98,6 @@ class DigitsFeatures(FeatureExtractor):
     Its metrics are named digits_fid, digits_is, digits_precision, digits_recall: they are not Inception metrics.
     """
 
-    metric_prefix = "digits_"
     values_per_image = 64 + 10
     VERSION = 1  # bump when the architecture or the training recipe changes
 
@@ -108,6 +119,10 @@ class DigitsFeatures(FeatureExtractor):
 
             atomic_write(path, lambda tmp: save_file(self.net.state_dict(), tmp))
         self.net.eval().requires_grad_(False)
+
+    @classmethod
+    def from_config(cls, cfg) -> DigitsFeatures:
+        return cls(Path(cfg.paths.data_dir) / "cache")
 
     def _train(self) -> None:
         from halton.data.digits.in_memory import load_digits_split
@@ -135,7 +150,116 @@ class DigitsFeatures(FeatureExtractor):
         return (self(images)["logits"].argmax(-1) == labels).float().mean().item()
 
 
-EXTRACTORS = {"inception": InceptionFeatures, "digits": DigitsFeatures}  # by the names extractor= takes
+# ------------------------------------------------------------------ DINOv2 (FD-DINOv2)
+DINOV2_DEFAULT = "facebook/dinov2-large"  # ViT-L/14, dgm-eval's default DINOv2
+DINOV2_SIZE = 224  # dgm-eval resizes every image to 224 x 224: a 16 x 16 grid of 14-pixel patches
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# the torch.hub DINOv2 (facebookresearch/dinov2) interpolates its 37 x 37 position embeddings to the grid with
+# bicubic scale factors (grid + 0.1) / 37, not to the grid's size as transformers' port does
+POSITION_OFFSET = 0.1
+
+
+def dinov2_pixels(images: torch.Tensor, size: int = DINOV2_SIZE) -> torch.Tensor:
+    """The DINOv2 input of images [B, C, H, W] in [-1, 1], as dgm-eval prepares a saved image: 8-bit RGB, resized
+    to ``size`` x ``size`` with PIL's bicubic filter (torchvision's Resize of a PIL image), then ``/ 255`` and the
+    ImageNet mean and deviation. PIL resizes an 8-bit image in two passes, across then down, each rounded to 8 bits;
+    the same passes with torch's antialiased bicubic (PIL's kernel) match it to 2 levels at most, and exactly on 95%
+    to 100% of the values (docs/evaluation.md has the measurement). Batched, on the images' device."""
+    pixels = to_uint8_rgb(images).float()
+    height, width = pixels.shape[-2:]
+    if width != size:
+        pixels = nn.functional.interpolate(pixels, size=(height, size), mode="bicubic", antialias=True)
+        pixels = pixels.round().clamp(0, 255)
+    if height != size:
+        pixels = nn.functional.interpolate(pixels, size=(size, size), mode="bicubic", antialias=True)
+        pixels = pixels.round().clamp(0, 255)
+    mean = torch.tensor(IMAGENET_MEAN, device=pixels.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=pixels.device).view(1, 3, 1, 1)
+    return (pixels / 255 - mean) / std
+
+
+def load_dinov2(weights: str | Path = DINOV2_DEFAULT):
+    """transformers' ``Dinov2Model`` from a local folder (the Hugging Face format: config.json and
+    model.safetensors) or a hub name (``facebook/dinov2-large``, ``hf://owner/repo[@revision]``)."""
+    from transformers import Dinov2Model
+
+    name, revision = hub_model(str(weights))
+    path = Path(name).expanduser()
+    local = path.exists() or reads_as_path(name)
+    allowed = (f"allowed: a local folder in the Hugging Face format (huggingface-cli download {DINOV2_DEFAULT} "
+               f"--local-dir DIR, then dinov2_weights=DIR) or a hub name such as {DINOV2_DEFAULT}")
+    if local and not path.is_dir():
+        raise ValueError(f"DINOv2 weights folder not found: {path}; {allowed}")
+    try:
+        model = Dinov2Model.from_pretrained(path if local else name, local_files_only=local, revision=revision,
+                                            dtype=torch.float32)  # as the torch.hub model runs, whatever the file's
+    except (OSError, ValueError) as error:  # no config / weights there, or the hub cannot be reached
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(f"cannot load the DINOv2 weights {name!r} ({reason}); {allowed}") from None
+    return model
+
+
+def weights_fingerprint(module: nn.Module) -> str:
+    """A digest of a network's parameter values (not of where its files lie)."""
+    digest = hashlib.sha256()
+    for name, tensor in module.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()[:16]
+
+
+class DinoV2Features(FeatureExtractor):
+    """DINOv2's image embedding: the class token after the final layer norm (``pooler_output``, 1024 values for
+    ViT-L/14), what the torch.hub model returns, of images prepared as dgm-eval does (:func:`dinov2_pixels`; Stein
+    et al. 2023, "Exposing flaws of generative model evaluation metrics"). Not a classifier: no IS. Its metrics are
+    dinov2_fd (the Frechet distance, FD-DINOv2), dinov2_precision and dinov2_recall.
+
+    ``weights``: a local folder in the Hugging Face format or a hub name (default ``facebook/dinov2-large``)."""
+
+    values_per_image = 384  # the smallest DINOv2 (ViT-S/14); ViT-L/14 keeps 1024
+
+    def __init__(self, weights: str | Path = DINOV2_DEFAULT, size: int = DINOV2_SIZE):
+        super().__init__()
+        self.net = load_dinov2(weights).eval().requires_grad_(False)
+        self.size = size
+        self._place_positions(size // self.net.config.patch_size)
+        config = self.net.config
+        self.name = (f"dinov2-{config.hidden_size}x{config.num_hidden_layers}-p{config.patch_size}-{size}px-"
+                     f"{weights_fingerprint(self.net)}")
+
+    def _place_positions(self, grid: int) -> None:
+        """Interpolate the position embeddings once to the ``grid`` x ``grid`` patches of the input, as the torch.hub
+        model does on every call (transformers' port then uses them as they are)."""
+        embeddings = self.net.embeddings
+        table = embeddings.position_embeddings.detach()
+        side = math.isqrt(table.shape[1] - 1)
+        if side == grid:
+            return
+        patches = table[:, 1:].float().reshape(1, side, side, -1).permute(0, 3, 1, 2)
+        scale = (grid + POSITION_OFFSET) / side
+        patches = nn.functional.interpolate(patches, scale_factor=(scale, scale), mode="bicubic", antialias=False)
+        patches = patches.permute(0, 2, 3, 1).reshape(1, grid * grid, -1).to(table.dtype)
+        embeddings.position_embeddings = nn.Parameter(torch.cat([table[:, :1], patches], 1), requires_grad=False)
+
+    @classmethod
+    def from_config(cls, cfg) -> DinoV2Features:
+        return cls(cfg.get("dinov2_weights") or DINOV2_DEFAULT)
+
+    @torch.no_grad()
+    def forward(self, images):
+        pixels = dinov2_pixels(images, self.size).to(self.net.dtype)
+        return {"features": self.net(pixel_values=pixels).pooler_output.float()}
+
+
+def extractor_class(name: str) -> type[FeatureExtractor]:
+    """The class of the extractor ``extractor=name`` names (:data:`halton.options.choices.EXTRACTORS`)."""
+    return globals()[EXTRACTORS[name].cls]
+
+
+def build_extractors(names: Sequence[str], cfg) -> dict[str, FeatureExtractor]:
+    """The extractors ``names`` (``extractor=``), each built from evaluate.py's config, by name."""
+    return {name: extractor_class(name).from_config(cfg) for name in names}
 
 
 def fingerprint(*parts) -> str:

@@ -1,4 +1,5 @@
-"""FID, Inception Score, precision and recall from features, through torch-fidelity's own functions."""
+"""FID (the Frechet distance of any feature space), Inception Score, precision and recall from features, through
+torch-fidelity's own functions."""
 
 from __future__ import annotations
 
@@ -34,11 +35,14 @@ def precision_recall(generated: torch.Tensor, reference: torch.Tensor) -> tuple[
     return result["precision"], result["recall"]
 
 
-def generative_metrics(features: torch.Tensor, logits: torch.Tensor, reference, prefix: str = "") -> dict[str, float]:
-    """FID against ``reference`` (a ReferenceStats), IS of ``logits``, and precision/recall against the
-    reference features when the reference carries them (NaN otherwise)."""
-    metrics = {"fid": fid(feature_statistics(features), reference.stats)}
-    metrics["is"] = inception_score(logits)
+def generative_metrics(features: torch.Tensor, logits: torch.Tensor | None, reference, prefix: str = "",
+                       distance: str = "fid") -> dict[str, float]:
+    """The Frechet distance against ``reference`` (a ReferenceStats), named ``distance`` (``fid`` in Inception-like
+    features, ``fd`` in others), IS of ``logits`` (none without logits), and precision/recall against the reference
+    features when the reference carries them (NaN otherwise); every name starts with ``prefix``."""
+    metrics = {distance: fid(feature_statistics(features), reference.stats)}
+    if logits is not None:
+        metrics["is"] = inception_score(logits)
     if reference.features is not None:
         metrics["precision"], metrics["recall"] = precision_recall(features, reference.features)
     else:

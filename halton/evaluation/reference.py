@@ -44,6 +44,13 @@ class ReferenceStats:
             raise ValueError(f"reference statistics {self.source} are for images of {list(self.image_size)}; "
                              f"this run generates {list(image_size)}")
 
+    def check_features(self, dimensions: int, extractor: str) -> None:
+        """Refuse statistics of another feature space than the ``dimensions`` features of ``extractor`` (a
+        precomputed file says nothing else about its extractor)."""
+        if self.stats["mu"].shape[0] != dimensions:
+            raise ValueError(f"reference statistics {self.source} are of {self.stats['mu'].shape[0]}-dimensional "
+                             f"features; extractor={extractor} makes {dimensions}-dimensional ones")
+
     def save(self, path: str | Path) -> Path:
         arrays = {"mu": self.stats["mu"], "sigma": self.stats["sigma"],
                   "meta": np.array(json.dumps({"extractor": self.extractor, "image_size": self.image_size,
@@ -83,14 +90,14 @@ class ReferenceStats:
 
 
 def extract_features(extractor: FeatureExtractor, batches, device: torch.device, desc: str) -> dict[str, torch.Tensor]:
-    """Run the extractor over an iterable of image batches in [-1, 1]; features and logits on the CPU."""
-    features, logits = [], []
+    """Run the extractor over an iterable of image batches in [-1, 1]; its outputs (features, and the logits of a
+    classifier) on the CPU."""
+    outputs: dict[str, list[torch.Tensor]] = {}
     extractor = extractor.to(device)
     for images in progress_bar(batches, desc=desc, leave=False):
-        out = extractor(images.to(device))
-        features.append(out["features"].cpu())
-        logits.append(out["logits"].cpu())
-    return {"features": torch.cat(features), "logits": torch.cat(logits)}
+        for name, value in extractor(images.to(device)).items():
+            outputs.setdefault(name, []).append(value.cpu())
+    return {name: torch.cat(values) for name, values in outputs.items()}
 
 
 # ------------------------------------------------------------------ real image sets

@@ -3,7 +3,9 @@ the metric against steps (paper Fig. 5), against the CFG weight, and the schedul
 
     python -m halton.evaluation.report runs/digits/eval/results.csv [--out DIR] [--metric digits_fid]
 
-Rows that differ only by their seed are one setting: the tables give the mean and standard deviation over the
+Every feature space in the file has its columns (fid, is, precision, recall; dinov2_fd, dinov2_precision,
+dinov2_recall beside them when the evaluation ran extractor=[inception,dinov2]) and its distance plotted. Rows that
+differ only by their seed are one setting: the tables give the mean and standard deviation over the
 seeds ("6.07 ± 0.21"), the plots the mean with the spread as error bars. A scheduler is labelled by its name and the
 options that take several values in the file (e.g. ``confidence guidance=constant``).
 """
@@ -18,7 +20,8 @@ from collections import defaultdict
 from pathlib import Path
 
 from halton.evaluation.diagnostics import NAMES, plot_diagnostics
-from halton.evaluation.results import METRICS, ResultsFile
+from halton.evaluation.results import ResultsFile
+from halton.options.choices import EXTRACTORS
 from halton.utils.files import atomic_write
 
 # text models' CLIP score; the share of digits read as requested; network evaluations per image (CFG pairs count 2)
@@ -33,12 +36,11 @@ def _float(value) -> float:
         return math.nan
 
 
-def metric_prefix(rows: list[dict]) -> str:
-    prefixes = {c[: -len("fid")] for row in rows for c, v in row.items() if c.endswith("fid") and v not in ("", None)}
-    if len(prefixes) > 1:
-        raise ValueError(f"results mix extractors ({', '.join(sorted(p or 'inception' for p in prefixes))}); "
-                         "report them separately")
-    return prefixes.pop() if prefixes else ""
+def feature_spaces(rows: list[dict]) -> list[tuple[str, ...]]:
+    """The metric columns of each feature space the rows hold (its distance first: fid, dinov2_fd, ...), in the
+    order of :data:`~halton.options.choices.EXTRACTORS`: the Inception or digits numbers, then DINOv2's."""
+    return [spec.metrics for spec in EXTRACTORS.values()
+            if any(row.get(spec.metrics[0]) not in ("", None) for row in rows)]
 
 
 def scheduler_labels(rows: list[dict]) -> dict[tuple[str, str], str]:
@@ -103,10 +105,11 @@ def settings_of(rows: list[dict]) -> list[Settings]:
     return [Settings(*key, group) for key, group in sorted(groups.items())]
 
 
-def markdown_table(rows: list[dict], prefix: str) -> str:
-    """The final samples of every setting; then, with intermediate steps, the partial images."""
+def markdown_table(rows: list[dict], families: list[tuple[str, ...]]) -> str:
+    """The final samples of every setting, with the metric columns of ``families``; then, with intermediate steps,
+    the partial images."""
     settings = settings_of(rows)
-    columns = [prefix + m for m in METRICS]
+    columns = [column for family in families for column in family]
     columns += [c for c in EXTRA_METRICS if any(r.get(c) not in ("", None) for r in rows)]
     header = ["scheduler", "steps", "cfg", "seeds", "images", *columns, "images/s"]
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
@@ -133,7 +136,7 @@ def cfg_table(rows: list[dict], metric: str) -> str:
     weights = sorted({s.cfg_weight for s in final})
     if len(weights) < 2:
         return ""
-    lower_is_better = metric.endswith("fid")
+    lower_is_better = metric.endswith(("fid", "fd"))  # the Frechet distances; IS, precision, recall: higher
     by_row = defaultdict(dict)
     for s in final:
         by_row[s.label, s.steps][s.cfg_weight] = s
@@ -232,7 +235,8 @@ def report(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("results", type=Path)
     parser.add_argument("--out", type=Path, default=None, help="folder for report.md and the plots")
-    parser.add_argument("--metric", default=None, help="metric to plot (default: the FID column)")
+    parser.add_argument("--metric", default=None,
+                        help="metric to plot (default: the distance of each feature space: fid, dinov2_fd, ...)")
     parser.add_argument("--diagnostics-cfg", type=float, default=None,
                         help="CFG weight of the cells whose diagnostics are plotted (default: the smallest)")
     args = parser.parse_args(argv)
@@ -242,21 +246,24 @@ def report(argv: list[str] | None = None) -> None:
     if not rows:
         raise ValueError(f"results file {args.results} has no rows")
     out = args.out or args.results.parent
-    prefix = metric_prefix(rows)
-    metric = args.metric or prefix + "fid"
-    if metric not in rows[0]:
-        allowed = ", ".join(c for c in rows[0] if c.endswith(METRICS))
-        raise ValueError(f"unknown metric {metric!r}; allowed: {allowed}")
+    families = feature_spaces(rows)
+    allowed = [c for family in families for c in family]
+    if args.metric is not None and args.metric not in allowed:
+        raise ValueError(f"unknown metric {args.metric!r}; allowed: {', '.join(allowed)}")
+    metrics = [args.metric] if args.metric else [family[0] for family in families]  # fid beside dinov2_fd
 
     sections = [f"# Evaluation report\n\nFrom `{args.results}`: {len(rows)} rows. Mean ± standard deviation over "
-                "the seeds of each setting.\n", markdown_table(rows, prefix)]
-    plot_metric_vs_steps(rows, metric, out / f"{metric}_vs_steps.png")
-    pictures = [f"![{metric} against the sampling steps]({metric}_vs_steps.png)"]
-    by_cfg = cfg_table(rows, metric)
-    if by_cfg:
-        sections += [f"## {metric} by CFG weight (best weight per row in bold)\n", by_cfg]
-        plot_metric_vs_cfg(rows, metric, out / f"{metric}_vs_cfg.png")
-        pictures.append(f"![{metric} against the CFG weight]({metric}_vs_cfg.png)")
+                "the seeds of each setting.\n", markdown_table(rows, families)]
+    pictures = []
+    for metric in metrics:
+        plot_metric_vs_steps(rows, metric, out / f"{metric}_vs_steps.png")
+        pictures.append(f"![{metric} against the sampling steps]({metric}_vs_steps.png)")
+    for metric in metrics:
+        by_cfg = cfg_table(rows, metric)
+        if by_cfg:
+            sections += [f"## {metric} by CFG weight (best weight per row in bold)\n", by_cfg]
+            plot_metric_vs_cfg(rows, metric, out / f"{metric}_vs_cfg.png")
+            pictures.append(f"![{metric} against the CFG weight]({metric}_vs_cfg.png)")
     sections.append("\n".join(pictures) + "\n")
     curves, weight = diagnostics_by_steps(args.results.parent / "diagnostics", rows, args.diagnostics_cfg)
     if curves:

@@ -10,6 +10,7 @@ import math
 from contextlib import contextmanager
 from pathlib import Path
 
+from halton.options.choices import EXTRACTORS
 from halton.utils.files import atomic_write
 
 # The columns that identify a cell; re-running a cell whose rows are all present is skipped unless forced. The
@@ -34,7 +35,12 @@ REQUIRED_VALUES = ("scheduler", "steps", "eval_step")
 INTEGER_COLUMNS = ("steps", "seed", "num_images", "eval_step", "temp_warmup", "nfe_per_image", "cache_refresh",
                    "position_layers_per_image")
 NUMBER_COLUMNS = ("cfg_weight", "temp_min", "temp_max", "temp_pow", "tokens_fraction", "seconds", "images_per_s")
-METRICS = ("fid", "is", "precision", "recall")
+METRICS = ("fid", "is", "precision", "recall")  # an Inception-like classifier's, after its prefix
+
+
+def metric_families(row: dict) -> list[tuple[str, ...]]:
+    """The metric columns of each extractor whose distance (fid, dinov2_fd, ...) the row holds."""
+    return [spec.metrics for spec in EXTRACTORS.values() if row.get(spec.metrics[0]) not in ("", None)]
 
 
 def _normalise(value) -> str:
@@ -53,6 +59,11 @@ def options_text(scheduler) -> str:
 def interval_text(cfg_interval) -> str:
     """A CFG interval as one results-file field: ``0.1,0.3``; empty when guidance is always on (None)."""
     return "" if cfg_interval is None else ",".join(repr(float(t)) for t in cfg_interval)
+
+
+def extractor_text(names) -> str:
+    """The feature extractors of a cell as one results-file field: ``inception`` or ``inception+dinov2``."""
+    return "+".join(names)
 
 
 def file_stem(label: str, steps: int, cfg_weight: float, seed: int, interval: str = "",
@@ -88,9 +99,9 @@ def _row_problem(row: dict[str, str]) -> str | None:
     if any("=" not in item for item in row.get("scheduler_options", "").split()):
         return f"scheduler_options={row['scheduler_options']!r} is not name=value pairs"
     metrics = [c for c in row if c not in LEADING_COLUMNS + TRAILING_COLUMNS]
-    prefix = next((c[:-len("fid")] for c in metrics if c.endswith("fid") and row[c]), None)
-    missing = [prefix + m for m in METRICS if prefix is not None and prefix + m in row and not row[prefix + m]]
-    if prefix is None or missing:
+    families = metric_families(row)
+    missing = [m for family in families for m in family if m in row and not row[m]]
+    if not families or missing:
         return f"metrics missing ({', '.join(missing) or 'no fid'})"
     for column in (c for c in metrics if row[c]):
         try:

@@ -1,6 +1,7 @@
 """One evaluation cell: generate samples for the requested conditions (class-balanced labels, or prompts; split
-across ranks), extract features (and CLIP scores for prompts), compute metrics, append the rows to the results
-file, and save a sample grid and the scheduler diagnostics beside it."""
+across ranks), extract the features of every extractor from the same images (and CLIP scores for prompts), compute
+each extractor's metrics against its own reference, append the rows to the results file, and save a sample grid and
+the scheduler diagnostics beside it."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from halton.evaluation.features import FeatureExtractor
 from halton.evaluation.metrics import generative_metrics
 from halton.evaluation.results import file_stem
 from halton.conditions import ConditionKind
+from halton.options.choices import EXTRACTORS
 from halton.sampling import Scheduler, sample
 from halton.utils.files import atomic_write
 from halton.utils.images import class_grid, save_png
@@ -33,7 +35,8 @@ def batch_seed(seed: int, batch_index: int) -> int:
 class Generated:
     """What one rank generated, per global batch index."""
 
-    features: dict[int, dict[int, dict[str, torch.Tensor]]] = field(default_factory=dict)  # batch -> step -> out
+    # batch -> step -> {"EXTRACTOR/features" (and "EXTRACTOR/logits" of a classifier), each scorer's name: [B, ...]}
+    features: dict[int, dict[int, dict[str, torch.Tensor]]] = field(default_factory=dict)
     diagnostics: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
     preview: torch.Tensor | None = None  # images of the first batch, for the grid
     preview_values: list = field(default_factory=list)  # their conditions (class ids, prompts)
@@ -42,13 +45,15 @@ class Generated:
 
 
 @torch.no_grad()
-def generate_and_extract(model, tokenizer, extractor: FeatureExtractor, scheduler: Scheduler, kind: ConditionKind,
-                         values: list, batch_size: int, seed: int, rank: int, world_size: int, eval_steps: list[int],
+def generate_and_extract(model, tokenizer, extractors: dict[str, FeatureExtractor], scheduler: Scheduler,
+                         kind: ConditionKind, values: list, batch_size: int, seed: int, rank: int, world_size: int,
+                         eval_steps: list[int],
                          diagnostics: bool, device: torch.device, sampling: dict,
                          scorers: dict[str, Callable] | None = None) -> Generated:
     """Generate this rank's share of the batches (every ``world_size``-th) of ``values`` (conditions of ``kind``)
-    and keep only their features, and each image's score by every ``scorers[name](images, values)`` (the CLIP
-    score of a text model, the digits' adherence), averaged over images into the metric ``name``."""
+    and keep only the outputs of every extractor (by name: FID and FD-DINOv2 of the same samples), and each image's
+    score by every ``scorers[name](images, values)`` (the CLIP score of a text model, the digits' adherence),
+    averaged over images into the metric ``name``."""
     out = Generated()
     batches = [values[i:i + batch_size] for i in range(0, len(values), batch_size)]
     mine = range(rank, len(batches), world_size)
@@ -64,7 +69,8 @@ def generate_and_extract(model, tokenizer, extractor: FeatureExtractor, schedule
         out.features[index] = {}
         for step, codes in codes_by_step.items():
             images = tokenizer.decode(codes)
-            extracted = extractor(images)
+            extracted = {f"{name}/{output}": value for name, extractor in extractors.items()
+                         for output, value in extractor(images).items()}
             for name, score in (scorers or {}).items():
                 extracted[name] = score(images, batches[index])
             out.features[index][step] = {k: v.cpu() for k, v in extracted.items()}
@@ -97,16 +103,22 @@ def concatenate(generated: Generated, step: int) -> dict[str, torch.Tensor]:
     return {key: torch.cat([o[key] for o in ordered]) for key in ordered[0]}
 
 
-def metric_rows(generated: Generated, reference, extractor: FeatureExtractor, cell: dict, counts: list[int],
+def metric_rows(generated: Generated, references: dict, cell: dict, counts: list[int],
                 eval_steps: list[int]) -> list[dict]:
-    """One row per evaluated step; ``counts``: the tokens each step unmasked (the scheduler's own counts)."""
+    """One row per evaluated step, with the metrics of every extractor against its own reference statistics
+    (``references``: ReferenceStats by extractor name); ``counts``: the tokens each step unmasked (the scheduler's
+    own counts)."""
     cumulative = torch.tensor(counts).cumsum(0).tolist()
     num_tokens = cumulative[-1]
     rows = []
     for step in sorted(set(eval_steps) | {len(counts)}):
         extracted = concatenate(generated, step - 1)
-        metrics = generative_metrics(extracted["features"], extracted["logits"], reference, extractor.metric_prefix)
-        for name in extracted.keys() - {"features", "logits"}:  # the scorers' means over images
+        metrics = {}
+        for name, reference in references.items():
+            spec = EXTRACTORS[name]
+            metrics.update(generative_metrics(extracted[f"{name}/features"], extracted.get(f"{name}/logits"),
+                                              reference, spec.prefix, spec.distance))
+        for name in (k for k in extracted if "/" not in k):  # the scorers' means over images
             metrics[name] = float(extracted[name].double().mean())
         # the partial images after an intermediate step cost the forwards up to it (filling them is head-only)
         rows.append({**cell, "eval_step": step, "tokens_fraction": round(cumulative[step - 1] / num_tokens, 4),

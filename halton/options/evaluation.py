@@ -39,9 +39,15 @@ class ReferenceOptions:
     path: Optional[str] = None
     captions: Optional[str] = None
     max_images: int = 50000
+    extractors: InitVar[tuple[str, ...]] = ()  # the evaluation's (EvaluationOptions.extractors), when known
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, extractors: tuple[str, ...]) -> None:
         choice("kind", self.kind, REFERENCE_KINDS)
+        if self.kind == "file" and len(extractors) > 1:  # a precomputed file holds one feature space's statistics
+            raise Invalid(f"{key('kind')}=file is one extractor's precomputed statistics, and extractor="
+                          f"[{','.join(extractors)}] needs {len(extractors)}; allowed: one extractor with kind=file, "
+                          f"or kind={'|'.join(k for k in REFERENCE_KINDS if k != 'file')} (statistics computed and "
+                          "cached per extractor)")
         if self.kind == "webdataset" and not self.path:
             raise Invalid(f"{key('path')} is not set; allowed: webdataset image shards (a .tar file or a glob)")
         integer("max_images", self.max_images, 1)
@@ -70,7 +76,7 @@ class EvaluationOptions:
 
     num_images: int = 1000
     batch_size: int = 250
-    extractor: str = "inception"
+    extractor: Any = "inception"  # a name of EXTRACTORS, or a list of them run on the same samples
     intermediate_steps: List[int] = field(default_factory=list)
     diagnostics: bool = True
     grid_per_class: int = 4
@@ -90,7 +96,16 @@ class EvaluationOptions:
         else:
             balanced(self.num_images, num_classes)
         integer("batch_size", self.batch_size, 1)
-        choice("extractor", self.extractor, EXTRACTORS)
+        names = self.extractor if isinstance(self.extractor, (list, tuple)) else [self.extractor]
+        if not names:
+            raise Invalid(f"{key('extractor')}=[] names no feature extractor; allowed: {', '.join(EXTRACTORS)}, or "
+                          "a list of them such as [inception,dinov2]")
+        for name in names:
+            choice("extractor", name, tuple(EXTRACTORS))
+        if len(set(names)) < len(names):
+            twice = next(n for n in names if names.count(n) > 1)
+            raise Invalid(f"{key('extractor')}=[{','.join(map(str, names))}] names {twice} twice; allowed: each "
+                          "extractor once")
         if not isinstance(self.intermediate_steps, (list, tuple)):
             raise Invalid(f"{key('intermediate_steps')}={self.intermediate_steps!r} is not a list; allowed: e.g. "
                           "[4,8,16], or []")
@@ -102,3 +117,8 @@ class EvaluationOptions:
         choice("accelerator", self.accelerator, ACCELERATORS)
         integer("devices", self.devices, 1)
         integer("num_nodes", self.num_nodes, 1)
+
+    @property
+    def extractors(self) -> tuple[str, ...]:
+        """The feature extractors' names, in the order given: each yields its own metric columns."""
+        return tuple(self.extractor) if isinstance(self.extractor, (list, tuple)) else (self.extractor,)
