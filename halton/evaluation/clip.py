@@ -17,8 +17,7 @@ import torch
 from torch import nn
 
 from halton.evaluation.features import to_uint8_rgb
-from halton.utils.files import reads_as_path
-from halton.utils.hub import hub_model
+from halton.utils.hub import load_frozen
 
 DEFAULT_CLIP = "openai/clip-vit-large-patch14"
 
@@ -49,19 +48,9 @@ def load_clip(model_name_or_path: str | Path = DEFAULT_CLIP) -> tuple[nn.Module,
     name. A name that is a path (absolute, relative with ./ or ~, or more than one folder deep) must be a folder."""
     from transformers import CLIPModel, CLIPProcessor
 
-    name, revision = hub_model(str(model_name_or_path))
-    path = Path(name).expanduser()
-    local = path.exists() or reads_as_path(name)
     allowed = (f"allowed: a local folder saved with CLIPModel/CLIPProcessor.save_pretrained, or a Hugging Face hub "
                f"name such as {DEFAULT_CLIP}")
-    if local and not path.is_dir():
-        raise ValueError(f"CLIP model folder not found: {path}; {allowed}")
-    try:
-        model = CLIPModel.from_pretrained(path if local else name, local_files_only=local, revision=revision)
-        processor = CLIPProcessor.from_pretrained(path if local else name, local_files_only=local, revision=revision)
-    except (OSError, ValueError) as error:  # no config / weights there, or the hub cannot be reached
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ValueError(f"cannot load the CLIP model {name!r} ({reason}); {allowed}") from None
+    model, processor = load_frozen("CLIP model", model_name_or_path, allowed, CLIPModel, CLIPProcessor)
     return _ProjectedCLIP(model.eval().requires_grad_(False)), processor
 
 

@@ -18,8 +18,8 @@ import torch
 from torch import nn
 
 from halton.options.choices import EXTRACTORS
-from halton.utils.files import reads_as_path, require_file
-from halton.utils.hub import hub_model
+from halton.utils.files import require_file
+from halton.utils.hub import load_frozen
 
 
 class FeatureExtractor(nn.Module, ABC):
@@ -184,19 +184,10 @@ def load_dinov2(weights: str | Path = DINOV2_DEFAULT):
     model.safetensors) or a hub name (``facebook/dinov2-large``, ``hf://owner/repo[@revision]``)."""
     from transformers import Dinov2Model
 
-    name, revision = hub_model(str(weights))
-    path = Path(name).expanduser()
-    local = path.exists() or reads_as_path(name)
     allowed = (f"allowed: a local folder in the Hugging Face format (huggingface-cli download {DINOV2_DEFAULT} "
                f"--local-dir DIR, then dinov2_weights=DIR) or a hub name such as {DINOV2_DEFAULT}")
-    if local and not path.is_dir():
-        raise ValueError(f"DINOv2 weights folder not found: {path}; {allowed}")
-    try:
-        model = Dinov2Model.from_pretrained(path if local else name, local_files_only=local, revision=revision,
-                                            dtype=torch.float32)  # as the torch.hub model runs, whatever the file's
-    except (OSError, ValueError) as error:  # no config / weights there, or the hub cannot be reached
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ValueError(f"cannot load the DINOv2 weights {name!r} ({reason}); {allowed}") from None
+    # float32 as the torch.hub model runs, whatever the file's
+    (model,) = load_frozen("DINOv2 weights", weights, allowed, Dinov2Model, dtype=torch.float32)
     return model
 
 

@@ -22,8 +22,8 @@ KEY_COLUMNS = ("experiment", "weights", "scheduler", "scheduler_options", "steps
 # Key columns added later: rows of older files, which lack them, ran with these values (weights unknown: such a
 # row never matches a new run's cell, which is evaluated again; cache_refresh "": no cache, exact).
 KEY_DEFAULTS = {"temp_pow": 1.0, "temp_warmup": 0, "cfg_interval": "", "cache_refresh": ""}
-# nfe_per_image: trunk forwards one image cost up to the row's eval_step (a CFG pair counts 2); position_layers_per_image:
-# their cost in trunk positions x blocks (a cached local step runs only a few positions; empty in older files)
+# nfe_per_image: trunk forwards one image cost up to the row's eval_step (a CFG pair counts 2);
+# position_layers_per_image: their cost in trunk positions x blocks (a cached local step runs only a few positions; empty in older files)
 LEADING_COLUMNS = (("experiment", "checkpoint") + KEY_COLUMNS[1:]
                    + ("tokens_fraction", "nfe_per_image", "position_layers_per_image"))
 TRAILING_COLUMNS = ("seconds", "images_per_s")

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from halton.utils.files import reads_as_path
-from halton.utils.hub import hub_model, is_hub_path
+from halton.utils.hub import hub_model, is_hub_path, quiet_loading
 
 log = logging.getLogger("halton.text")
 
@@ -58,7 +58,6 @@ class TextEncoder:
                  device: str | torch.device | None = None):
         import transformers
         from transformers import AutoConfig, AutoModel, AutoTokenizer
-        from transformers.utils import logging as hf_logging
 
         if dtype not in ("auto", *DTYPES):
             raise ValueError(f"text encoder dtype={dtype!r} is not allowed; allowed: auto, {', '.join(DTYPES)}")
@@ -66,20 +65,16 @@ class TextEncoder:
             raise ValueError(f"text encoder max_length={max_length!r} is out of range; allowed: a whole number >= 1")
         self.name, self.max_length, self.dtype_option = str(name_or_path), max_length, dtype
         self.path, revision = resolve(self.name)
-        bar = hf_logging.is_progress_bar_enabled()
-        hf_logging.disable_progress_bar()  # a bar per load is noise in the entry points' one-line-per-event logs
         try:
-            config = AutoConfig.from_pretrained(self.path, revision=revision)
-            model_class = getattr(transformers, ENCODER_ONLY[config.model_type]) \
-                if config.model_type in ENCODER_ONLY else AutoModel
-            self.tokenizer = AutoTokenizer.from_pretrained(self.path, revision=revision)
-            self.model = model_class.from_pretrained(self.path, config=config, revision=revision)
+            with quiet_loading():
+                config = AutoConfig.from_pretrained(self.path, revision=revision)
+                model_class = getattr(transformers, ENCODER_ONLY[config.model_type]) \
+                    if config.model_type in ENCODER_ONLY else AutoModel
+                self.tokenizer = AutoTokenizer.from_pretrained(self.path, revision=revision)
+                self.model = model_class.from_pretrained(self.path, config=config, revision=revision)
         except Exception as error:  # noqa: BLE001  missing or damaged files, unknown model type, offline hub name
             first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise ValueError(f"text encoder {self.name} cannot be loaded ({first}); allowed: {ALLOWED}") from None
-        finally:
-            if bar:
-                hf_logging.enable_progress_bar()
         self.model.eval().requires_grad_(False)
         self.device = torch.device("cpu")
         self.to(device if device is not None else "cpu")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote, unquote
@@ -114,3 +115,38 @@ def hub_file(path: str, what: str = "file", **download) -> Path:
     except (HfHubHTTPError, OSError) as error:
         first = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise FileNotFoundError(f"{what} {path} could not be downloaded: {first}") from None
+
+
+@contextmanager
+def quiet_loading():
+    """transformers' progress bar of each load ("Loading weights") off while a frozen network loads: noise in the
+    entry points' one-line-per-event logs."""
+    from transformers.utils import logging as hf_logging
+
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()
+
+
+def load_frozen(what: str, source: str, allowed: str, *classes, **kwargs) -> list:
+    """``cls.from_pretrained(source, **kwargs)`` for each of ``classes`` (a transformers model, its processor),
+    quietly: ``source`` a local folder in the Hugging Face format, a hub name or ``hf://owner/repo[@revision]``. A
+    missing folder, missing files or an unreachable hub answer one line naming ``what`` and ``allowed``."""
+    from halton.utils.files import reads_as_path
+
+    name, revision = hub_model(str(source))
+    path = Path(name).expanduser()
+    local = path.exists() or reads_as_path(name)
+    if local and not path.is_dir():
+        raise ValueError(f"{what} folder not found: {path}; {allowed}")
+    try:
+        with quiet_loading():
+            return [cls.from_pretrained(path if local else name, local_files_only=local, revision=revision, **kwargs)
+                    for cls in classes]
+    except (OSError, ValueError) as error:  # no config / weights there, or the hub cannot be reached
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(f"cannot load the {what} {name!r} ({reason}); {allowed}") from None
