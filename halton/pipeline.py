@@ -19,7 +19,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from hydra.utils import instantiate
@@ -29,9 +29,10 @@ from PIL import Image
 from halton.export import PIPELINE_FILE, recipe, replace_folder, save_pipeline
 from halton.options import SamplingOptions
 
+if TYPE_CHECKING:
+    from halton.build import Built
+
 RUN_CONFIG = Path(".hydra") / "config.yaml"  # the config a train.py run was composed with (Hydra writes it)
-
-
 DECODE_BATCH = 16  # codes decoded at once: a VQ decoder's activations are large
 
 
@@ -91,7 +92,7 @@ class Pipeline:
         return cls.from_built(build_from_config(cfg, device), device)
 
     @classmethod
-    def from_built(cls, built, device: torch.device | str = "cpu") -> Pipeline:
+    def from_built(cls, built: Built, device: torch.device | str = "cpu") -> Pipeline:
         """The pipeline of parts :func:`halton.build.build_from_config` built and loaded onto ``device`` (what
         :meth:`from_config` does in one go; sample.py and evaluate.py keep ``built.data``, the data module: the
         digits' classifier reads their samples back)."""
