@@ -8,7 +8,8 @@ the same seed side by side; "Edit" regenerates a region (a typed box and/or pain
 The command line's other sampling options (conf/sampling: e.g. ``cache_refresh=4`` for cached sampling, schedule,
 temperature power) apply to every request.
 
-The model and tokenizer load once, at start-up. Gradio is an optional extra: pip install -e '.[app]'.
+The model, its tokenizer and its kind of condition load once, at start-up, as a halton.Pipeline: every request
+draws through it. Gradio is an optional extra: pip install -e '.[app]'.
 
 Uploads: at most ``max_upload_mb`` each; an edit's uploaded files are checked from their header (an image, at most
 halton.utils.pixels.MAX_PIXELS pixels) before they are decoded, and deleted once read; everything Gradio stores lives
@@ -40,7 +41,6 @@ from typing import TYPE_CHECKING
 import hydra
 from omegaconf import DictConfig
 
-from halton.build import build_from_config
 from halton.cli import entry_point, fail, resolve_autocast, resolve_device, run
 from halton.options import SamplingOptions
 from halton.options.drawing import DrawOptions, ServeOptions
@@ -53,6 +53,8 @@ if TYPE_CHECKING:
     import numpy as np
     import torch
     from PIL.Image import Image
+
+    from halton.pipeline import Pipeline, PipelineOutput
 
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # before gradio is imported: no calls home, no update check
 log = logging.getLogger("halton.app")
@@ -179,29 +181,39 @@ class Drawn:
 
 
 class Studio:
-    """The loaded model with its tokenizer and kind of condition, and the sampling options (``options``: the
-    command line's; the page's fields replace steps, cfg_weight, temperatures, top_k and seed per request).
+    """The app's :class:`halton.Pipeline` (the loaded model with its tokenizer and kind of condition, the command
+    line's scheduler and sampling options: ``options``; the page's fields replace steps, cfg_weight, temperatures,
+    top_k and seed per request) and the page's schedulers: the command line's, and the others with their defaults.
     Every method takes the page's raw values and raises ValueError in one line for a bad one."""
 
-    def __init__(self, net, tokenizer, kind, device, schedulers: dict, options: SamplingOptions | None = None,
-                 default_scheduler: str | None = None, autocast_dtype=None):
-        self.net, self.tokenizer, self.kind, self.device = net, tokenizer, kind, device
-        self.schedulers, self.options = schedulers, options or SamplingOptions()
-        self.autocast_dtype = autocast_dtype
-        self.default_scheduler = default_scheduler or next(iter(schedulers))
-        self.is_text = kind.name == "text"
+    def __init__(self, pipeline: Pipeline, autocast_dtype=None):
+        from halton.sampling import SCHEDULERS, build_scheduler
+
+        self.pipeline, self.autocast_dtype = pipeline, autocast_dtype
+        self.net, self.tokenizer, self.kind = pipeline.model, pipeline.tokenizer, pipeline.condition
+        self.device = pipeline.device
+        chosen = pipeline.scheduler
+        self.schedulers = {name: chosen if name == chosen.name else build_scheduler(name) for name in SCHEDULERS}
+        self.default_scheduler = chosen.name
+        self.is_text = self.kind.name == "text"
 
     @classmethod
     def from_config(cls, cfg: DictConfig) -> Studio:
-        from halton.sampling import SCHEDULERS, build_scheduler
+        from halton.pipeline import Pipeline
 
         draw = from_config(DrawOptions, cfg)
         device = resolve_device(draw.device)
-        built = build_from_config(cfg, device)  # a text model's encoder loads now rather than at the first request
-        net, tokenizer, kind, chosen = built.net, built.tokenizer, built.kind, built.scheduler
-        schedulers = {name: chosen if name == chosen.name else build_scheduler(name) for name in SCHEDULERS}
-        return cls(net, tokenizer, kind, device, schedulers, SamplingOptions.from_config(cfg),
-                   default_scheduler=chosen.name, autocast_dtype=resolve_autocast(draw.precision, device))
+        # a text model's encoder loads now rather than at the first request
+        return cls(Pipeline.from_config(cfg, device), autocast_dtype=resolve_autocast(draw.precision, device))
+
+    @property
+    def options(self) -> SamplingOptions:
+        """The command line's sampling options: the pipeline's defaults."""
+        return self.pipeline.sampling
+
+    @options.setter
+    def options(self, options: SamplingOptions) -> None:
+        self.pipeline.sampling = options
 
     @property
     def num_tokens(self) -> int:
@@ -236,29 +248,17 @@ class Studio:
         return Settings(values, scheduler, options.steps, float(options.cfg_weight), float(options.temp_min),
                         float(options.temp_max), options.top_k, options.seed, per_condition)
 
-    def sample(self, settings: Settings, scheduler: str | None = None, init_codes=None, history: bool = False):
-        """sample() for every condition x samples per condition, row by row; the decoded images and the result."""
-        import torch
-
-        from halton.sampling import sample
-
-        rows = torch.arange(len(settings.values), device=self.device).repeat_interleave(settings.per_condition)
-        condition = self.kind.make(settings.values, self.device).index(rows)
-        if init_codes is not None:
-            init_codes = init_codes.expand(len(rows), -1, -1)
-        with torch.inference_mode():
-            result = sample(self.net, self.schedulers[scheduler or settings.scheduler], condition, self.options,
-                            steps=settings.steps, cfg_weight=settings.cfg_weight, temp_min=settings.temp_min,
-                            temp_max=settings.temp_max, top_k=settings.top_k, seed=settings.seed, init_codes=init_codes,
-                            return_history=history, progress=True, autocast_dtype=self.autocast_dtype)
-            return self.decode(result.codes), result
-
-    def decode(self, codes):
-        """Images [B, C, H, W] in [-1, 1], decoded a few at a time (a VQ decoder's activations are large)."""
-        import torch
-
-        with torch.inference_mode():
-            return torch.cat([self.tokenizer.decode(chunk) for chunk in codes.split(16)])
+    def sample(self, settings: Settings, scheduler: str | None = None, edit=None, paste_back: bool = False,
+               history: bool = False) -> PipelineOutput:
+        """The pipeline's draw of every condition x samples per condition, row by row, with the page's values
+        (``edit``: :meth:`prepare_edit`'s; ``history``: the codes after each step too)."""
+        asked = {"prompts" if self.is_text else "classes": settings.values}
+        return self.pipeline(**asked, per_condition=settings.per_condition,
+                             scheduler=self.schedulers[scheduler or settings.scheduler], edit=edit,
+                             paste_back=paste_back, return_history=history, progress=True,
+                             autocast_dtype=self.autocast_dtype, steps=settings.steps, cfg_weight=settings.cfg_weight,
+                             temp_min=settings.temp_min, temp_max=settings.temp_max, top_k=settings.top_k,
+                             seed=settings.seed)
 
     def labels(self, settings: Settings) -> list[str]:
         return [self.kind.label(value) for value in settings.values]
@@ -270,13 +270,13 @@ class Studio:
         from halton.utils.images import class_grid
 
         began = time.perf_counter()
-        images, result = self.sample(settings, history=True)
+        drawn = self.sample(settings, history=True)
         labels = self.labels(settings)
-        grid = class_grid(images, len(labels), settings.per_condition, labels)
-        drawn = Drawn(torch.stack(result.codes_per_step).cpu(), labels, settings.per_condition)
-        return as_array(grid), drawn, self.summary(settings, settings.scheduler, result, began)
+        grid = class_grid(drawn.pixels, len(labels), settings.per_condition, labels)
+        record = Drawn(torch.stack(drawn.codes_per_step).cpu(), labels, settings.per_condition)
+        return as_array(grid), record, self.summary(settings, settings.scheduler, drawn, began)
 
-    def summary(self, settings: Settings, scheduler: str, result, began: float) -> str:
+    def summary(self, settings: Settings, scheduler: str, result: PipelineOutput, began: float) -> str:
         return (f"{len(settings.values)} x {settings.per_condition} samples, {self.schedulers[scheduler].label()}, "
                 f"{settings.steps} steps, {result.nfe_per_image} network evaluations per image, "
                 + (f"cached (a full evaluation every {self.options.cache_refresh} steps: "
@@ -291,7 +291,7 @@ class Studio:
 
         step = whole(step, "step", 1, len(drawn.codes_per_step))
         codes = drawn.codes_per_step[step - 1].to(self.device)
-        images = paint_tokens(self.decode(codes), codes == self.net.mask_id)
+        images = paint_tokens(self.pipeline.decode(codes), codes == self.net.mask_id)
         return as_array(class_grid(images, len(drawn.labels), drawn.per_condition, drawn.labels))
 
     def compared(self, names) -> list[str]:
@@ -309,7 +309,7 @@ class Studio:
         names = self.compared(names)
         labels, grids = self.labels(settings), []
         for name in names:
-            images, _ = self.sample(settings, scheduler=name)
+            images = self.sample(settings, scheduler=name).pixels
             grids.append((self.schedulers[name].label(), as_array(class_grid(images, len(labels),
                                                                                settings.per_condition, labels))))
         return grids
@@ -358,9 +358,8 @@ class Studio:
 
         began = time.perf_counter()
         edit = self.prepare_edit(settings, image, painted, box_text, margin)
-        images, result = self.sample(settings, init_codes=edit.init_codes)
-        images = edit.finish(images, paste_back=bool(paste_back))
-        grid = edit_grid(edit, images, self.labels(settings), settings.per_condition)
+        result = self.sample(settings, edit=edit, paste_back=bool(paste_back))
+        grid = edit_grid(edit, result.pixels, self.labels(settings), settings.per_condition)
         return as_array(grid), (f"{int(edit.mask.sum())} of {self.num_tokens} tokens regenerated; "
                                 + self.summary(settings, settings.scheduler, result, began))
 
@@ -370,7 +369,7 @@ class Studio:
 
         if drawn is None:
             raise ValueError("no sample yet; generate a grid first")
-        image = self.decode(drawn.codes_per_step[-1][:1].to(self.device))[0]
+        image = self.pipeline.decode(drawn.codes_per_step[-1][:1].to(self.device))[0]
         pixels = ((image.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
         picture = Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels)
         scale = max(1, -(-EDIT_VIEW // min(picture.size)))

@@ -8,16 +8,18 @@
 
 A :class:`Pipeline` bundles the transformer, the tokenizer that decodes its codes, its kind of condition (classes,
 or prompts through its frozen text encoder), a scheduler and default sampling options. ``python -m halton.export``
-writes all of it (``pipeline.json`` beside the model), so an export or its hub repository loads alone."""
+writes all of it (``pipeline.json`` beside the model), so an export or its hub repository loads alone. ``sample.py``,
+``evaluate.py`` and the app draw through a pipeline too: :meth:`Pipeline.__call__` for pictures,
+:meth:`Pipeline.draw` for the codes of conditions already made (the evaluation's batches, each with its own
+generator)."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from hydra.utils import instantiate
@@ -27,21 +29,33 @@ from PIL import Image
 from halton.export import PIPELINE_FILE, recipe, replace_folder, save_pipeline
 from halton.options import SamplingOptions
 
+if TYPE_CHECKING:
+    from halton.build import Built
+
 RUN_CONFIG = Path(".hydra") / "config.yaml"  # the config a train.py run was composed with (Hydra writes it)
+DECODE_BATCH = 16  # codes decoded at once: a VQ decoder's activations are large
 
 
 @dataclass
 class PipelineOutput:
     """What a call drew: ``images`` (PIL, one per sample, in the order asked: each class or prompt
-    ``per_condition`` times), their token ``codes`` [B, h, w], and what the run cost: ``nfe_per_image`` (trunk
-    forwards per image, a guided pair counting 2), ``nfe_per_step`` and ``position_layers_per_image`` (the trunk's
-    cost in positions x blocks: what a cached run, ``cache_refresh=``, saves)."""
+    ``per_condition`` times; for an edit of several images, image by image), their token ``codes`` [B, h, w], and
+    what the run cost: ``nfe_per_image`` (trunk forwards per image, a guided pair counting 2), ``nfe_per_step`` and
+    ``position_layers_per_image`` (the trunk's cost in positions x blocks: what a cached run, ``cache_refresh=``,
+    saves). Also ``pixels``, the images as a tensor [B, C, H, W] in [-1, 1] (for grids), ``values``, the classes
+    or prompts drawn (once each, in order), ``codes_per_step`` (with ``return_history=True``: the codes after each
+    step, the mask id where a token is still masked) and ``edit``, the :class:`halton.sampling.editing.Edit` of an
+    edit (its original, start and region: :func:`halton.sampling.editing.edit_grid`)."""
 
     images: list[Image.Image]
     codes: torch.Tensor
     nfe_per_image: int
     nfe_per_step: list[int]
     position_layers_per_image: int
+    pixels: torch.Tensor | None = None
+    values: list = field(default_factory=list)
+    codes_per_step: list[torch.Tensor] = field(default_factory=list)
+    edit: Any = None
 
 
 def to_pil(images: torch.Tensor) -> list[Image.Image]:
@@ -63,8 +77,10 @@ class Pipeline:
         self.condition = condition
         self.condition.check_model(self.model)
         self.scheduler = as_scheduler(scheduler)
-        self.sampling = (sampling or SamplingOptions()).fit(self.model.grid[0] * self.model.grid[1],
-                                                            self.model.codebook_size)
+        # options given are checked against the model now; without, SamplingOptions()'s defaults, which a call
+        # may replace (steps=32 does not fit a model of fewer tokens: a call that keeps it is refused then)
+        self.sampling = SamplingOptions() if sampling is None else sampling.fit(
+            self.model.grid[0] * self.model.grid[1], self.model.codebook_size)
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -72,9 +88,17 @@ class Pipeline:
         """The pipeline of a composed sample.py / evaluate.py / app config (``checkpoint=``, the data config's
         tokenizer, ``model.condition``, the scheduler and sampling options)."""
         from halton.build import build_from_config
+
+        return cls.from_built(build_from_config(cfg, device), device)
+
+    @classmethod
+    def from_built(cls, built: Built, device: torch.device | str = "cpu") -> Pipeline:
+        """The pipeline of parts :func:`halton.build.build_from_config` built and loaded onto ``device`` (what
+        :meth:`from_config` does in one go; sample.py and evaluate.py keep ``built.data``, the data module: the
+        digits' classifier reads their samples back)."""
         from halton.options.rules import from_config
 
-        built = build_from_config(cfg, device)
+        cfg = built.cfg
         # sample.py's options; a training run's: those of its sample grids (steps, cfg_weight)
         node = cfg if "steps" in cfg else OmegaConf.select(cfg, "model.sample_grid") or {}
         return cls(built.net, built.tokenizer, built.kind, built.scheduler, from_config(SamplingOptions, node), device)
@@ -119,36 +143,69 @@ class Pipeline:
                  prompts: Sequence[str] | None = None, per_condition: int = 1, scheduler: Any = None,
                  image: str | Path | Image.Image | None = None, box: Sequence[float] | None = None,
                  mask: str | Path | Image.Image | torch.Tensor | None = None, outpaint: Sequence[int] | None = None,
-                 dilate: int = 0, paste_back: bool = False, autocast_dtype: torch.dtype | None = None,
-                 progress: bool = False, **sampling) -> PipelineOutput:
+                 dilate: int = 0, edit: Any = None, paste_back: bool = False,
+                 generator: torch.Generator | None = None, return_history: bool = False,
+                 autocast_dtype: torch.dtype | None = None, progress: bool = False, **sampling) -> PipelineOutput:
         """Draw ``per_condition`` images for each of ``classes`` (class models; none: every class) or of
         ``prompt`` / ``prompts`` (text models), with ``scheduler`` (a name such as ``"confidence"``, a spec or a
         scheduler; default: the pipeline's) and any sampling option as a keyword (``steps``, ``cfg_weight``,
-        ``temp_min``, ``top_k``, ``schedule``, ``seed``...; the others keep the pipeline's defaults). With ``image``
-        and one region (``box``, ``mask`` or ``outpaint``), regenerate that region of the image instead."""
+        ``temp_min``, ``top_k``, ``schedule``, ``seed``...; the others keep the pipeline's defaults).
+
+        With ``image`` and one region (``box``, ``mask`` or ``outpaint``, ``dilate`` tokens of margin), regenerate
+        that region of the image instead; or give ``edit``, an edit already made by
+        :func:`halton.sampling.editing.prepare_edit` or, for several images each with its own region,
+        :func:`~halton.sampling.editing.prepare_edits` (every class or prompt is drawn for each image, image by
+        image). ``paste_back``: the original pixels outside the regenerated tokens.
+
+        ``generator``: the random stream (default: one seeded with ``seed`` on the pipeline's device, as
+        :func:`halton.sampling.sample` does); ``return_history``: also the codes after each step
+        (``codes_per_step``); ``autocast_dtype``: the model's autocast (e.g. ``torch.bfloat16`` on a GPU);
+        ``progress``: a progress bar over the steps."""
         from halton.options.rules import integer
-        from halton.sampling import as_scheduler, sample
         from halton.sampling.editing import prepare_edit
 
         integer("per_condition", per_condition, 1)
         classes = [classes] if isinstance(classes, int) else None if classes is None else list(classes)
         asked = ([prompt] if prompt is not None else []) + list(prompts or [])
         values = self.condition.requested(self.model, classes, asked)
-        rows = torch.arange(len(values), device=self.device).repeat_interleave(per_condition)
-        condition = self.condition.make(values, self.device).index(rows)
-        options = dataclasses.replace(self.sampling, **sampling)
-        edit = None
         if image is not None:
+            if edit is not None:
+                raise ValueError("image= and edit= both given; allowed: an image with its region, or an edit made "
+                                 "by prepare_edit / prepare_edits")
             edit = prepare_edit(self.model, self.tokenizer, image, box=box, mask=mask, outpaint=outpaint,
                                 dilate=dilate, device=self.device)
-        result = sample(self.model, as_scheduler(scheduler) if scheduler is not None else self.scheduler, condition,
-                        options, init_codes=None if edit is None else edit.init_codes.expand(len(rows), -1, -1),
-                        autocast_dtype=autocast_dtype, progress=progress)
-        decoded = self.tokenizer.decode(result.codes)
+        images_edited = 1 if edit is None else len(edit.init_codes)
+        # each value per_condition times; for several edited images, all of them for each image in turn
+        rows = torch.arange(len(values), device=self.device).repeat_interleave(per_condition).repeat(images_edited)
+        condition = self.condition.make(values, self.device).index(rows)
+        init_codes = None if edit is None else edit.per_row(len(rows))[1]  # each image's for its rows
+        result = self.draw(condition, scheduler=scheduler, init_codes=init_codes, generator=generator,
+                           return_history=return_history, autocast_dtype=autocast_dtype, progress=progress, **sampling)
+        pixels = self.decode(result.codes)
         if edit is not None:
-            decoded = edit.finish(decoded, paste_back=paste_back)
-        return PipelineOutput(to_pil(decoded), result.codes, result.nfe_per_image, list(result.nfe_per_step),
-                              result.position_layers_per_image)
+            pixels = edit.finish(pixels, paste_back=paste_back)
+        return PipelineOutput(to_pil(pixels), result.codes, result.nfe_per_image, list(result.nfe_per_step),
+                              result.position_layers_per_image, pixels, list(values), list(result.codes_per_step),
+                              edit)
+
+    @torch.no_grad()
+    def draw(self, condition, *, scheduler: Any = None, init_codes: torch.Tensor | None = None,
+             generator: torch.Generator | None = None, return_history: bool = False, fill_steps: tuple[int, ...] = (),
+             autocast_dtype: torch.dtype | None = None, progress: bool = False, **sampling):
+        """The codes for a condition already made (``pipe.condition.make(values, pipe.device)``, one row per
+        sample): :func:`halton.sampling.sample` with this pipeline's model, its scheduler (or ``scheduler``) and its
+        sampling options, ``sampling`` keywords replacing them; its :class:`~halton.sampling.SamplingResult`
+        (``fill_steps``, ``return_history``: the partial images and the per-step record the evaluation reads)."""
+        from halton.sampling import as_scheduler, sample
+
+        return sample(self.model, self.scheduler if scheduler is None else as_scheduler(scheduler), condition,
+                      self.sampling, init_codes=init_codes, generator=generator, return_history=return_history,
+                      fill_steps=fill_steps, autocast_dtype=autocast_dtype, progress=progress, **sampling)
+
+    @torch.no_grad()
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """Codes [B, h, w] as images [B, C, H, W] in [-1, 1], decoded DECODE_BATCH at a time."""
+        return torch.cat([self.tokenizer.decode(chunk) for chunk in codes.split(DECODE_BATCH)])
 
     def recipe(self) -> dict[str, Any]:
         """What ``pipeline.json`` holds (:func:`recipe`)."""

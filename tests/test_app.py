@@ -24,6 +24,7 @@ from conftest import ROOT, TINY_NET, run, run_in_process
 from test_configs import compose_job
 from test_text_model import tiny as tiny_text_model
 
+from halton import Pipeline
 from halton.app import (
     COMPARED_WIDTH,
     Drawn,
@@ -39,13 +40,11 @@ from halton.build import condition_kind
 from halton.cli import choices
 from halton.conditions import ClassKind, TextEmbeddings, TextKind
 from halton.models import MaskTransformer
-from halton.sampling import build_scheduler
 from halton.sampling.editing import box_mask
 from halton.tokenizers import PixelTokenizer
 from halton.utils.images import MASK_COLOUR, MIN_CELL, wrap_labels
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
-SCHEDULERS = ("halton", "confidence", "random")
 pytestmark = pytest.mark.xdist_group("app")  # one pytest-xdist worker: the served app starts once
 
 
@@ -57,8 +56,7 @@ def tiny_net() -> MaskTransformer:
 
 def studio_for(net, kind=None) -> Studio:
     """What the app's start-up makes of experiment=digits (on the CPU, without Hydra)."""
-    return Studio(net, PixelTokenizer(net.codebook_size), kind or ClassKind(), torch.device("cpu"),
-                  {name: build_scheduler(name) for name in SCHEDULERS})
+    return Studio(Pipeline(net, PixelTokenizer(net.codebook_size), kind or ClassKind(), "halton", device="cpu"))
 
 
 @pytest.fixture(scope="module")
@@ -187,6 +185,9 @@ def test_the_editor_value_gives_the_painted_strokes():
 
 class WordKind(TextKind):
     """Prompts as deterministic embeddings, without a text encoder."""
+
+    def check_model(self, model):
+        self.check_text_model(model)  # no encoder whose width to check
 
     def make(self, values, device):
         rows = [torch.Generator().manual_seed(sum(map(ord, value))) for value in values]

@@ -39,6 +39,7 @@ def main(cfg: DictConfig) -> None:
         timed,
     )
     from halton.models.loading import weights_digest
+    from halton.pipeline import Pipeline
     from halton.sampling.schedules import schedule_label
 
     built = build_from_config(cfg)  # the scheduler and condition kind: the model loads once the run is not done
@@ -73,8 +74,8 @@ def main(cfg: DictConfig) -> None:
     fabric.launch()
     device = fabric.device
     autocast = resolve_autocast(run_options.precision, device)
-    built.load(device)
-    datamodule, model, tokenizer = built.data, built.net, built.tokenizer
+    pipeline = Pipeline.from_built(built.load(device), device)
+    datamodule, model, tokenizer = built.data, pipeline.model, pipeline.tokenizer
     extractors = {name: extractor.to(device).eval()
                   for name, extractor in build_extractors(run_options.extractors, cfg).items()}
     scorers = {}
@@ -96,10 +97,9 @@ def main(cfg: DictConfig) -> None:
                                                     run_options.num_images if coco else ref.max_images,
                                                     captions=ref.captions, seed=prompt_set.seed)
             references[name].check_features(extractor(probe)["features"].shape[1], name)
-    sampling = {"options": options, "autocast_dtype": autocast}
-    generated, seconds = timed(generate_and_extract, model, tokenizer, extractors, scheduler, kind, values,
-                               run_options.batch_size, cfg.seed, fabric.global_rank, fabric.world_size, eval_steps,
-                               run_options.diagnostics, device, sampling, scorers)
+    generated, seconds = timed(generate_and_extract, pipeline, extractors, values, run_options.batch_size, cfg.seed,
+                               fabric.global_rank, fabric.world_size, eval_steps, run_options.diagnostics, autocast,
+                               scorers)
     generated = gather(generated, fabric.world_size)
     if fabric.global_rank != 0:
         return

@@ -17,7 +17,6 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from halton.build import build_from_config
 from halton.cli import CONFIG_DIR, entry_point, read_prompts, resolve_autocast, resolve_device, run
-from halton.options import SamplingOptions
 from halton.options.drawing import DrawOptions
 from halton.options.rules import from_config
 
@@ -32,11 +31,14 @@ def plain(value):
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="sample")
 @entry_point
 def main(cfg: DictConfig) -> None:
-    import torch
-
     from halton.evaluation.results import file_stem, interval_text
-    from halton.sampling import sample
-    from halton.sampling.editing import edit_grid, paint_tokens, prepare_edit, prepare_edits
+    from halton.pipeline import Pipeline
+    from halton.sampling.editing import (
+        edit_grid,
+        paint_tokens,
+        prepare_edit,
+        prepare_edits,
+    )
     from halton.sampling.schedules import schedule_label
     from halton.utils.files import unused_path
     from halton.utils.images import class_grid, progression_grid, save_png
@@ -44,27 +46,24 @@ def main(cfg: DictConfig) -> None:
     draw = from_config(DrawOptions, cfg)
     device = resolve_device(draw.device)
     autocast = resolve_autocast(draw.precision, device)
-    built = build_from_config(cfg, device)
-    scheduler, datamodule, net, kind, tokenizer = built.scheduler, built.data, built.net, built.kind, built.tokenizer
+    built = build_from_config(cfg, device)  # the data module too: the digits' classifier reads the samples back
+    pipe = Pipeline.from_built(built, device)
+    scheduler, options, net, kind = pipe.scheduler, pipe.sampling, pipe.model, pipe.condition
     classes = None if cfg.classes is None else [cfg.classes] if isinstance(cfg.classes, int) else list(cfg.classes)
-    values = kind.requested(net, classes, read_prompts(cfg))
-    rows = torch.arange(len(values), device=device).repeat_interleave(draw.per_class)
+    prompts = read_prompts(cfg)
+    kind.requested(net, classes, prompts)  # refused before an edit's image is read
     edit = None if cfg.edit.image is None else prepare_edit(  # validated: an image with exactly one region
-        net, tokenizer, cfg.edit.image, box=plain(cfg.edit.box), mask=cfg.edit.mask, outpaint=plain(cfg.edit.outpaint),
-        dilate=cfg.edit.dilate, device=device)
+        net, pipe.tokenizer, cfg.edit.image, box=plain(cfg.edit.box), mask=cfg.edit.mask,
+        outpaint=plain(cfg.edit.outpaint), dilate=cfg.edit.dilate, device=device)
     if cfg.edit.get("images") is not None:  # validated: several images, one region each
-        edit = prepare_edits(net, tokenizer, plain(cfg.edit.images), boxes=plain(cfg.edit.boxes),
+        edit = prepare_edits(net, pipe.tokenizer, plain(cfg.edit.images), boxes=plain(cfg.edit.boxes),
                              masks=plain(cfg.edit.masks), dilate=cfg.edit.dilate, device=device)
+    out = pipe(classes, prompts=prompts, per_condition=draw.per_class, edit=edit, paste_back=cfg.edit.composite,
+               return_history=draw.progression, autocast_dtype=autocast, progress=True)
+    log.info(f"{out.nfe_per_image} network evaluations per image"
+             + (f", {out.position_layers_per_image} trunk position-layers" if out.position_layers_per_image else ""))
+    values, images = out.values, out.pixels
     images_edited = 1 if edit is None else len(edit.init_codes)
-    rows = rows.repeat(images_edited)  # image by image: every class or prompt for each
-    condition = kind.make(values, device).index(rows)
-    init_codes = None if edit is None else edit.per_row(len(rows))[1]  # each image's edit for its rows
-    options = SamplingOptions.from_config(cfg)
-    result = sample(net, scheduler, condition, options, init_codes=init_codes, return_history=draw.progression,
-                    autocast_dtype=autocast, progress=True)
-    log.info(f"{result.nfe_per_image} network evaluations per image"
-             + (f", {result.position_layers_per_image} trunk position-layers" if result.position_layers_per_step else ""))
-    images = tokenizer.decode(result.codes)
     stem = file_stem(scheduler.label(), options.steps, options.cfg_weight, options.seed,
                      interval_text(options.cfg_interval),
                      schedule_label(options.schedule, options.schedule_power, options.schedule_rate), options.cache_refresh)
@@ -80,17 +79,16 @@ def main(cfg: DictConfig) -> None:
     if edit is None:
         written(class_grid(images, len(values), draw.per_class, labels), f"{stem}.png")
     else:
-        images = edit.finish(images, paste_back=cfg.edit.composite)
         written(edit_grid(edit, images, labels, draw.per_class), f"{stem}_edit-{edit.region}.png")
-    if draw.report_accuracy and edit is None and hasattr(datamodule, "recognition_accuracy"):
-        asked = [values[int(r)] for r in rows]
-        accuracy = datamodule.recognition_accuracy(images, asked)
+    if draw.report_accuracy and edit is None and hasattr(built.data, "recognition_accuracy"):
+        asked = [value for value in values for _ in range(draw.per_class)]
+        accuracy = built.data.recognition_accuracy(images, asked)
         log.info(f"{scheduler.label()}, {cfg.steps} steps: a digit classifier reads the requested digit in "
                  f"{100 * accuracy:.1f}% of {len(asked)} samples")
     if draw.progression:
         first = [r * draw.per_class for r in range(min(draw.progression_samples, len(values)))]
-        painted = [paint_tokens(tokenizer.decode(codes[first]), codes[first] == net.mask_id)
-                   for codes in result.codes_per_step]
+        painted = [paint_tokens(pipe.decode(codes[first]), codes[first] == net.mask_id)
+                   for codes in out.codes_per_step]
         labels_per_step = [f"{i + 1}" for i in range(cfg.steps)]
         written(progression_grid(painted, labels_per_step), f"{stem}_progression.png")
 

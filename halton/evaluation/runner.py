@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
@@ -20,10 +21,12 @@ from halton.evaluation.metrics import generative_metrics
 from halton.evaluation.results import file_stem
 from halton.conditions import ConditionKind
 from halton.options.choices import EXTRACTORS
-from halton.sampling import Scheduler, sample
 from halton.utils.files import atomic_write
 from halton.utils.images import class_grid, save_png
 from halton.utils.progress import progress as progress_bar
+
+if TYPE_CHECKING:
+    from halton.pipeline import Pipeline
 
 
 def batch_seed(seed: int, batch_index: int) -> int:
@@ -45,30 +48,30 @@ class Generated:
 
 
 @torch.no_grad()
-def generate_and_extract(model, tokenizer, extractors: dict[str, FeatureExtractor], scheduler: Scheduler,
-                         kind: ConditionKind, values: list, batch_size: int, seed: int, rank: int, world_size: int,
-                         eval_steps: list[int],
-                         diagnostics: bool, device: torch.device, sampling: dict,
+def generate_and_extract(pipeline: Pipeline, extractors: dict[str, FeatureExtractor], values: list, batch_size: int,
+                         seed: int, rank: int, world_size: int, eval_steps: list[int], diagnostics: bool,
+                         autocast_dtype: torch.dtype | None = None,
                          scorers: dict[str, Callable] | None = None) -> Generated:
-    """Generate this rank's share of the batches (every ``world_size``-th) of ``values`` (conditions of ``kind``)
-    and keep only the outputs of every extractor (by name: FID and FD-DINOv2 of the same samples), and each image's
-    score by every ``scorers[name](images, values)`` (the CLIP score of a text model, the digits' adherence),
-    averaged over images into the metric ``name``."""
+    """Generate this rank's share of the batches (every ``world_size``-th) of ``values`` (conditions of the
+    pipeline's kind; its scheduler and sampling options) and keep only the outputs of every extractor (by name: FID
+    and FD-DINOv2 of the same samples), and each image's score by every ``scorers[name](images, values)`` (the CLIP
+    score of a text model, the digits' adherence), averaged over images into the metric ``name``."""
     out = Generated()
     batches = [values[i:i + batch_size] for i in range(0, len(values), batch_size)]
     mine = range(rank, len(batches), world_size)
-    final = sampling["options"].steps - 1
+    final = pipeline.sampling.steps - 1
     fill = tuple(s - 1 for s in eval_steps if s - 1 != final)
-    for index in progress_bar(mine, desc=f"generating ({scheduler.name})", disable=rank != 0, leave=False):
+    device = pipeline.device
+    for index in progress_bar(mine, desc=f"generating ({pipeline.scheduler.name})", disable=rank != 0, leave=False):
         generator = torch.Generator(device=device).manual_seed(batch_seed(seed, index))
-        condition = kind.make(batches[index], device)
-        result = sample(model, scheduler, condition, generator=generator, return_history=diagnostics,
-                        fill_steps=fill, **sampling)
+        condition = pipeline.condition.make(batches[index], device)
+        result = pipeline.draw(condition, generator=generator, return_history=diagnostics, fill_steps=fill,
+                               autocast_dtype=autocast_dtype)
         out.nfe_per_step, out.position_layers_per_step = result.nfe_per_step, result.position_layers_per_step
         codes_by_step = {final: result.codes, **result.filled}
         out.features[index] = {}
         for step, codes in codes_by_step.items():
-            images = tokenizer.decode(codes)
+            images = pipeline.tokenizer.decode(codes)
             extracted = {f"{name}/{output}": value for name, extractor in extractors.items()
                          for output, value in extractor(images).items()}
             for name, score in (scorers or {}).items():
