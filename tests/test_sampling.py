@@ -220,6 +220,21 @@ def test_works_with_the_real_transformer():
     assert model.training  # the sampler restores the training mode
 
 
+@pytest.mark.parametrize("cache_refresh", [None, 2])
+def test_autocast_ends_with_the_sampling(cache_refresh):
+    """sample(autocast_dtype=...) runs the model in bf16 and leaves autocast off afterwards (it once stayed on: the
+    evaluation's feature extractors then ran in bf16 after the first batch)."""
+    torch.manual_seed(0)
+    model = MaskTransformer(17, 8, 32, 1, 2, num_classes=10)
+    seen = []
+    linear = next(m for m in model.transformer.layers[0].modules() if isinstance(m, torch.nn.Linear))
+    linear.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
+    sample(model, build_scheduler("halton"), torch.arange(4), steps=4, cfg_weight=1.0, cache_refresh=cache_refresh,
+           autocast_dtype=torch.bfloat16)
+    assert seen and set(seen) == {torch.bfloat16}
+    assert not torch.is_autocast_enabled("cpu") and (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
+
+
 @pytest.mark.parametrize("kwargs,message", [
     ({"steps": 0}, "steps=0 is out of range; allowed: 1 to 16"),
     ({"steps": 17}, "steps=17 is out of range; allowed: 1 to 16"),

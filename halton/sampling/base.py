@@ -320,7 +320,11 @@ def sample(model, scheduler: Scheduler, condition: Condition | torch.Tensor, opt
     if scheduler.redraws_decoded:  # mixed counts: as many as the largest, the others padded with known positions
         everywhere = (torch.arange(num_tokens, device=device).expand(batch, num_tokens) if init_codes is None
                       else masked_positions(masked, to_generate))
-    autocast = (torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None
+
+    def autocast():
+        # a new context each time: one torch.autocast object entered again inside itself (the condition is prepared
+        # within the trunk's) restores "enabled" on exit, leaving autocast on for the caller's later work
+        return (torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None
                 else contextlib.nullcontext())
     # What the trunk takes for the condition (for text: every block's keys and values), computed once per run:
     # alone, and followed by the null condition for the batched CFG pass.
@@ -329,7 +333,7 @@ def sample(model, scheduler: Scheduler, condition: Condition | torch.Tensor, opt
     def conditioning(guided: bool):
         if guided not in prepared:
             drop = torch.arange(2 * batch if guided else batch, device=device) >= batch
-            with autocast:
+            with autocast():
                 prepared[guided] = (condition.concat(condition) if guided else condition).prepare(model, drop)
         return prepared[guided]
     state = scheduler.start(batch, height, width, generator, device, masked.clone(), num_masked=to_generate)
@@ -343,7 +347,7 @@ def sample(model, scheduler: Scheduler, condition: Condition | torch.Tensor, opt
     fill_steps = set(fill_steps)
 
     def guided_logits(hidden, positions, weight, temperature):
-        with autocast:
+        with autocast():
             if not torch.is_tensor(weight) and weight == 0:
                 return model.logits(hidden, positions, vocab).float().mul_(temperature)
             cond, uncond = model.logits(hidden, torch.cat([positions, positions]), vocab).float().chunk(2)
@@ -377,16 +381,16 @@ def sample(model, scheduler: Scheduler, condition: Condition | torch.Tensor, opt
             full = trunk_cost is not None and trunk_cost(recompute.shape[1]) >= trunk_cost(None)
         result.full_per_step.append(full)
         if cache_refresh is None:
-            with autocast:
+            with autocast():
                 hidden = model.trunk_conditioned(batch_codes, conditioning(guided))
         elif full:  # fill the cache: [cond; uncond] in one batch, so each half keeps its own keys and values
             cache, since_refresh, cached_guided, done_at_refresh = TrunkCache(), 1, guided, done
             masked_at_refresh = masked_positions(masked, to_generate - done)
-            with autocast:
+            with autocast():
                 hidden = model.trunk_conditioned(batch_codes, conditioning(guided), cache=cache)
         else:
             since_refresh += 1
-            with autocast:
+            with autocast():
                 hidden = model.trunk_conditioned(batch_codes, conditioning(guided), cache=cache,
                                                  positions=torch.cat([recompute, recompute]) if guided else recompute)
         if trunk_cost is not None:
