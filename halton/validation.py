@@ -42,8 +42,8 @@ from halton.options.extraction import (
 from halton.options.rules import Invalid
 from halton.options.text import TextDataOptions
 from halton.options.trainer import TrainerOptions, check_callbacks
-from halton.utils.files import read_lines, reads_as_path
-from halton.utils.hub import FILE_GRAMMAR, GRAMMAR, hub_parts, is_hub_path
+from halton.utils.files import read_lines
+from halton.utils.hub import FILE_GRAMMAR, GRAMMAR, hub_parts, is_hub_path, reads_as_path
 
 # Hydra's configs: the clone's top-level conf/ (what an editable install reads too); a wheel installs that folder as
 # the package's data, halton/conf (setup.py).

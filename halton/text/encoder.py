@@ -13,8 +13,7 @@ from pathlib import Path
 
 import torch
 
-from halton.utils.files import reads_as_path
-from halton.utils.hub import hub_model, is_hub_path, quiet_loading
+from halton.utils.hub import hub_model, is_hub_path, quiet_loading, reads_as_path
 
 log = logging.getLogger("halton.text")
 

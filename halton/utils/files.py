@@ -164,10 +164,3 @@ def file_sha256(path: str | Path, block: int = 1 << 20) -> str:
             digest.update(data)
     return digest.hexdigest()
 
-
-def reads_as_path(name: str) -> bool:
-    """Whether a model name is written as a path (absolute, ./ ../ ~, backslashes, or more than one folder deep)
-    rather than a Hugging Face hub name (``name``, ``org/name`` or ``hf://org/name``): such a name must exist here."""
-    if is_hub_path(name):
-        return False
-    return name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name

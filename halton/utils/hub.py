@@ -67,6 +67,15 @@ def hub_parts(path: str) -> HubName | None:
         return None
 
 
+def reads_as_path(name: str) -> bool:
+    """Whether a model name is written as a path (absolute, ./ ../ ~, backslashes, or more than one folder deep)
+    rather than a Hugging Face hub name (``name``, ``org/name`` or ``hf://org/name``): such a name must exist here."""
+    if is_hub_path(name):
+        return False
+    return name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name
+
+
+
 def hub_model(name: str) -> tuple[str, str | None]:
     """What transformers' ``from_pretrained`` takes for ``hf://org/name[@revision]``: (``org/name``, revision);
     other names (a local folder, ``org/name``) as given, with no revision."""
@@ -136,8 +145,6 @@ def load_frozen(what: str, source: str, allowed: str, *classes, **kwargs) -> lis
     """``cls.from_pretrained(source, **kwargs)`` for each of ``classes`` (a transformers model, its processor),
     quietly: ``source`` a local folder in the Hugging Face format, a hub name or ``hf://owner/repo[@revision]``. A
     missing folder, missing files or an unreachable hub answer one line naming ``what`` and ``allowed``."""
-    from halton.utils.files import reads_as_path
-
     name, revision = hub_model(str(source))
     path = Path(name).expanduser()
     local = path.exists() or reads_as_path(name)
