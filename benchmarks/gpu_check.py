@@ -166,7 +166,7 @@ def main() -> None:
     import torch
 
     cuda = torch.cuda.is_available() and not args.dry_run
-    device = torch.cuda.get_device_name() if cuda else "CPU (dry run)"
+    device = torch.cuda.get_device_name() if cuda else "CPU"
     summary = {"device": device, "dry_run": args.dry_run, "torch": torch.__version__, "stages": {}, "seconds": 0}
     if cuda:
         from halton.training.throughput import measured_peak_tflops
