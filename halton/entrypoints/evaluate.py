@@ -30,7 +30,7 @@ def main(cfg: DictConfig) -> None:
     from halton.evaluation.features import build_extractors
     from halton.evaluation.prompts import evaluation_values
     from halton.evaluation.reference import reference_statistics
-    from halton.evaluation.results import ResultsFile, extractor_text, interval_text, options_text
+    from halton.evaluation.results import ResultsFile, extractor_text, interval_text, metric_families, options_text
     from halton.evaluation.runner import (
         gather,
         generate_and_extract,
@@ -110,8 +110,8 @@ def main(cfg: DictConfig) -> None:
     save_artifacts(generated, results.path.parent, scheduler.label(), cell, kind, run_options.grid_per_class)
     results.write(rows)
     for row in rows:
-        shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()
-                 if k.endswith(("fid", "fd", "is", "precision", "recall", "clip_score", "adherence"))}
+        metrics = [c for family in metric_families([row]) for c in family] + list(scorers)
+        shown = {k: round(row[k], 4) if isinstance(row[k], float) else row[k] for k in metrics}
         log.info(f"{scheduler.label()}, step {row['eval_step']}/{cfg.steps}: {shown}, "
                  f"{row['nfe_per_image']} network evaluations per image"
                  + (f" ({row['position_layers_per_image']} trunk position-layers)"

@@ -66,7 +66,8 @@ def main(cfg: DictConfig) -> None:
     images_edited = 1 if edit is None else len(edit.init_codes)
     stem = file_stem(scheduler.label(), options.steps, options.cfg_weight, options.seed,
                      interval_text(options.cfg_interval),
-                     schedule_label(options.schedule, options.schedule_power, options.schedule_rate), options.cache_refresh)
+                     schedule_label(options.schedule, options.schedule_power, options.schedule_rate),
+                     options.cache_refresh)
     out_dir = Path(cfg.out_dir)
     labels = [kind.label(v) for v in values] * images_edited
 

@@ -20,13 +20,15 @@ from collections import defaultdict
 from pathlib import Path
 
 from halton.evaluation.diagnostics import NAMES, plot_diagnostics
-from halton.evaluation.results import ResultsFile
+from halton.evaluation.results import ResultsFile, metric_families
 from halton.options.choices import EXTRACTORS
 from halton.utils.files import atomic_write
 
 # text models' CLIP score; the share of digits read as requested; network evaluations per image (CFG pairs count 2)
 # and their trunk cost in position-layers (what context caching saves)
 EXTRA_METRICS = ("clip_score", "adherence", "nfe_per_image", "position_layers_per_image")
+# the Frechet distance column of every extractor (fid, digits_fid, dinov2_fd): lower is better
+DISTANCES = {spec.metrics[0] for spec in EXTRACTORS.values()}
 
 
 def _float(value) -> float:
@@ -34,13 +36,6 @@ def _float(value) -> float:
         return float(value)
     except (TypeError, ValueError):
         return math.nan
-
-
-def feature_spaces(rows: list[dict]) -> list[tuple[str, ...]]:
-    """The metric columns of each feature space the rows hold (its distance first: fid, dinov2_fd, ...), in the
-    order of :data:`~halton.options.choices.EXTRACTORS`: the Inception or digits numbers, then DINOv2's."""
-    return [spec.metrics for spec in EXTRACTORS.values()
-            if any(row.get(spec.metrics[0]) not in ("", None) for row in rows)]
 
 
 def scheduler_labels(rows: list[dict]) -> dict[tuple[str, str], str]:
@@ -136,7 +131,7 @@ def cfg_table(rows: list[dict], metric: str) -> str:
     weights = sorted({s.cfg_weight for s in final})
     if len(weights) < 2:
         return ""
-    lower_is_better = metric.endswith(("fid", "fd"))  # the Frechet distances; IS, precision, recall: higher
+    lower_is_better = metric in DISTANCES  # IS, precision, recall: higher is better
     by_row = defaultdict(dict)
     for s in final:
         by_row[s.label, s.steps][s.cfg_weight] = s
@@ -246,7 +241,7 @@ def report(argv: list[str] | None = None) -> None:
     if not rows:
         raise ValueError(f"results file {args.results} has no rows")
     out = args.out or args.results.parent
-    families = feature_spaces(rows)
+    families = metric_families(rows)
     allowed = [c for family in families for c in family]
     if args.metric is not None and args.metric not in allowed:
         raise ValueError(f"unknown metric {args.metric!r}; allowed: {', '.join(allowed)}")

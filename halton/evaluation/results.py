@@ -23,7 +23,8 @@ KEY_COLUMNS = ("experiment", "weights", "scheduler", "scheduler_options", "steps
 # row never matches a new run's cell, which is evaluated again; cache_refresh "": no cache, exact).
 KEY_DEFAULTS = {"temp_pow": 1.0, "temp_warmup": 0, "cfg_interval": "", "cache_refresh": ""}
 # nfe_per_image: trunk forwards one image cost up to the row's eval_step (a CFG pair counts 2);
-# position_layers_per_image: their cost in trunk positions x blocks (a cached local step runs only a few positions; empty in older files)
+# position_layers_per_image: their cost in trunk positions x blocks (a cached local step runs only a few positions;
+# empty in older files)
 LEADING_COLUMNS = (("experiment", "checkpoint") + KEY_COLUMNS[1:]
                    + ("tokens_fraction", "nfe_per_image", "position_layers_per_image"))
 TRAILING_COLUMNS = ("seconds", "images_per_s")
@@ -35,12 +36,13 @@ REQUIRED_VALUES = ("scheduler", "steps", "eval_step")
 INTEGER_COLUMNS = ("steps", "seed", "num_images", "eval_step", "temp_warmup", "nfe_per_image", "cache_refresh",
                    "position_layers_per_image")
 NUMBER_COLUMNS = ("cfg_weight", "temp_min", "temp_max", "temp_pow", "tokens_fraction", "seconds", "images_per_s")
-METRICS = ("fid", "is", "precision", "recall")  # an Inception-like classifier's, after its prefix
 
 
-def metric_families(row: dict) -> list[tuple[str, ...]]:
-    """The metric columns of each extractor whose distance (fid, dinov2_fd, ...) the row holds."""
-    return [spec.metrics for spec in EXTRACTORS.values() if row.get(spec.metrics[0]) not in ("", None)]
+def metric_families(rows: list[dict]) -> list[tuple[str, ...]]:
+    """The metric columns of each extractor whose distance (fid, dinov2_fd, ...) any of ``rows`` holds, in the
+    order of :data:`~halton.options.choices.EXTRACTORS`: the Inception or digits numbers, then DINOv2's."""
+    return [spec.metrics for spec in EXTRACTORS.values()
+            if any(row.get(spec.metrics[0]) not in ("", None) for row in rows)]
 
 
 def _normalise(value) -> str:
@@ -99,7 +101,7 @@ def _row_problem(row: dict[str, str]) -> str | None:
     if any("=" not in item for item in row.get("scheduler_options", "").split()):
         return f"scheduler_options={row['scheduler_options']!r} is not name=value pairs"
     metrics = [c for c in row if c not in LEADING_COLUMNS + TRAILING_COLUMNS]
-    families = metric_families(row)
+    families = metric_families([row])
     missing = [m for family in families for m in family if m in row and not row[m]]
     if not families or missing:
         return f"metrics missing ({', '.join(missing) or 'no fid'})"

@@ -96,7 +96,7 @@ class EvaluationOptions:
         else:
             balanced(self.num_images, num_classes)
         integer("batch_size", self.batch_size, 1)
-        names = self.extractor if isinstance(self.extractor, (list, tuple)) else [self.extractor]
+        names = self.extractors
         if not names:
             raise Invalid(f"{key('extractor')}=[] names no feature extractor; allowed: {', '.join(EXTRACTORS)}, or "
                           "a list of them such as [inception,dinov2]")

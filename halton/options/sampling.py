@@ -97,7 +97,8 @@ class SamplingOptions:
     given), the softmax temperature ``linspace(temp_min, temp_max, steps)[i] ** temp_pow`` (halved for the first
     ``temp_warmup`` steps), ``top_k``, the tokens-per-step ``schedule`` (with the poly exponent and exp/log rate)
     and the seed; ``cache_refresh`` (None: off) caches the trunk's keys and values between full evaluations (see
-    :func:`halton.sampling.sample`). ``num_tokens`` and ``codebook_size`` (the model's, when known) bound ``steps`` and ``top_k``."""
+    :func:`halton.sampling.sample`). ``num_tokens`` and ``codebook_size`` (the model's, when known) bound ``steps``
+    and ``top_k``."""
 
     steps: int = 32
     cfg_weight: float = 0.0
