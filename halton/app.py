@@ -217,7 +217,7 @@ class Studio:
 
     @property
     def num_tokens(self) -> int:
-        return self.net.grid[0] * self.net.grid[1]
+        return self.net.num_tokens
 
     @property
     def image_size(self) -> tuple[int, int]:
@@ -367,11 +367,11 @@ class Studio:
         """The first sample of the last grid as a PIL image for the editor, enlarged (nearest) to EDIT_VIEW."""
         from PIL import Image
 
+        from halton.pipeline import to_pil
+
         if drawn is None:
             raise ValueError("no sample yet; generate a grid first")
-        image = self.pipeline.decode(drawn.codes_per_step[-1][:1].to(self.device))[0]
-        pixels = ((image.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
-        picture = Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels)
+        picture = to_pil(self.pipeline.decode(drawn.codes_per_step[-1][:1].to(self.device)))[0]
         scale = max(1, -(-EDIT_VIEW // min(picture.size)))
         return picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST).convert("RGB")
 

@@ -79,8 +79,8 @@ class Pipeline:
         self.scheduler = as_scheduler(scheduler)
         # options given are checked against the model now; without, SamplingOptions()'s defaults, which a call
         # may replace (steps=32 does not fit a model of fewer tokens: a call that keeps it is refused then)
-        self.sampling = SamplingOptions() if sampling is None else sampling.fit(
-            self.model.grid[0] * self.model.grid[1], self.model.codebook_size)
+        self.sampling = SamplingOptions() if sampling is None else sampling.fit(self.model.num_tokens,
+                                                                                 self.model.codebook_size)
 
     # ------------------------------------------------------------------ loading
     @classmethod
