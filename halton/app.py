@@ -46,6 +46,7 @@ from halton.options import SamplingOptions
 from halton.options.drawing import DrawOptions, ServeOptions
 from halton.options.rules import SEED_RANGE, Invalid, from_config, integer, key
 from halton.options.sampling import RANGES, check_top_k
+from halton.utils.errors import first_line
 from halton.utils.pixels import open_image, unreadable
 from halton.validation import CONFIG_DIR
 
@@ -90,11 +91,6 @@ def about(control: str, named: tuple[str, ...] = ()):
         name = str(error).partition("=")[0]
         error.control = name if name in named else control
         raise
-
-
-def one_line(error: BaseException) -> str:
-    """An error's first line: what the page shows."""
-    return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
 def as_whole(value):
@@ -432,10 +428,10 @@ def answered_in_page(handler):
         except gr.Error:
             raise
         except (ValueError, TypeError) as error:
-            raise page_error(one_line(error)) from None
+            raise page_error(first_line(error)) from None
         except Exception as error:
             log.exception("the request failed")
-            raise page_error(f"the request failed: {type(error).__name__}: {one_line(error)}") from None
+            raise page_error(f"the request failed: {type(error).__name__}: {first_line(error)}") from None
     return answered
 
 
@@ -556,7 +552,7 @@ class UploadReader:
                 picture.load()  # decoded now: its file may go
             return picture
         except ValueError as error:
-            return Refused(one_line(error))
+            return Refused(first_line(error))
         except (OSError, SyntaxError) as error:  # a header that looked right over damaged pixels
             return Refused(f"{name} cannot be read as an image: {unreadable(error)}")
 
@@ -605,7 +601,7 @@ def validator_for(handler, check):
         except (ValueError, TypeError) as error:
             blamed = getattr(error, "control", None)
             blamed = blamed if blamed in names else names[0]
-            return [gr.validate(name != blamed, one_line(error) if name == blamed else "") for name in names]
+            return [gr.validate(name != blamed, first_line(error) if name == blamed else "") for name in names]
         except Exception:  # not a bad value: the event runs and answers it (logged, in one line)
             log.debug("the validator let a failure through to the event", exc_info=True)
         return [gr.validate(True, "") for _ in names]

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from halton.utils.errors import first_line
 from halton.utils.hub import hub_model, is_hub_path, quiet_loading, reads_as_path
 
 log = logging.getLogger("halton.text")
@@ -72,8 +73,8 @@ class TextEncoder:
                 self.tokenizer = AutoTokenizer.from_pretrained(self.path, revision=revision)
                 self.model = model_class.from_pretrained(self.path, config=config, revision=revision)
         except Exception as error:  # noqa: BLE001  missing or damaged files, unknown model type, offline hub name
-            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise ValueError(f"text encoder {self.name} cannot be loaded ({first}); allowed: {ALLOWED}") from None
+            raise ValueError(f"text encoder {self.name} cannot be loaded ({first_line(error)}); allowed: {ALLOWED}") \
+                from None
         self.model.eval().requires_grad_(False)
         self.device = torch.device("cpu")
         self.to(device if device is not None else "cpu")

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote, unquote
 
+from halton.utils.errors import first_line
+
 PREFIX = "hf://"
 # A model folder in the Hugging Face format (huggingface_hub's CONFIG_NAME and SAFETENSORS_SINGLE_FILE)
 MODEL_CONFIG = "config.json"
@@ -75,7 +77,6 @@ def reads_as_path(name: str) -> bool:
     return name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name
 
 
-
 def hub_model(name: str) -> tuple[str, str | None]:
     """What transformers' ``from_pretrained`` takes for ``hf://org/name[@revision]``: (``org/name``, revision);
     other names (a local folder, ``org/name``) as given, with no revision."""
@@ -122,8 +123,7 @@ def hub_file(path: str, what: str = "file", **download) -> Path:
     except EntryNotFoundError:
         raise FileNotFoundError(f"{what} {path}: the repository {repo_id} has no file {filename}") from None
     except (HfHubHTTPError, OSError) as error:
-        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise FileNotFoundError(f"{what} {path} could not be downloaded: {first}") from None
+        raise FileNotFoundError(f"{what} {path} could not be downloaded: {first_line(error)}") from None
 
 
 @contextmanager
@@ -155,5 +155,4 @@ def load_frozen(what: str, source: str, allowed: str, *classes, **kwargs) -> lis
             return [cls.from_pretrained(path if local else name, local_files_only=local, revision=revision, **kwargs)
                     for cls in classes]
     except (OSError, ValueError) as error:  # no config / weights there, or the hub cannot be reached
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ValueError(f"cannot load the {what} {name!r} ({reason}); {allowed}") from None
+        raise ValueError(f"cannot load the {what} {name!r} ({first_line(error)}); {allowed}") from None
