@@ -154,9 +154,12 @@ def help_text(config_name: str, root=None, config_dir: Path | None = None) -> st
         usage.append(re.sub(r"^# ?", "", line).rstrip())
     chosen = {} if root is None else (_raw(root, "hydra.runtime.choices") or {})
     defaults = {k.removeprefix("defaults."): v for k, v, _ in _lines(primary) if k.startswith("defaults.")}
+    keys = own_keys(config_name, config_dir)
+    # without a composed config, each key's value as its own file writes it (each file read once)
+    files = {} if root is not None else {s: OmegaConf.load(config_dir / s) for s in {e.source for e in keys.values()}}
     rows = []
-    for entry in own_keys(config_name, config_dir).values():
-        value = _raw(OmegaConf.load(config_dir / entry.source) if root is None else root, entry.key)
+    for entry in keys.values():
+        value = _raw(root if root is not None else files[entry.source], entry.key)
         if isinstance(value, dict):
             continue  # a mapping (edit): its keys follow, dotted
         rows.append((f"{entry.key}={_shown(value)}", entry.comment))
@@ -180,7 +183,7 @@ def help_text(config_name: str, root=None, config_dir: Path | None = None) -> st
             lines += [f"  {'':<{width}}{line}" for line in wrapped]
         return "\n".join(lines)
 
-    sources = ", ".join(dict.fromkeys(f"conf/{e.source}" for e in own_keys(config_name, config_dir).values()))
+    sources = ", ".join(dict.fromkeys(f"conf/{e.source}" for e in keys.values()))
     text = "\n".join([
         *usage, "",
         f"Usage: {COMMANDS.get(config_name, config_name)} [KEY=VALUE ...] [GROUP=CHOICE ...]",
